@@ -1,0 +1,56 @@
+"""Encoders: image -> (mu, sigma) of a diagonal Gaussian q(z | x)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SIGMA_FLOOR = 1e-6  # the seed: sigma = 1e-6 + softplus(.)
+
+
+def gaussian_parameters(h: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the last layer's 2 * latent_dim outputs into mu and a positive sigma, as the seed does."""
+    mu, pre_sigma = h[:, :latent_dim], h[:, latent_dim:]
+    return mu, SIGMA_FLOOR + F.softplus(pre_sigma)
+
+
+class MLPEncoder(nn.Module):
+    """The seed's fully connected encoder: Linear-ELU-Dropout, Linear-tanh-Dropout, Linear."""
+
+    def __init__(self, image_size: int = 32, latent_dim: int = 100, hidden: int = 500, dropout: float = 0.1):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(image_size * image_size, hidden), nn.ELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_parameters(self.net(x), self.latent_dim)
+
+
+class ConvEncoder(nn.Module):
+    """A small DCGAN-style convolutional encoder: three stride-2 convolutions, then a linear head.
+
+    32x32 -> 16 -> 8 -> 4 with 32, 64, 128 channels; about the seed encoder's parameter count.
+    """
+
+    def __init__(self, image_size: int = 32, latent_dim: int = 100, channels: int = 32, dropout: float = 0.1):
+        super().__init__()
+        if image_size % 8:
+            raise ValueError(f"conv encoder needs an image size divisible by 8, got {image_size}")
+        self.latent_dim = latent_dim
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.ELU(),
+            nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(4 * c * (image_size // 8) ** 2, 2 * latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_parameters(self.net(x), self.latent_dim)

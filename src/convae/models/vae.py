@@ -1,0 +1,45 @@
+"""The variational autoencoder: an encoder for q(z|x), the reparameterisation, a decoder for p(x|z)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+
+class VAEOutput(NamedTuple):
+    logits: torch.Tensor  # N x 1 x H x W, Bernoulli logits of p(x | z)
+    mu: torch.Tensor      # N x latent_dim
+    sigma: torch.Tensor   # N x latent_dim
+    z: torch.Tensor       # N x latent_dim, the sample the decoder saw
+
+
+class VAE(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        """One-sample pass: z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (global RNG if None)."""
+        mu, sigma = self.encoder(x)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + sigma * eps
+        return VAEOutput(self.decoder(z), mu, sigma, z)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images sigmoid(decoder(z)) for z ~ N(0, I) (no pixel noise: the usual way to show samples)."""
+        p = next(self.parameters())
+        z = torch.randn((n, self.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
+        return torch.sigmoid(self.decoder(z))
+
+
+def keras_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases, the Keras/TensorFlow defaults the seed's layers start from."""
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,143 @@
+"""Checkpoints: tensors in a safetensors file, everything else in a JSON file beside it.
+
+``checkpoints/step-00001875.safetensors`` holds the model, the optimizer's tensors and the RNG states;
+``checkpoints/step-00001875.json`` holds the rest (epoch, step, optimizer hyper-parameters, the tensors file's
+SHA-256). Each file is written atomically and the JSON last, so a checkpoint exists only once both are whole;
+a crash mid-write leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from ..files import atomic_write_bytes, atomic_write_json
+
+FORMAT = "convae-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step-(\d{8,})\.json$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or from another kind of run."""
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+    path: Path
+
+
+def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in meta.get("scalars", {}).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    rng: dict[str, torch.Tensor], extra_tensors: dict[str, torch.Tensor], meta: dict,
+                    keep: int = 2) -> Path:
+    """Write the checkpoint for ``meta["step"]`` and delete all but the newest ``keep``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    optimizer_tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
+    tensors.update(optimizer_tensors)
+    tensors.update({f"rng.{k}": v.contiguous() for k, v in rng.items()})
+    tensors.update({f"extra.{k}": v.detach().contiguous() for k, v in extra_tensors.items()})
+    blob = save_safetensors({k: v.cpu() for k, v in tensors.items()})
+
+    stem = f"step-{meta['step']:08d}"
+    atomic_write_bytes(folder / f"{stem}.safetensors", blob)
+    full_meta = {"format": FORMAT, "version": VERSION, **meta, "optimizer": optimizer_meta,
+                 "tensors_file": f"{stem}.safetensors", "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write_json(folder / f"{stem}.json", full_meta)
+
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return folder / f"{stem}.json"
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """The checkpoints' JSON files, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: int(_NAME.match(p.name)[1]))
+
+
+def load_checkpoint(json_path: str | Path) -> Checkpoint:
+    """Read and verify one checkpoint; any defect is a CheckpointError naming the file."""
+    json_path = Path(json_path)
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{json_path}: not a readable checkpoint ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{json_path}: not a convae checkpoint")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{json_path}: checkpoint version {meta.get('version')} is not {VERSION}")
+    tensor_path = json_path.parent / str(meta.get("tensors_file", ""))
+    try:
+        blob = tensor_path.read_bytes()
+    except OSError:
+        raise CheckpointError(f"{tensor_path}: tensors file missing") from None
+    if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+        raise CheckpointError(f"{tensor_path}: corrupt (SHA-256 does not match {json_path.name})")
+    try:
+        tensors = load_safetensors(blob)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{tensor_path}: not a safetensors file ({e})") from None
+    return Checkpoint(tensors, meta, json_path)
+
+
+def latest_checkpoint(folder: str | Path) -> Checkpoint:
+    found = list_checkpoints(folder)
+    if not found:
+        raise CheckpointError(f"{folder}: no checkpoint to resume from")
+    return load_checkpoint(found[-1])
+
+
+def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Load model (and optimizer) state; a shape or name mismatch means the checkpoint is from another model."""
+    tensors = checkpoint.tensors
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"{checkpoint.path}: does not fit this model ({first[1].strip() if len(first) > 1 else first[0]})") from None
+    if optimizer is not None:
+        optimizer.load_state_dict(_join_optimizer_state(tensors, checkpoint.meta["optimizer"]))
+
+
+def section(checkpoint: Checkpoint, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under ``prefix.`` (e.g. "rng", "extra"), with the prefix removed."""
+    return {k[len(prefix) + 1:]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix + ".")}

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+import torch
+
+from convae.data import ImageData, write_idx
+
+
+def blob_images(n: int, seed: int) -> np.ndarray:
+    """n x 28 x 28 uint8 images of one or two soft blobs: cheap stand-ins for digits, learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.zeros((n, 28, 28))
+    for k in range(2):
+        cy, cx = rng.uniform(8, 20, (2, n, 1, 1))
+        r = rng.uniform(2.5, 5, (n, 1, 1))
+        images += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r ** 2)) * (rng.random((n, 1, 1)) < 0.8 - 0.4 * k)
+    return np.clip(images * 255, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> ImageData:
+    train, test = blob_images(256, 0), blob_images(64, 1)
+    as_t = lambda a: torch.from_numpy(a).view(-1, 1, 28, 28)  # noqa: E731
+    return ImageData("blobs", as_t(train), torch.zeros(256, dtype=torch.long), as_t(test),
+                     torch.zeros(64, dtype=torch.long), levels=255.0)
+
+
+@pytest.fixture()
+def idx_dir(tmp_path, tiny_data):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte.gz", tiny_data.train_images.numpy())
+    write_idx(folder / "train-labels-idx1-ubyte", tiny_data.train_labels.numpy())
+    write_idx(folder / "t10k-images-idx3-ubyte", tiny_data.test_images.numpy())
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", tiny_data.test_labels.numpy())
+    return folder

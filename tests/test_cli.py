@@ -1,0 +1,118 @@
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from convae.cli import main
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small(idx_dir, out, *extra):
+    return ["train", "--data-dir", str(idx_dir), "--out", str(out), "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "-4"], "--batch-size: must be a positive integer, got -4"),
+    (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc'"),
+    (["--model", "nope"], "--model: unknown model 'nope' (choose from"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--lr", "0"], "--lr: must be a positive number, got 0.0"),
+    (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+])
+def test_bad_options_get_one_line_exit_2_and_no_run_folder(tmp_path, idx_dir, capsys, argv, message):
+    code, _, err = run_cli(capsys, *small(idx_dir, tmp_path / "run"), *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_and_broken_data_files_are_named(tmp_path, idx_dir, capsys):
+    code, _, err = run_cli(capsys, *small(tmp_path / "nowhere", tmp_path / "run"))
+    assert code == 2 and "nowhere: --data-dir is not a folder" in err
+    (idx_dir / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x02" + bytes(12))
+    code, _, err = run_cli(capsys, *small(idx_dir, tmp_path / "run"))
+    assert code == 2 and "t10k-images-idx3-ubyte: bad IDX magic number 0x00000802" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_out_folder_that_holds_a_run_is_refused(tmp_path, idx_dir, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    code, _, err = run_cli(capsys, *small(idx_dir, out, "--epochs", "1"))
+    assert code == 2 and "already exists and is not empty (use --resume" in err
+
+
+def test_train_then_resume_with_more_epochs(tmp_path, idx_dir, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, *small(idx_dir, out, "--epochs", "1"))
+    assert code == 0 and "epoch 1: L_tot = " in stdout
+    code, stdout, _ = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2", "--quiet")
+    assert code == 0 and "resuming" in stdout and "epoch 2: L_tot = " in stdout
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    code, _, err = run_cli(capsys, "train", "--resume", str(out), "--lr", "0.1")
+    assert code == 2 and "--lr: cannot change when resuming" in err
+
+
+def test_resume_refuses_corrupt_and_foreign_checkpoints(tmp_path, idx_dir, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out, "--epochs", "1"))[0] == 0
+    tensors = next((out / "checkpoints").glob("*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:-100])
+    code, _, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2")
+    assert code == 2 and "corrupt (SHA-256 does not match" in err and err.count("\n") == 1
+    meta = next((out / "checkpoints").glob("*.json"))
+    meta.write_text(json.dumps({"format": "something-else"}))
+    code, _, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2")
+    assert code == 2 and "not a convae checkpoint" in err
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "empty"))
+    assert code == 2 and "no config.json there" in err
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path, idx_dir, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out, "--epochs", "1"))[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    config["config"]["encoder"] = "conv"  # same model name, other weights
+    (out / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2")
+    assert code == 2 and "does not fit this model" in err
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--device", "--epochs", "--max-steps", "--batch-size", "--lr", "--seed", "--dtype", "--out",
+                   "--resume", "--data-dir", "--no-shuffle", "--quiet"):
+        assert option in text
+
+
+def test_sigint_on_the_real_command_checkpoints_and_says_how_to_resume(tmp_path, idx_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "convae", *small(idx_dir, out, "--epochs", "500")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not list((out / "checkpoints").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "SIGINT at step" in stderr and f"convae train --resume {out}" in stderr
+    step = int(re.search(r"SIGINT at step (\d+)", stderr)[1])
+    newest = max(int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.json"))
+    assert newest == step  # the step in flight finished and was saved

@@ -1,0 +1,84 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from convae.models import build_model
+from convae.models.decoders import CropLast, PadBottomRight, SeedDecoder
+
+
+def test_seed_decoder_layer_shapes_match_reference_table():
+    """reference.md section 1, N x C x H x W after each numbered layer."""
+    decoder = SeedDecoder()
+    shapes, x = [], torch.randn(5, 100).view(5, 100, 1, 1)
+    for layer in decoder.net:
+        x = layer(x)
+        shapes.append((type(layer).__name__, tuple(x.shape)))
+    expected = [
+        ("ConvTranspose2d", (5, 256, 4, 4)), ("BatchNorm2d", (5, 256, 4, 4)), ("ReLU", (5, 256, 4, 4)),
+        ("ConvTranspose2d", (5, 128, 5, 5)), ("CropLast", (5, 128, 4, 4)),  # padding=1 then crop = TF "same"
+        ("BatchNorm2d", (5, 128, 4, 4)), ("ReLU", (5, 128, 4, 4)),
+        ("ConvTranspose2d", (5, 64, 7, 7)), ("PadBottomRight", (5, 64, 8, 8)),
+        ("BatchNorm2d", (5, 64, 8, 8)), ("ReLU", (5, 64, 8, 8)),
+        ("ConvTranspose2d", (5, 1, 32, 32)), ("BatchNorm2d", (5, 1, 32, 32)),
+    ]
+    assert shapes == expected
+
+
+def test_seed_layers_have_no_bias_and_the_seed_strides():
+    convs = [m for m in SeedDecoder().modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (100, 256, (4, 4), (1, 1)), (256, 128, (4, 4), (1, 1)), (128, 64, (4, 4), (1, 1)), (64, 1, (4, 4), (4, 4))]
+    assert all(c.bias is None for c in convs)
+
+
+def test_same_padding_keeps_the_first_rows_like_tensorflow():
+    """TF's 'same' transposed conv (k=4, s=1) pads 1 before and 2 after: output[j] = full[j + 1], j = 0..3."""
+    conv = nn.ConvTranspose2d(1, 1, 4, 1, bias=False)
+    same = nn.Sequential(nn.ConvTranspose2d(1, 1, 4, 1, padding=1, bias=False), CropLast(1))
+    same[0].weight.data.copy_(conv.weight.data)
+    x = torch.randn(2, 1, 4, 4)
+    assert torch.allclose(same(x), conv(x)[..., 1:5, 1:5])
+
+
+def test_pad_adds_one_zero_row_and_column_at_bottom_right():
+    y = PadBottomRight()(torch.ones(1, 1, 7, 7))
+    assert y.shape == (1, 1, 8, 8) and y[..., 7, :].abs().sum() == 0 and y[..., :, 7].abs().sum() == 0
+    assert y[..., :7, :7].eq(1).all()
+
+
+def test_seed_model_parameter_count_and_output():
+    model = build_model("seed")
+    n = sum(p.numel() for p in model.parameters())
+    encoder = 1024 * 500 + 500 + 500 * 500 + 500 + 500 * 200 + 200
+    decoder = 100 * 256 * 16 + 256 * 128 * 16 + 128 * 64 * 16 + 64 * 16 + 2 * (256 + 128 + 64 + 1)
+    assert n == encoder + decoder == 1_930_082  # "about 1.93 M"
+    out = model(torch.rand(4, 1, 32, 32))
+    assert out.logits.shape == (4, 1, 32, 32)
+    assert out.mu.shape == out.sigma.shape == out.z.shape == (4, 100)
+    assert (out.sigma > 1e-6).all()
+
+
+def test_encoder_is_the_seed_mlp_with_dropout():
+    layers = [type(m).__name__ for m in build_model("seed").encoder.net]
+    assert layers == ["Flatten", "Linear", "ELU", "Dropout", "Linear", "Tanh", "Dropout", "Linear"]
+    assert all(m.p == 0.1 for m in build_model("seed").encoder.net if isinstance(m, nn.Dropout))
+
+
+def test_batchnorm_uses_keras_defaults():
+    bns = [m for m in SeedDecoder().modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 4 and all(b.eps == 1e-3 and b.momentum == 0.01 for b in bns)
+
+
+def test_eval_mode_is_deterministic_given_a_generator():
+    model = build_model("seed").eval()
+    x = torch.rand(3, 1, 32, 32)
+    a = model(x, generator=torch.Generator().manual_seed(1)).logits
+    b = model(x, generator=torch.Generator().manual_seed(1)).logits
+    assert torch.equal(a, b)
+
+
+def test_unknown_model_and_encoder_are_refused():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="unknown encoder 'rnn'"):
+        build_model("seed", encoder="rnn")

@@ -1,0 +1,125 @@
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import convae.training.loop as loop
+from convae.config import ConfigError, TrainConfig
+from convae.training import NonFiniteLoss, TrainingInterrupted, train
+from convae.training.checkpoint import list_checkpoints
+
+TIMING = {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}
+
+
+def tiny(out, **kw) -> TrainConfig:
+    settings = dict(epochs=3, batch_size=32, quiet=True, device="cpu", out=str(out), eval_batch_size=64)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def deterministic(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+
+
+def final_weights(run_dir):
+    newest = list_checkpoints(run_dir / "checkpoints")[-1]
+    return load_file(newest.with_suffix(".safetensors"))
+
+
+def test_short_run_lowers_the_loss_and_writes_every_file(tmp_path, tiny_data):
+    result = train(tiny(tmp_path / "run", epochs=4, lr=3e-3), data=tiny_data, log=lambda s: None)
+    run = result.run_dir
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and [m["step"] for m in metrics] == [8, 16, 24, 32]
+    for key in ("L_tot", "L_likelihood", "L_KL", "test_neg_elbo", "train_seconds", "img_per_s", "entropy_floor"):
+        assert all(isinstance(m[key], float) for m in metrics), key
+    assert metrics[-1]["test_neg_elbo"] < metrics[0]["test_neg_elbo"]
+    assert metrics[-1]["L_tot"] < metrics[0]["L_tot"]
+    assert all(abs(m["L_tot"] - m["L_likelihood"] - m["L_KL"]) < 1e-4 for m in metrics)  # float32 sums
+    assert all(m["test_neg_elbo"] > m["entropy_floor"] for m in metrics)
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["batch_size"] == 32 and config["environment"]["torch"] == torch.__version__
+    assert {"python", "convae", "device"} <= set(config["environment"])
+    assert sorted(p.name for p in (run / "images").iterdir()) == [f"result{k}.png" for k in (1, 2, 3, 4)]
+    assert len(list_checkpoints(run / "checkpoints")) == 2  # keep_checkpoints
+    assert "epoch 4: L_tot = " in (run / "log.txt").read_text()
+
+
+def test_resume_after_max_steps_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, tiny_data):
+    quiet = lambda s: None  # noqa: E731
+    full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
+    first = train(tiny(tmp_path / "split", max_steps=12), data=tiny_data, log=quiet)
+    assert first.metrics[-1]["step"] == 12 and first.metrics[-1]["partial_epoch"]
+    assert (tmp_path / "split" / "images" / "result2-step12.png").is_file()
+    resumed = train(tiny(tmp_path / "split"), data=tiny_data, resume=True, log=quiet)
+    epoch_ends = [m for m in resumed.metrics if not m["partial_epoch"]]
+    assert deterministic(epoch_ends) == deterministic(full.metrics)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny_data, monkeypatch):
+    quiet = lambda s: None  # noqa: E731
+    full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
+    original = loop.learning_rate
+
+    def signal_at_step_5(config, step, total):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(config, step, total)
+
+    monkeypatch.setattr(loop, "learning_rate", signal_at_step_5)
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM at step 6: checkpoint written; resume with: convae train --resume"):
+        train(tiny(tmp_path / "cut"), data=tiny_data, log=quiet)
+    assert [p.name for p in list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000006.json"]
+    monkeypatch.setattr(loop, "learning_rate", original)
+    resumed = train(tiny(tmp_path / "cut"), data=tiny_data, resume=True, log=quiet)
+    assert deterministic(resumed.metrics) == deterministic(full.metrics)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
+    calls = {"n": 0}
+    original = loop.neg_elbo
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = original(*args)
+        return loss._replace(total=loss.total * float("nan")) if calls["n"] == 11 else loss
+
+    monkeypatch.setattr(loop, "neg_elbo", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"loss is not finite at step 11 \(epoch 2\).*step-00000008.json"):
+        train(tiny(tmp_path / "nan"), data=tiny_data, log=lambda s: None)
+    assert [p.name for p in list_checkpoints(tmp_path / "nan" / "checkpoints")] == ["step-00000008.json"]
+
+
+def test_float64_runs_in_float64(tmp_path, tiny_data):
+    result = train(tiny(tmp_path / "f64", epochs=1, dtype="float64"), data=tiny_data, log=lambda s: None)
+    assert all(p.dtype == torch.float64 for p in result.model.parameters())
+    assert result.metrics[0]["test_neg_elbo"] > 0
+
+
+def test_in_order_batches_follow_the_data(tiny_data):
+    config = TrainConfig(shuffle=False)
+    assert torch.equal(loop.epoch_order(10, 3, config, torch.device("cpu")), torch.arange(10))
+    shuffled = TrainConfig(shuffle=True)
+    a = loop.epoch_order(100, 1, shuffled, torch.device("cpu"))
+    assert torch.equal(a, loop.epoch_order(100, 1, shuffled, torch.device("cpu")))
+    assert not torch.equal(a, loop.epoch_order(100, 2, shuffled, torch.device("cpu")))
+
+
+def test_bad_settings_write_nothing(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="--batch-size: must be a positive integer, got -1"):
+        train(tiny(tmp_path / "bad", batch_size=-1), data=tiny_data)
+    with pytest.raises(ConfigError, match="--batch-size 512: larger than the 256 training images"):
+        train(tiny(tmp_path / "bad", batch_size=512), data=tiny_data)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_onecycle_schedule_warms_up_then_decays():
+    config = TrainConfig(lr=1e-2, lr_schedule="onecycle", warmup_fraction=0.25)
+    lrs = [loop.learning_rate(config, s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-2 / 25) and max(lrs) == pytest.approx(1e-2) and lrs.index(max(lrs)) == 24
+    assert lrs[-1] < 1e-3 and all(a >= b for a, b in zip(lrs[24:], lrs[25:]))
