@@ -82,3 +82,24 @@ def test_unknown_model_and_encoder_are_refused():
         build_model("nope")
     with pytest.raises(ValueError, match="unknown encoder 'rnn'"):
         build_model("seed", encoder="rnn")
+
+
+@pytest.mark.parametrize("args, shape", [
+    ((100, 256, 4, 1), (3, 100, 1, 1)),            # seed layer 1: 1x1 input -> matmul path
+    ((256, 128, 4, 1, 1), (3, 256, 4, 4)),         # seed layer 2: generic path
+    ((64, 1, 4, 4), (3, 64, 8, 8)),                # seed layer 4: kernel = stride -> tile path
+    ((8, 5, 2, 2), (2, 8, 3, 5)),                  # non-square input, several output channels
+])
+def test_matmul_transposed_conv_equals_pytorchs(args, shape):
+    from convae.models.decoders import ConvTranspose2d
+
+    reference = nn.ConvTranspose2d(*args, bias=False).double()
+    ours = ConvTranspose2d(*args, bias=False).double()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    a, b = reference(x), ours(x)
+    assert torch.allclose(a, b, atol=1e-12)
+    grad = torch.randn_like(a)
+    ga = torch.autograd.grad(a, (x, reference.weight), grad)
+    gb = torch.autograd.grad(b, (x, ours.weight), grad)
+    assert all(torch.allclose(u, v, atol=1e-12) for u, v in zip(ga, gb))
