@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import convae.training.engine as engine
 import convae.training.loop as loop
 from convae.config import ConfigError, TrainConfig
 from convae.training import NonFiniteLoss, TrainingInterrupted, train
@@ -82,14 +83,14 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
     calls = {"n": 0}
-    original = loop.neg_elbo
+    original = engine.neg_elbo
 
     def poisoned(*args):
         calls["n"] += 1
         loss = original(*args)
         return loss._replace(total=loss.total * float("nan")) if calls["n"] == 11 else loss
 
-    monkeypatch.setattr(loop, "neg_elbo", poisoned)
+    monkeypatch.setattr(engine, "neg_elbo", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"loss is not finite at step 11 \(epoch 2\).*step-00000008.json"):
         train(tiny(tmp_path / "nan"), data=tiny_data, log=lambda s: None)
     assert [p.name for p in list_checkpoints(tmp_path / "nan" / "checkpoints")] == ["step-00000008.json"]

@@ -37,7 +37,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all, ending like an epoch")
     p.add_argument("--batch-size", type=int, help="images per step (default 32)")
     p.add_argument("--lr", type=float, help="Adam learning rate, or the peak of --lr-schedule onecycle (default 1e-3)")
-    p.add_argument("--lr-schedule", choices=["constant", "onecycle"], help="default constant")
+    p.add_argument("--lr-schedule", choices=["constant", "onecycle"],
+                   help="onecycle: linear warm-up to --lr, then cosine down to lr/100 (default constant)")
+    p.add_argument("--warmup-fraction", type=float, help="share of all steps spent warming up (onecycle; default 0.25)")
     p.add_argument("--seed", type=int, help="seed for initialisation, shuffling and sampling (default 0)")
     p.add_argument("--dtype", choices=DTYPES, help="parameter dtype; float64 is the seed's arithmetic (default float32)")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the model, loss stays float32 (default fp32)")
@@ -46,6 +48,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
                    help="take batches in order, as the seed does")
     p.add_argument("--binarize", choices=["none", "dynamic"], help="dynamic: resample binary pixels each draw")
+    p.add_argument("--resize", choices=["auto", "bilinear", "pad"],
+                   help="28 -> 32: bilinear (the seed) or zero padding; auto = pad when --binarize dynamic")
     p.add_argument("--data-dir", help="folder with the four MNIST-format IDX files (plain or .gz) "
                                       "instead of the embedded MNIST")
     p.add_argument("--image-size", type=int, help="images are resized to this (default 32)")
@@ -103,12 +107,166 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="time training steps on every device present (the CPU/GPU gap)",
+                       description="Time training steps (forward, backward, Adam) of a model on the CPU and on every "
+                                   "GPU present, after warm-up, and print ms/step, images/s, GFLOP/s, the share of "
+                                   "the matmul peak measured here, and the time of the seed's epochs at that speed.")
+    p.add_argument("--model", default="seed")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[32], help="one or more (default 32)")
+    p.add_argument("--precision", choices=PRECISIONS, nargs="+", default=["fp32"], help="one or more (default fp32)")
+    p.add_argument("--device", choices=["cpu", "cuda", "mps"], nargs="+", help="default: cpu and any GPU present")
+    p.add_argument("--steps", type=int, default=50, help="steps per timed round (default 50)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds; the median is reported (default 5)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="launch CUDA kernels one by one")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmarking.bench import BenchSettings, available_devices, format_table, run_bench
+    from .models import MODELS
+
+    if args.model not in MODELS:
+        raise ConfigError(f"--model: unknown model {args.model!r} (choose from {', '.join(MODELS)})")
+    for name in ("steps", "rounds"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name}: must be a positive integer, got {getattr(args, name)}")
+    if args.warmup < 0 or any(b <= 0 for b in args.batch_size):
+        raise ConfigError("--warmup must be >= 0 and --batch-size positive")
+    missing = [d for d in args.device or [] if d not in available_devices()]
+    if missing:
+        raise ConfigError(f"--device {missing[0]}: not available on this machine")
+    settings = BenchSettings(args.model, tuple(args.batch_size), tuple(args.precision),
+                             tuple(args.device) if args.device else None, args.steps, args.rounds, args.warmup,
+                             args.compile, args.cuda_graphs)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    result = run_bench(settings, log=log)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .benchmarking.flops import forward_flops_per_image
+    from .evaluation.report import decoder_flatness
+    from .models import MODELS, build_model
+
+    rows = []
+    for name, spec in MODELS.items():
+        model = build_model(name, args.encoder)
+        rows.append({"model": name, "encoder": args.encoder or spec.encoder, "latent_dim": spec.latent_dim,
+                     "parameters": sum(p.numel() for p in model.parameters()),
+                     "decoder_parameters": sum(p.numel() for p in model.decoder.parameters()),
+                     "forward_mflops_per_image": forward_flops_per_image(model) / 1e6,
+                     "constant_input_unflatness": decoder_flatness(name), "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<9} {'encoder':<7} {'z':>4} {'params':>10} {'decoder':>10} {'MFLOP/img':>10} {'dots@init':>9}  description")
+    for r in rows:
+        flat = "-" if r["constant_input_unflatness"] is None else f"{r['constant_input_unflatness']:.2f}"
+        print(f"{r['model']:<9} {r['encoder']:<7} {r['latent_dim']:>4} {r['parameters']:>10,} {r['decoder_parameters']:>10,} "
+              f"{r['forward_mflops_per_image']:>10.1f} {flat:>9}  {r['description']}")
+    print("MFLOP/img: one forward pass (2 FLOPs per multiply-add, counted from the layers); a training step is 3x. "
+          "dots@init: a constant feature map through the fresh decoder's upsampling layers, (max - min) / mean of "
+          "the interior; 0 = flat.")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.report import evaluate_run
+    from .evaluation.runs import open_run
+
+    if args.iw_samples < 0:
+        raise ConfigError(f"--iw-samples: must be >= 0, got {args.iw_samples}")
+    run = open_run(args.run, args.device, args.model)
+    result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit, pictures=not args.no_pictures,
+                          progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{run.path} (model {run.config.model}, step {run.step}); {result['protocol']}")
+    print(f"  test -ELBO  {result['test_neg_elbo']:.2f} nats/image = L_likelihood {result['test_L_likelihood']:.2f} "
+          f"+ L_KL {result['test_L_KL']:.2f}   (entropy floor {result['entropy_floor']:.2f}, "
+          f"{result['n_test_images']} images)")
+    if "iw_nll" in result:
+        print(f"  IW bound    -log p(x) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
+              f"(K = {result['iw_samples']})")
+    if "pictures" in result:
+        print(f"  pictures in {run.path / 'eval'}: {', '.join(result['pictures'])}")
+    return 0
+
+
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    from .evaluation.report import artifact_scores
+    from .evaluation.runs import open_run
+
+    run = open_run(args.run, args.device, args.model)
+    result = artifact_scores(run, n=args.images)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{run.path} (model {run.config.model}): checkerboard score = share of spectral energy at the stride-4 "
+          f"alias frequencies / the same for test images (1.0 = like the data)")
+    for what in ("samples", "reconstructions"):
+        r = result[what]
+        print(f"  {what:<16} per image {r['score']:6.2f}   of the mean image {r['score_of_mean']:6.2f}   "
+              f"polyphase spread {r['polyphase_spread']:.4f} (data {r['polyphase_spread_data']:.4f})")
+    print(f"  picture: {run.path / 'eval' / 'artifacts.png'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.compare import compare
+
+    result = compare(args)
+    print(result["table"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="convae", description="Convolutional variational autoencoders on images. "
                            "`convae train` reproduces the seed tutorial's experiment on the embedded MNIST.")
     parser.add_argument("--version", action="version", version=f"convae {__import__('convae').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     _train_parser(sub).set_defaults(handler=cmd_train)
+    _bench_parser(sub).set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("models", help="list the models with parameters, FLOPs and a constant-input dots test")
+    p.add_argument("--encoder", choices=["mlp", "conv"], help="count with this encoder instead of each model's own")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_models)
+
+    for name, handler, text in (("eval", cmd_eval, "test-set ELBO, importance-weighted bound and pictures of a run"),
+                                ("artifacts", cmd_artifacts, "checkerboard ('dots') scores and spectra of a run")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("run", help="a run folder written by convae train")
+        p.add_argument("--model", help="refuse the run unless it is of this model")
+        p.add_argument("--device", choices=DEVICES, default="auto")
+        p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+        if name == "eval":
+            p.add_argument("--iw-samples", type=int, default=0, metavar="K",
+                           help="also the importance-weighted bound on -log p(x) with K samples (e.g. 1000)")
+            p.add_argument("--test-limit", type=int, help="only the first N test images")
+            p.add_argument("--no-pictures", action="store_true")
+        else:
+            p.add_argument("--images", type=int, default=2000, help="samples and test images to score (default 2000)")
+        p.set_defaults(handler=handler)
+
+    p = sub.add_parser("compare", help="train several models under one budget (or take finished runs) and tabulate",
+                       description="Train each model for the same number of epochs (or take finished runs), then "
+                                   "write one table and one panel of pictures.")
+    p.add_argument("--models", nargs="+", default=["fc", "seed", "resize", "subpixel"])
+    p.add_argument("--runs", nargs="+", help="finished run folders to compare instead of training")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--out", default="runs/compare", help="folder for the runs, the table and the panel")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(handler=cmd_compare)
     return parser
 
 

@@ -15,6 +15,7 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCHEDULES = ("constant", "onecycle")
 BINARIZE = ("none", "dynamic")
+RESIZE = ("auto", "bilinear", "pad")
 
 
 @dataclass
@@ -32,10 +33,13 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"               # parameter dtype; "float64" is the seed's arithmetic
     precision: str = "fp32"              # "bf16": autocast the model, keep the loss in float32
-    compile: bool = False                # torch.compile the model
+    compile: bool = False                # torch.compile the forward pass and loss
+    cuda_graphs: bool = True             # on CUDA, record the whole step once and replay it
+    channels_last: bool = False          # NHWC activations (measured: no gain for this model on CPU)
     device: str = "auto"
     shuffle: bool = True                 # False: the seed's in-order batches
     binarize: str = "none"               # "dynamic": Bernoulli-sample the pixels each time they are drawn
+    resize: str = "auto"                 # 28 -> 32: "bilinear" (the seed), "pad"; auto: pad when binarized
     data_dir: str | None = None          # four IDX files; None: the embedded MNIST
     image_size: int = 32
     train_limit: int | None = None       # use only the first N training images (quick runs, tests)
@@ -65,7 +69,8 @@ class TrainConfig:
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"--warmup-fraction: must be in [0, 1), got {self.warmup_fraction!r}")
         for name, allowed in (("dtype", DTYPES), ("precision", PRECISIONS), ("device", DEVICES),
-                              ("lr_schedule", LR_SCHEDULES), ("binarize", BINARIZE)):
+                              ("lr_schedule", LR_SCHEDULES), ("binarize", BINARIZE),
+                              ("resize", RESIZE)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: unknown value {value!r} (choose from {', '.join(allowed)})")
@@ -78,6 +83,12 @@ class TrainConfig:
         if self.encoder is not None and self.encoder not in ENCODERS:
             raise ConfigError(f"--encoder: unknown encoder {self.encoder!r} (choose from {', '.join(ENCODERS)})")
         return self
+
+    @property
+    def resize_mode(self) -> str:
+        if self.resize == "auto":
+            return "pad" if self.binarize == "dynamic" else "bilinear"
+        return self.resize
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -58,3 +58,75 @@ def image_grid(images: torch.Tensor, path: str | Path, rows: int, title: str = "
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     save_figure(fig, path)
+
+
+def rows_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | None = None, title: str = "") -> None:
+    """Several rows of images (each K x 1 x H x W), optionally labelled on the left."""
+    n_cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * 0.75 + 0.8, len(rows) * 0.75 + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row):
+                ax.imshow(row[j, 0].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        if labels:
+            axes[i, 0].set_ylabel(labels[i], fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.03, hspace=0.03)
+    save_figure(fig, path)
+
+
+def latent_scatter(points: torch.Tensor, labels: torch.Tensor, path: str | Path, title: str) -> None:
+    """A 2-D projection of latent means, coloured by digit label."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    scatter = ax.scatter(points[:, 0].cpu(), points[:, 1].cpu(), c=labels.cpu(), cmap="tab10", s=3, alpha=0.7)
+    ax.legend(*scatter.legend_elements(), fontsize=7, loc="best", title="label", title_fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
+    save_figure(fig, path)
+
+
+def loss_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
+    """Test negative ELBO and training loss against epochs (and training time), from metrics.jsonl."""
+    ends = [m for m in metrics if not m.get("partial_epoch")] or metrics
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = [m["epoch"] for m in ends]
+    left.plot(x, [m["test_neg_elbo"] for m in ends], "o-", label="test -ELBO")
+    left.plot(x, [m["train_loss"] for m in ends], "s--", label="training loss (epoch mean)")
+    if ends and ends[0].get("entropy_floor"):
+        left.axhline(ends[0]["entropy_floor"], color="gray", lw=0.8, ls=":", label="entropy floor")
+    left.set_xlabel("epoch"), left.set_ylabel("nats per image"), left.legend(fontsize=8)
+    right.plot([m["train_seconds"] for m in ends], [m["test_neg_elbo"] for m in ends], "o-")
+    right.set_xlabel("training seconds"), right.set_ylabel("test -ELBO")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        lo = min(m["test_neg_elbo"] for m in ends)
+        ax.set_ylim(lo - 5, lo + max(40, 0.3 * lo))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def spectrum_panel(mean_generated: torch.Tensor, mean_data: torch.Tensor, power_generated: torch.Tensor,
+                   power_data: torch.Tensor, path: str | Path, title: str, crop: int = 12) -> None:
+    """The checkerboard picture: mean sample, its log power spectrum beside the data's, and a zoomed crop."""
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3.3))
+    shift = lambda p: torch.fft.fftshift(torch.log10(p + 1e-12))  # noqa: E731
+    panels = [(mean_generated, "mean of generated", "gray"), (mean_data, "mean of test images", "gray"),
+              (shift(power_generated), "log power, generated (mean image)", "magma"),
+              (shift(power_data), "log power, data (mean image)", "magma")]
+    for ax, (img, name, cmap) in zip(axes, panels):
+        ax.imshow(img.cpu().numpy(), cmap=cmap)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    c = mean_generated.shape[-1] // 2
+    zoom = mean_generated[c - crop // 2:c + crop // 2, c - crop // 2:c + crop // 2]
+    axes[4].imshow(zoom.cpu().numpy(), cmap="gray", interpolation="nearest")
+    axes[4].set_title(f"centre {crop}x{crop}, zoomed", fontsize=9)
+    axes[4].set_xticks([]), axes[4].set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)

@@ -6,9 +6,34 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data import to_float
+from ..config import TrainConfig
+from ..data import fixed_binarization, to_float
 from ..models import VAE
 from ..objectives import bernoulli_entropy_floor, per_image_neg_elbo
+
+
+@dataclass
+class EvalImages:
+    """Images to evaluate on, as stored (uint8) plus how to turn them into the floats the model sees."""
+
+    images: torch.Tensor
+    levels: float
+    image_size: int
+    resize: str = "bilinear"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def floats(self, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return to_float(self.images[start:stop].to(device), self.levels, self.image_size, dtype, self.resize)
+
+
+def evaluation_images(images: torch.Tensor, levels: float, config: TrainConfig) -> EvalImages:
+    """Gray images as they are, or for the binarized protocol one fixed Bernoulli draw of them (seed 0)."""
+    if config.binarize == "dynamic":
+        return EvalImages(fixed_binarization(images, levels, config.image_size, config.resize_mode), 1.0,
+                          config.image_size)
+    return EvalImages(images, levels, config.image_size, config.resize_mode)
 
 
 @dataclass
@@ -18,38 +43,34 @@ class ElboResult:
     kl: float            # mean KL term
     n_images: int
 
-    def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}neg_elbo": self.neg_elbo, f"{prefix}L_likelihood": self.likelihood,
-                f"{prefix}L_KL": self.kl}
-
 
 @torch.no_grad()
-def evaluate_neg_elbo(model: VAE, images: torch.Tensor, *, levels: float, image_size: int, batch_size: int = 500,
-                      seed: int = 0, precision: str = "fp32") -> ElboResult:
-    """One-sample negative ELBO over ``images`` (uint8, N x 1 x H x W), with noise from a generator seeded by
-    ``seed`` so the same model always gets the same number and the training RNG is left untouched."""
+def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, seed: int = 0,
+                      precision: str = "fp32") -> ElboResult:
+    """One-sample negative ELBO over ``data``, with noise from a generator seeded by ``seed`` so the same model
+    always gets the same number and the training RNG is left untouched."""
     was_training = model.training
     model.eval()
     p = next(model.parameters())
     generator = torch.Generator(device=p.device).manual_seed(seed)
     sums = torch.zeros(3, dtype=torch.float64, device=p.device)
     try:
-        for start in range(0, len(images), batch_size):
-            x = to_float(images[start:start + batch_size].to(p.device), levels, image_size, p.dtype)
+        for start in range(0, len(data), batch_size):
+            x = data.floats(start, start + batch_size, p.dtype, p.device)
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x, generator=generator)
             terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma)
             sums += torch.stack([t.double().sum() for t in terms])
     finally:
         model.train(was_training)
-    total, likelihood, kl = (sums / len(images)).tolist()
-    return ElboResult(total, likelihood, kl, len(images))
+    total, likelihood, kl = (sums / len(data)).tolist()
+    return ElboResult(total, likelihood, kl, len(data))
 
 
-def entropy_floor(images: torch.Tensor, *, levels: float, image_size: int) -> float:
-    """Mean over images of the summed binary entropy of the gray targets: no Bernoulli decoder can go below it."""
+def entropy_floor(data: EvalImages) -> float:
+    """Mean over images of the summed binary entropy of the targets: no Bernoulli decoder can go below it
+    (0 for binary images)."""
     total = 0.0
-    for start in range(0, len(images), 1000):
-        x = to_float(images[start:start + 1000], levels, image_size, torch.float64)
-        total += bernoulli_entropy_floor(x).sum().item()
-    return total / len(images)
+    for start in range(0, len(data), 1000):
+        total += bernoulli_entropy_floor(data.floats(start, start + 1000, torch.float64, torch.device("cpu"))).sum().item()
+    return total / len(data)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .decoders import SeedDecoder
+from .decoders import FCDecoder, ResizeDecoder, SeedDecoder, SubPixelDecoder
 from .encoders import ConvEncoder, MLPEncoder
 from .vae import VAE, VAEOutput, keras_init
 
@@ -28,6 +28,9 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "seed": ModelSpec(SeedDecoder, 100, "mlp", "the seed: MLP encoder, transposed-conv decoder (k=s=4 last layer)"),
+    "fc": ModelSpec(FCDecoder, 20, "mlp", "the fully connected VAE the seed compares with (dim_z 20)"),
+    "resize": ModelSpec(ResizeDecoder, 100, "mlp", "resize-convolution decoder: nearest x2 upsampling + 3x3 conv"),
+    "subpixel": ModelSpec(SubPixelDecoder, 100, "mlp", "sub-pixel convolution decoder (PixelShuffle, ICNR init)"),
 }
 
 

@@ -84,3 +84,103 @@ class SeedDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
+
+    def upsampling_stack(self) -> tuple[nn.Module, int]:
+        """The layers that paint the dots (the k = s = 4 transposed conv and its BatchNorm), and their input channels."""
+        return self.net[-2:], self.net[-2].in_channels
+
+
+class FCDecoder(nn.Module):
+    """The fully connected decoder of the tutorial the seed compares with: Linear-tanh-Dropout, Linear-ELU-Dropout,
+    Linear to every pixel (here 32x32, so the two compare on the same data)."""
+
+    def __init__(self, latent_dim: int = 20, hidden: int = 500, dropout: float = 0.1, image_size: int = 32):
+        super().__init__()
+        self.image_size = image_size
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, image_size * image_size),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, 1, self.image_size, self.image_size)
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out, **KERAS_BN), nn.ReLU()]
+
+
+class SubPixelUpsample(nn.Module):
+    """x2 upsampling by sub-pixel convolution: a 3x3 conv to r^2 x the channels, then PixelShuffle(r).
+
+    Initialised with ICNR (Aitken et al. 2017): one sub-kernel per output channel, copied to its r^2 phases in
+    PixelShuffle's channel order (channel c * r^2 + phase), so at initialisation it equals nearest-neighbour
+    upsampling followed by a convolution and paints no checkerboard. ``special_init`` applies it after the
+    default initialisation.
+    """
+
+    def __init__(self, c_in: int, c_out: int, r: int = 2, bias: bool = False):
+        super().__init__()
+        self.r, self.c_out = r, c_out
+        self.conv = nn.Conv2d(c_in, c_out * r * r, 3, padding=1, bias=bias)
+        self.shuffle = nn.PixelShuffle(r)
+
+    @torch.no_grad()
+    def icnr_(self) -> None:
+        sub = torch.empty(self.c_out, *self.conv.weight.shape[1:])
+        nn.init.xavier_uniform_(sub)
+        self.conv.weight.copy_(sub.repeat_interleave(self.r * self.r, dim=0))
+        if self.conv.bias is not None:
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+class _UpsamplingDecoder(nn.Module):
+    """z -> 4x4x256 (a transposed conv of the 1x1 input, as the seed's first layer) -> a 3x3 conv at 4x4 -> three
+    x2 upsamplings to 32x32. No BatchNorm right before the output: the last layer is a plain conv with a bias.
+    About 0.8 M parameters and 14.8 M multiply-adds per image (the seed decoder: 1.07 M and 11.0 M)."""
+
+    def __init__(self, latent_dim: int, upsample, image_size: int = 32):
+        super().__init__()
+        if image_size != 32:
+            raise ValueError(f"this decoder draws 32x32 images, not {image_size}x{image_size}")
+        self.latent_dim = latent_dim
+        self.stem = nn.Sequential(ConvTranspose2d(latent_dim, 256, 4, 1, bias=False),
+                                  nn.BatchNorm2d(256, **KERAS_BN), nn.ReLU(), *conv_bn_relu(256, 128))
+        self.up = nn.Sequential(
+            *upsample(128, 64), nn.BatchNorm2d(64, **KERAS_BN), nn.ReLU(),
+            *upsample(64, 32), nn.BatchNorm2d(32, **KERAS_BN), nn.ReLU(),
+            *upsample(32, 1, bias=True),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(self.stem(z.view(z.shape[0], self.latent_dim, 1, 1)))
+
+    def upsampling_stack(self) -> tuple[nn.Module, int]:
+        """The three x2 upsamplings, and their input channels."""
+        return self.up, 128
+
+
+class ResizeDecoder(_UpsamplingDecoder):
+    """Resize-convolution (Odena et al. 2016): nearest-neighbour x2 upsampling, then a stride-1 3x3 conv."""
+
+    def __init__(self, latent_dim: int = 100, image_size: int = 32, mode: str = "nearest"):
+        def upsample(c_in, c_out, bias=False):
+            return [nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)]
+        super().__init__(latent_dim, upsample, image_size)
+
+
+class SubPixelDecoder(_UpsamplingDecoder):
+    """Sub-pixel convolution (PixelShuffle) with ICNR initialisation."""
+
+    def __init__(self, latent_dim: int = 100, image_size: int = 32):
+        super().__init__(latent_dim, lambda c_in, c_out, bias=False: [SubPixelUpsample(c_in, c_out, 2, bias)],
+                         image_size)
+
+    def special_init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, SubPixelUpsample):
+                m.icnr_()

@@ -45,7 +45,9 @@ def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
                 tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
             else:
                 scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+    # a capturable optimizer (CUDA graphs) keeps its learning rate in a tensor; JSON gets the number
+    groups = [{k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
@@ -135,7 +137,11 @@ def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.opt
         first = str(e).strip().splitlines()
         raise CheckpointError(f"{checkpoint.path}: does not fit this model ({first[1].strip() if len(first) > 1 else first[0]})") from None
     if optimizer is not None:
+        tensor_lr = [isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups]
         optimizer.load_state_dict(_join_optimizer_state(tensors, checkpoint.meta["optimizer"]))
+        for group, was_tensor in zip(optimizer.param_groups, tensor_lr):
+            if was_tensor and not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(group["lr"], device=group["params"][0].device)
 
 
 def section(checkpoint: Checkpoint, prefix: str) -> dict[str, torch.Tensor]:

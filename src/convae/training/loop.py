@@ -20,18 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import ConfigError, TrainConfig
-from ..data import ImageData, load_data, to_float
-from ..evaluation.elbo import entropy_floor, evaluate_neg_elbo
+from ..data import ImageData, load_data
+from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from ..models import VAE, build_model
-from ..objectives import neg_elbo
 from ..visualisation import seed_grid
 from .checkpoint import latest_checkpoint, restore, save_checkpoint, section
+from .engine import effective_precision, make_optimizer, make_train_step
 
 
 class TrainingInterrupted(Exception):
@@ -96,22 +95,6 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     progress = (step - warmup) / max(1, total_steps - warmup)
     floor = config.lr / 100
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 images -> the floats the model sees (gray values, or a fresh Bernoulli draw of them)."""
-    x = to_float(images, levels, config.image_size, dtype)
-    if config.binarize == "dynamic":
-        x = torch.bernoulli(x)
-    return x
-
-
-def loss_and_backward(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        out = model(x)
-    loss = neg_elbo(out.logits, x, out.mu, out.sigma).total
-    loss.backward()
-    return loss.detach()
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -194,10 +177,12 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
     total_steps = config.epochs * steps_per_epoch
     last_step = min(total_steps, config.max_steps or total_steps)
 
+    precision = effective_precision(config, device, warn=lambda m: print(f"convae: {m}", file=sys.stderr))
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.encoder, config.image_size).to(device=device, dtype=dtype)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    train_step_model = torch.compile(model) if config.compile else model
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config, device, capturable=device.type == "cuda" and config.cuda_graphs)
 
     step, train_seconds, epoch_loss_sum = 0, 0.0, torch.zeros((), dtype=torch.float64, device=device)
     if resume:
@@ -218,7 +203,7 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
 
     # -- the run folder ------------------------------------------------------------------------------------
     (run_dir / "images").mkdir(parents=True, exist_ok=True)
-    settings = {"config": config.to_dict(), "environment": describe_environment(device),
+    settings = {"config": config.to_dict(), "environment": describe_environment(device), "precision": precision,
                 "model_parameters": sum(p.numel() for p in model.parameters()),
                 "steps_per_epoch": steps_per_epoch, "command": argv}
     atomic_write_json(run_dir / "config.json", settings)
@@ -235,11 +220,13 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
         say(f"run folder {run_dir}: model {config.model}, {settings['model_parameters']:,} parameters, "
             f"{len(data.train_images)} training images, {steps_per_epoch} steps per epoch, device {device}")
 
-    monitor = data.train_images[:config.monitor_images]
-    floor = entropy_floor(data.test_images, levels=data.levels, image_size=config.image_size)
+    monitor = evaluation_images(data.train_images[:config.monitor_images], data.levels, config)
+    test_set = evaluation_images(data.test_images, data.levels, config)
+    floor = entropy_floor(test_set)
     show_bar = not config.quiet and sys.stderr.isatty()
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     step_counter = torch.full((), step, dtype=torch.long, device=device)
+    train_step = make_train_step(model, optimizer, data.train_images, data.levels, config, dtype, precision, device)
 
     def write_checkpoint() -> Path:
         return save_checkpoint(
@@ -270,13 +257,7 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
                 started, steps_run = time.perf_counter(), 0
                 for i in range(first_index, steps_per_epoch):
                     lr = learning_rate(config, step, total_steps)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    index = order[i * config.batch_size:(i + 1) * config.batch_size]
-                    x = make_batch(data.train_images[index], data.levels, config, dtype)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_and_backward(train_step_model, x, config.precision)
-                    optimizer.step()
+                    loss = train_step(order[i * config.batch_size:(i + 1) * config.batch_size], lr)
                     epoch_loss_sum += loss
                     first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, step_counter)
                     step_counter += 1
@@ -300,8 +281,9 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
                     write_checkpoint()
                     break
                 record = end_of_epoch(
-                    model, data, config, run_dir, monitor=monitor, epoch=epoch, step=step, partial=not epoch_done,
+                    model, config, run_dir, monitor=monitor, test_set=test_set, epoch=epoch, step=step, partial=not epoch_done,
                     train_loss=(epoch_loss_sum / (step - (epoch - 1) * steps_per_epoch)).item(), floor=floor,
+                    precision=precision,
                     lr=lr, train_seconds=train_seconds, seconds=seconds, images=steps_run * config.batch_size)
                 metrics.append(record)
                 atomic_write_jsonl(run_dir / "metrics.jsonl", metrics)
@@ -320,18 +302,18 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
     return TrainResult(run_dir, metrics, model)
 
 
-def end_of_epoch(model: VAE, data: ImageData, config: TrainConfig, run_dir: Path, *, monitor: torch.Tensor,
-                 epoch: int, step: int, partial: bool, train_loss: float, floor: float, lr: float,
+def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
+                 epoch: int, step: int, partial: bool, train_loss: float, floor: float, lr: float, precision: str,
                  train_seconds: float, seconds: float, images: int) -> dict:
     """What the seed does after each epoch (loss on the first training images, the 3x3 picture), plus the test set."""
     started = time.perf_counter()
-    shared = dict(levels=data.levels, image_size=config.image_size, precision=config.precision, seed=config.seed + 1)
-    on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), **shared)
-    on_test = evaluate_neg_elbo(model, data.test_images, batch_size=config.eval_batch_size, **shared)
+    on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), precision=precision, seed=config.seed + 1)
+    on_test = evaluate_neg_elbo(model, test_set, batch_size=config.eval_batch_size, precision=precision,
+                                seed=config.seed + 1)
     model.eval()
     with torch.no_grad():
         p = next(model.parameters())
-        x = to_float(monitor[:9], data.levels, config.image_size, p.dtype)
+        x = monitor.floats(0, 9, p.dtype, p.device)
         generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
         reconstruction = torch.sigmoid(model(x, generator=generator).logits)
     model.train()

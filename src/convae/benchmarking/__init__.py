@@ -1,0 +1,1 @@
+"""Measuring speed: FLOP counts from the layers, and ``convae bench``."""

@@ -1,0 +1,84 @@
+"""Measuring the seed's "dots": checkerboard artifacts of upsampling layers, as numbers.
+
+A decoder whose last upsampling has stride s paints a pattern with period s when its s x s phases are treated
+differently. In the 2-D DFT of an N x N image, an s-periodic pattern lives at the alias frequencies, the
+multiples of N/s in both directions (for 32 x 32 and s = 4: 0, 8, 16, 24). We measure:
+
+* ``alias_share``: the share of spectral energy (DC removed) at those frequencies. Real digits put a little
+  energy there; a checkerboard puts a lot. We divide by the same share for real test images: 1.0 = like the data.
+  Computed per image (then averaged) and on the mean of many images, where the content averages out and a
+  fixed periodic bias survives.
+* ``polyphase_spread``: split the (mean) image into its s^2 phases (pixels (i, j) with i % s = a, j % s = b),
+  average each, and report the spread of those s^2 means relative to their mean.
+* ``flat_response``: feed a constant feature map to a decoder's upsampling stack and measure how far the output
+  is from flat away from the borders (0 = flat). Needs no training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def alias_mask(size: int, stride: int) -> torch.Tensor:
+    """Boolean size x size mask of the alias frequencies (multiples of size / stride), DC excluded."""
+    if size % stride:
+        raise ValueError(f"image size {size} is not a multiple of the stride {stride}")
+    on = torch.arange(size) % (size // stride) == 0
+    mask = on[:, None] & on[None, :]
+    mask[0, 0] = False
+    return mask
+
+
+def power_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """|DFT|^2 of each image (N x H x W or N x 1 x H x W) with its mean removed, float64."""
+    x = images.double().reshape(-1, images.shape[-2], images.shape[-1])
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    return torch.fft.fft2(x).abs().square()
+
+
+def alias_share(images: torch.Tensor, stride: int) -> torch.Tensor:
+    """Per image: energy at the alias frequencies / all energy (DC removed). Flat images give 0."""
+    power = power_spectrum(images)
+    mask = alias_mask(images.shape[-1], stride).to(power.device)
+    total = power.sum(dim=(-2, -1))
+    return torch.where(total > 0, power[:, mask].sum(-1) / total.clamp_min(1e-300), torch.zeros_like(total))
+
+
+def polyphase_spread(image: torch.Tensor, stride: int) -> float:
+    """Std of the stride^2 phase means of one image, divided by their mean (0 = all phases alike)."""
+    x = image.double().reshape(image.shape[-2], image.shape[-1])
+    means = torch.stack([x[a::stride, b::stride].mean() for a in range(stride) for b in range(stride)])
+    return (means.std(unbiased=False) / means.mean().abs().clamp_min(1e-12)).item()
+
+
+def checkerboard_scores(generated: torch.Tensor, real: torch.Tensor, stride: int) -> dict:
+    """All scores for ``generated`` images against ``real`` ones (both N x 1 x H x W, values in [0, 1])."""
+    per_image = alias_share(generated, stride).mean().item()
+    per_image_real = alias_share(real, stride).mean().item()
+    mean_generated, mean_real = generated.double().mean(0), real.double().mean(0)
+    of_mean = alias_share(mean_generated[None], stride).item()
+    of_mean_real = alias_share(mean_real[None], stride).item()
+    return {
+        "stride": stride,
+        "alias_share": per_image, "alias_share_data": per_image_real,
+        "score": per_image / per_image_real,
+        "alias_share_of_mean": of_mean, "alias_share_of_mean_data": of_mean_real,
+        "score_of_mean": of_mean / of_mean_real,
+        "polyphase_spread": polyphase_spread(mean_generated, stride),
+        "polyphase_spread_data": polyphase_spread(mean_real, stride),
+    }
+
+
+@torch.no_grad()
+def flat_response(stack: nn.Module, input_shape: tuple[int, int, int], border: int = 4) -> float:
+    """Feed a constant map (C x H x W of ones) through ``stack`` (eval mode) and return the interior's
+    largest per-channel (max - min), divided by the mean |value|: 0 for an upsampler that paints no pattern."""
+    was_training = stack.training
+    stack.eval()
+    p = next(stack.parameters())
+    y = stack(torch.ones(1, *input_shape, device=p.device, dtype=p.dtype))
+    stack.train(was_training)
+    interior = (y[..., border:-border, border:-border] if border else y).flatten(2)  # 1 x C x pixels
+    spread = interior.amax(-1) - interior.amin(-1)  # per channel: a flat channel may sit at any level
+    return (spread.max() / interior.abs().mean().clamp_min(1e-12)).item()

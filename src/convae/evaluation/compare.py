@@ -1,0 +1,85 @@
+"""``convae compare``: several models under one budget, one table and one panel of pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..benchmarking.flops import forward_flops_per_image
+from ..config import ConfigError, TrainConfig
+from ..files import atomic_write_json, atomic_write_text
+from ..models import MODELS
+from ..training import train
+from ..visualisation import rows_grid
+from .report import artifact_scores, evaluate_run
+from .runs import open_run
+
+
+def compare(args) -> dict:
+    out = Path(args.out)
+    if args.runs:
+        run_dirs = [Path(r) for r in args.runs]
+    else:
+        unknown = [m for m in args.models if m not in MODELS]
+        if unknown:
+            raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
+        run_dirs = []
+        for name in args.models:
+            run_dir = out / name
+            if not (run_dir / "config.json").exists():
+                config = TrainConfig(model=name, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                                     train_limit=args.train_limit, out=str(run_dir), quiet=True)
+                train(config, log=lambda line: None)
+            run_dirs.append(run_dir)
+    runs = [open_run(d, args.device) for d in run_dirs]  # refuses missing folders and foreign checkpoints first
+
+    rows, panel = [], []
+    for run in runs:
+        ev = evaluate_run(run, iw_samples=args.iw_samples, pictures=False)
+        art = artifact_scores(run, n=2000, picture=False)
+        ends = [m for m in run.metrics if not m.get("partial_epoch")]
+        rows.append({
+            "model": run.config.model, "run": str(run.path), "epochs": len(ends),
+            "test_neg_elbo": ev["test_neg_elbo"], "iw_nll": ev.get("iw_nll"), "iw_samples": args.iw_samples,
+            "entropy_floor": ev["entropy_floor"],
+            "dots_samples": art["samples"]["score"], "dots_samples_of_mean": art["samples"]["score_of_mean"],
+            "dots_reconstructions": art["reconstructions"]["score"],
+            "parameters": sum(p.numel() for p in run.model.parameters()),
+            "mflops_per_image": forward_flops_per_image(run.model) / 1e6,
+            "seconds_per_epoch": (ends[-1]["train_seconds"] / len(ends)) if ends else None,
+        })
+        p = next(run.model.parameters())
+        generator = torch.Generator(device=p.device).manual_seed(0)
+        test_set = run.test_set(run.data())
+        x = test_set.floats(0, 4, p.dtype, p.device)
+        recon = torch.sigmoid(run.model(x, generator=generator).logits)
+        panel.append(torch.cat([run.model.sample(6, generator=generator), recon]).cpu())
+
+    out.mkdir(parents=True, exist_ok=True)
+    columns = torch.stack(panel, dim=1)  # images x models
+    rows_grid(list(columns), out / "panel.png", labels=[f"sample {i + 1}" for i in range(6)] +
+              [f"recon. {i + 1}" for i in range(4)], title="  |  ".join(r["model"] for r in rows))
+    table = format_table(rows)
+    atomic_write_text(out / "compare.md", table + "\n")
+    atomic_write_json(out / "compare.json", rows)
+    return {"rows": rows, "table": table}
+
+
+def format_table(rows: list[dict]) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    k = rows[0]["iw_samples"] if rows else 0
+    lines = [f"| model | epochs | test -ELBO | IW bound (K={k}) | dots, samples | dots, samples (mean) | "
+             "dots, recon. | params | MFLOP/img | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['epochs']} | {f(r['test_neg_elbo'], '.2f')} | {f(r['iw_nll'], '.2f')} | "
+                     f"{f(r['dots_samples'], '.2f')} | {f(r['dots_samples_of_mean'], '.2f')} | "
+                     f"{f(r['dots_reconstructions'], '.2f')} | {r['parameters']:,} | {f(r['mflops_per_image'], '.1f')} | "
+                     f"{f(r['seconds_per_epoch'], '.1f')} |")
+    if rows:
+        lines.append(f"\nnats per image on the test set; entropy floor {rows[0]['entropy_floor']:.2f}. "
+                     "dots = checkerboard score (1.0 = like the data).")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""``convae eval`` and ``convae artifacts``: numbers and pictures for one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..files import atomic_write_json
+from ..visualisation import latent_scatter, loss_curves, rows_grid, spectrum_panel
+from .artifacts import checkerboard_scores, flat_response, power_spectrum
+from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo
+from .likelihood import importance_weighted_nll
+from .runs import Run
+
+# The seed decoder's last layer has stride 4; the others upsample x2 three times, and a x2 pattern also has its
+# energy at multiples of N/4, so one set of alias frequencies serves every decoder.
+ALIAS_STRIDE = 4
+
+
+@torch.no_grad()
+def latent_means(model, data: EvalImages, batch_size: int = 1000) -> torch.Tensor:
+    p = next(model.parameters())
+    return torch.cat([model.encoder(data.floats(s, s + batch_size, p.dtype, p.device))[0]
+                      for s in range(0, len(data), batch_size)])
+
+
+@torch.no_grad()
+def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: Path) -> list[str]:
+    """Samples, reconstructions, interpolations, traversals, the latent PCA and the loss curves."""
+    model, p = run.model, next(run.model.parameters())
+    generator = torch.Generator(device=p.device).manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{run.config.model} ({run.path.name}, step {run.step})"
+    written = []
+
+    def save(fn, file, *args, **kw):
+        fn(*args, folder / file, **kw)
+        written.append(file)
+
+    samples = model.sample(64, generator=generator)
+    save(rows_grid, "samples.png", list(samples.view(8, 8, *samples.shape[1:])), title=f"samples from the prior: {name}")
+
+    x = test_set.floats(0, 10, p.dtype, p.device)
+    recon = torch.sigmoid(model(x, generator=generator).logits)
+    save(rows_grid, "reconstructions.png", [x, recon], labels=["input", "recon."], title=f"test reconstructions: {name}")
+
+    mu = latent_means(model, test_set)
+    a, b = mu[:8], mu[8:16]
+    t = torch.linspace(0, 1, 10, device=p.device, dtype=p.dtype)
+    rows = [torch.sigmoid(model.decoder(a[i] + t[:, None] * (b[i] - a[i]))) for i in range(len(a))]
+    save(rows_grid, "interpolations.png", rows, title=f"latent interpolations between test images: {name}")
+
+    active = mu.var(0).argsort(descending=True)[:8]
+    values = torch.linspace(-3, 3, 11, device=p.device, dtype=p.dtype)
+    base = mu[0]
+    rows = []
+    for d in active.tolist():
+        z = base.repeat(len(values), 1)
+        z[:, d] = values
+        rows.append(torch.sigmoid(model.decoder(z)))
+    save(rows_grid, "traversals.png", rows, labels=[f"z{d}" for d in active.tolist()],
+         title=f"traversals -3..3 of the most active latent dimensions: {name}")
+
+    centred = (mu - mu.mean(0)).float().cpu()
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    save(latent_scatter, "latent_pca.png", centred @ v[:2].T, labels[:len(centred)],
+         title=f"PCA of test-set latent means: {name}")
+    if run.metrics:
+        save(loss_curves, "loss_curves.png", run.metrics, title=name)
+    return written
+
+
+def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
+                 progress: bool = False) -> dict:
+    data = run.data(test_limit)
+    test_set = run.test_set(data)
+    elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
+    protocol = ("binarized: trained on dynamically binarized images, tested on one fixed binarization (seed 0), "
+                f"28x28 {'padded' if run.config.resize_mode == 'pad' else 'resized'} to {run.config.image_size}x{run.config.image_size}"
+                if run.config.binarize == "dynamic" else
+                f"gray-scale {run.config.image_size}x{run.config.image_size} ({run.config.resize_mode}); "
+                "not comparable with published binarized-MNIST NLLs")
+    result = {"run": str(run.path), "model": run.config.model, "step": run.step, "protocol": protocol,
+              "n_test_images": len(test_set), "test_neg_elbo": elbo.neg_elbo, "test_L_likelihood": elbo.likelihood,
+              "test_L_KL": elbo.kl, "entropy_floor": entropy_floor(test_set)}
+    if iw_samples:
+        iw = importance_weighted_nll(run.model, test_set, iw_samples, progress=progress)
+        result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error})
+    if pictures:
+        result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.path / "eval")
+        atomic_write_json(run.path / "eval" / "eval.json", result)
+    return result
+
+
+@torch.no_grad()
+def artifact_scores(run: Run, *, n: int = 2000, test_limit: int | None = None, picture: bool = True) -> dict:
+    """Checkerboard scores of prior samples and of test reconstructions against the test images."""
+    model, p = run.model, next(run.model.parameters())
+    data = run.data(test_limit)
+    test_set = run.test_set(data)
+    n = min(n, len(test_set))
+    real = test_set.floats(0, n, p.dtype, p.device)
+    generator = torch.Generator(device=p.device).manual_seed(0)
+    samples = torch.cat([model.sample(min(500, n - s), generator=generator) for s in range(0, n, 500)])
+    recon = torch.cat([torch.sigmoid(model(real[s:s + 500], generator=generator).logits) for s in range(0, n, 500)])
+    stride = ALIAS_STRIDE
+    result = {"run": str(run.path), "model": run.config.model, "step": run.step, "images": n,
+              "samples": checkerboard_scores(samples, real, stride),
+              "reconstructions": checkerboard_scores(recon, real, stride)}
+    if picture:
+        (run.path / "eval").mkdir(exist_ok=True)
+        mean_s, mean_r = samples.double().mean(0)[0], real.double().mean(0)[0]
+        spectrum_panel(mean_s, mean_r, power_spectrum(mean_s[None])[0], power_spectrum(mean_r[None])[0],
+                       run.path / "eval" / "artifacts.png",
+                       title=f"{run.config.model}: score (samples) {result['samples']['score']:.2f}, "
+                             f"of mean {result['samples']['score_of_mean']:.2f}; 1.0 = like the data")
+        atomic_write_json(run.path / "eval" / "artifacts.json", result)
+    return result
+
+
+def decoder_flatness(model_name: str) -> float | None:
+    """Constant-input test of a freshly built decoder's upsampling layers (eval mode): 0 = flat output."""
+    from ..models import build_model
+
+    torch.manual_seed(0)
+    decoder = build_model(model_name).decoder
+    if not hasattr(decoder, "upsampling_stack"):
+        return None  # fully connected: nothing upsamples
+    stack, channels = decoder.upsampling_stack()
+    return flat_response(stack, (channels, 16, 16), border=16)

@@ -1,0 +1,61 @@
+"""Opening a finished (or interrupted) run folder: its settings, its model at the newest checkpoint, its data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, TrainConfig
+from ..data import ImageData, load_data
+from ..files import read_jsonl
+from ..models import VAE, build_model
+from ..training.checkpoint import CheckpointError, latest_checkpoint, restore
+from ..training.loop import resolve_device
+from .elbo import EvalImages, evaluation_images
+
+
+@dataclass
+class Run:
+    path: Path
+    config: TrainConfig
+    settings: dict
+    model: VAE
+    step: int
+    metrics: list[dict]
+
+    def data(self, test_limit: int | None = None) -> ImageData:
+        return load_data(self.config.data_dir).subset(None, test_limit or self.config.test_limit)
+
+    def test_set(self, data: ImageData) -> EvalImages:
+        return evaluation_images(data.test_images, data.levels, self.config)
+
+
+def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None) -> Run:
+    """Load ``path``'s config and newest checkpoint; a missing folder, a foreign checkpoint or a model that isn't
+    the expected one is a one-line error naming the folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such run folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{path}: not a convae run folder (no config.json)")
+    try:
+        settings = json.loads(config_file.read_text())
+        config = TrainConfig.from_dict(settings["config"]).validate()
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{config_file}: unreadable ({type(e).__name__}: {e})") from None
+    if expect_model is not None and config.model != expect_model:
+        raise ConfigError(f"{path}: a run of model {config.model!r}, not {expect_model!r}")
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    if checkpoint.meta.get("model") != config.model:
+        raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
+                              f"but {config_file} says {config.model!r}")
+    dev = resolve_device(device)
+    model = build_model(config.model, config.encoder, config.image_size)
+    restore(checkpoint, model, None)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    model = model.to(device=dev, dtype=dtype).eval()
+    return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"))

@@ -1,0 +1,167 @@
+"""The training step and the levers that make it fast, kept apart from the loop that calls it.
+
+``make_train_step`` returns a callable ``step(index, lr) -> loss`` that gathers the batch from the uint8 images
+resident on the device, runs forward, loss, backward and Adam, and returns the loss as a device tensor (no
+host sync). On CUDA it can record the whole step once as a CUDA graph and replay it, which removes the launch
+overhead that dominates a small model at batch 32.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import torch
+import torch.nn as nn
+
+from ..config import TrainConfig
+from ..data import to_float
+from ..objectives import neg_elbo
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run in hardware here (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def effective_precision(config: TrainConfig, device: torch.device, warn=print) -> str:
+    """bf16 where the hardware has it; otherwise fp32, saying so (emulated bf16 is many times slower)."""
+    if config.precision == "bf16" and not native_bf16(device):
+        warn(f"--precision bf16: {device.type} here has no native bf16 (needs AVX512-BF16/AMX or a CUDA GPU); "
+             "training in fp32 instead")
+        return "fp32"
+    return config.precision
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, capturable: bool = False):
+    """Adam, fused: one pass over all parameters (measured 4x faster than foreach on this CPU), same update rule."""
+    if device.type == "cuda":
+        return torch.optim.Adam(model.parameters(), lr=torch.tensor(config.lr, device=device) if capturable
+                                else config.lr, fused=True, capturable=capturable)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+
+
+def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 images -> the floats the model sees (gray values, or a fresh Bernoulli draw of them)."""
+    x = to_float(images, levels, config.image_size, dtype, config.resize_mode)
+    if config.binarize == "dynamic":
+        x = torch.bernoulli(x)
+    return x
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(x)
+    return neg_elbo(out.logits, x, out.mu, out.sigma).total
+
+
+class EagerStep:
+    """The plain step: PyTorch ops launched one by one (optionally through torch.compile)."""
+
+    def __init__(self, model, optimizer, images, levels, config, dtype, precision):
+        self.model, self.optimizer, self.images = model, optimizer, images
+        self.levels, self.config, self.dtype, self.precision = levels, config, dtype, precision
+        self.forward_loss = forward_loss
+        if config.compile:
+            self.forward_loss = torch.compile(forward_loss)
+        self._checked_compile = not config.compile
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
+    def __call__(self, index: torch.Tensor, lr: float) -> torch.Tensor:
+        self._set_lr(lr)
+        x = make_batch(self.images[index], self.levels, self.config, self.dtype)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self._checked_compile:
+            loss = self._first_compiled_call(x)
+        else:
+            loss = self.forward_loss(self.model, x, self.precision)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _first_compiled_call(self, x: torch.Tensor) -> torch.Tensor:
+        self._checked_compile = True
+        try:
+            return self.forward_loss(self.model, x, self.precision)
+        except Exception as e:  # a missing C++ compiler, an unsupported backend, ...
+            print(f"convae: --compile: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  "running eager", file=sys.stderr)
+            self.forward_loss = forward_loss
+            self.optimizer.zero_grad(set_to_none=True)
+            return forward_loss(self.model, x, self.precision)
+
+
+class CudaGraphStep(EagerStep):
+    """The whole step (gather, forward, backward, Adam) recorded once as a CUDA graph and replayed.
+
+    The warm-up iterations that capture needs change the weights, BatchNorm statistics and Adam's moments; we put
+    them back afterwards, so the graphed run makes the same updates as the eager one (its random numbers come
+    from the same generator in another order, so it is not bit-identical). The batch indices and the learning
+    rate are inputs of the graph: static tensors we copy into before each replay.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graph = None
+        self.static_index = None
+
+    def _body(self) -> torch.Tensor:
+        x = make_batch(self.images[self.static_index], self.levels, self.config, self.dtype)
+        loss = forward_loss(self.model, x, self.precision)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _capture(self, index: torch.Tensor) -> None:
+        self.static_index = index.clone()
+        saved_model = {k: v.clone() for k, v in self.model.state_dict().items()}
+        saved_optimizer = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+                           for p, state in self.optimizer.state.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        self.optimizer.zero_grad(set_to_none=True)  # backward inside the graph then writes, not accumulates
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self._body()
+        # undo the warm-up and capture updates: weights, BatchNorm statistics, Adam's moments and step count
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(saved_model[k])
+            for p, state in self.optimizer.state.items():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        value.copy_(saved_optimizer[p][key]) if p in saved_optimizer else value.zero_()
+
+    def __call__(self, index: torch.Tensor, lr: float) -> torch.Tensor:
+        self._set_lr(lr)
+        if self.graph is None:
+            self._capture(index)
+        self.static_index.copy_(index)
+        self.graph.replay()
+        return self.static_loss.clone()
+
+
+def make_train_step(model, optimizer, images, levels, config: TrainConfig, dtype, precision, device):
+    if device.type == "cuda" and config.cuda_graphs:
+        if config.compile:
+            warnings.warn("--compile with CUDA graphs: using the graphs alone")
+        return CudaGraphStep(model, optimizer, images, levels, config, dtype, precision)
+    return EagerStep(model, optimizer, images, levels, config, dtype, precision)

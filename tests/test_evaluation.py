@@ -1,0 +1,84 @@
+import json
+import math
+
+import pytest
+import torch
+
+from convae.cli import main
+from convae.config import ConfigError, TrainConfig
+from convae.evaluation.elbo import EvalImages, evaluate_neg_elbo
+from convae.evaluation.likelihood import importance_weighted_nll, log_weights
+from convae.evaluation.runs import open_run
+from convae.objectives import per_image_neg_elbo
+from convae.training import train
+from convae.training.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("runs") / "seed"
+    config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, quiet=True, device="cpu", out=str(out), eval_batch_size=64)
+    train(config, data=tiny_data, log=lambda s: None)
+    return out
+
+
+def test_iw_bound_with_k1_is_the_elbo_in_expectation(trained_run, tiny_data):
+    run = open_run(trained_run, "cpu")
+    test = EvalImages(tiny_data.test_images, tiny_data.levels, 32)
+    x = test.floats(0, 16, torch.float32, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    n = 2000
+    with torch.no_grad():
+        # single-sample log weights: their mean estimates the ELBO with a Monte Carlo KL ...
+        w = log_weights(run.model, x, n, generator)
+        mu, sigma = run.model.encoder(x)
+        # ... and the ELBO the trainer reports uses the analytic KL
+        elbo = torch.stack([-per_image_neg_elbo(run.model.decoder(mu + sigma * torch.randn(mu.shape, generator=generator)),
+                                                x, mu, sigma).total for _ in range(n)]).double()
+    difference = w.mean(1) - elbo.mean(0)
+    standard_error = (w.var(1) / n + elbo.var(0) / n).sqrt()
+    assert (difference.abs() < 4 * standard_error + 1e-3).all()
+
+
+def test_iw_bound_tightens_with_k(trained_run, tiny_data):
+    run = open_run(trained_run, "cpu")
+    test = EvalImages(tiny_data.test_images, tiny_data.levels, 32)
+    nll = {k: importance_weighted_nll(run.model, test, k, seed=1).nll for k in (1, 10, 100)}
+    assert nll[1] > nll[10] > nll[100]
+    assert nll[100] < evaluate_neg_elbo(run.model, test).neg_elbo
+
+
+def test_eval_cli_writes_numbers_and_pictures(trained_run, idx_dir, capsys):
+    config_file = trained_run / "config.json"
+    settings = json.loads(config_file.read_text())
+    settings["config"]["data_dir"] = str(idx_dir)  # the run was trained on the same images, from the API
+    config_file.write_text(json.dumps(settings))
+    assert main(["eval", str(trained_run), "--iw-samples", "20", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["iw_samples"] == 20 and result["iw_nll"] < result["test_neg_elbo"] + 1
+    assert math.isfinite(result["test_neg_elbo"]) and result["entropy_floor"] > 0
+    for picture in ("samples.png", "reconstructions.png", "interpolations.png", "traversals.png",
+                    "latent_pca.png", "loss_curves.png"):
+        assert (trained_run / "eval" / picture).stat().st_size > 1000
+    assert main(["artifacts", str(trained_run), "--json", "--images", "64", "--device", "cpu"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["samples"]["score"] > 0 and (trained_run / "eval" / "artifacts.png").is_file()
+
+
+def test_eval_refuses_missing_and_foreign_runs(trained_run, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="a run of model 'seed', not 'resize'"):
+        open_run(trained_run, "cpu", expect_model="resize")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "checkpoints").mkdir()
+    settings = json.loads((trained_run / "config.json").read_text())
+    settings["config"]["model"] = "resize"
+    (foreign / "config.json").write_text(json.dumps(settings))
+    for f in (trained_run / "checkpoints").iterdir():
+        (foreign / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(CheckpointError, match="checkpoint of model 'seed'"):
+        open_run(foreign, "cpu")
+    assert main(["compare", "--runs", str(foreign), "--out", str(tmp_path / "cmp")]) == 2
+    assert "checkpoint of model 'seed'" in capsys.readouterr().err
