@@ -16,8 +16,8 @@ echo "== CUDA tests"
 $py -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_models.py 2>&1 | tail -3 | tee "$OUT/tests.txt"
 
 echo "== bench"
-$py -m convae bench --batch-size 32 256 --precision fp32 bf16 --steps 100 --rounds 5 --warmup 20 | tee "$OUT/bench.txt"
-$py -m convae bench --batch-size 32 256 --precision fp32 bf16 --steps 100 --rounds 5 --warmup 20 --json > "$OUT/bench.json" 2>/dev/null
+$py -m convae bench --batch-size 32 256 --precision fp32 bf16 --steps 40 --rounds 5 --warmup 10 \
+    --json-out "$OUT/bench.json" | tee "$OUT/bench.txt"
 
 echo "== seed preset, 2 epochs on the GPU"
 $py -m convae train --preset seed --epochs 2 --device cuda --out "$OUT/seed_gpu" --quiet | tee "$OUT/seed_gpu.txt"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
+from .files import atomic_write_json
 from .training.checkpoint import CheckpointError
 
 EXIT_BAD_INPUT = 2
@@ -122,6 +123,7 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="launch CUDA kernels one by one")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--json-out", metavar="FILE", help="also write the JSON to FILE")
     return p
 
 
@@ -145,6 +147,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     result = run_bench(settings, log=log)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.json_out:
+        atomic_write_json(args.json_out, result)
     return 0
 
 
