@@ -13,6 +13,7 @@ loader is needed.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import io
@@ -249,6 +250,14 @@ def write_idx(path: str | Path, array: np.ndarray | torch.Tensor) -> None:
         f.write(header + array.tobytes())
 
 
-def load_data(data_dir: str | Path | None = None) -> ImageData:
-    """The embedded MNIST, or the IDX files in ``data_dir``."""
+@functools.lru_cache(maxsize=2)
+def _load_cached(data_dir: str | None, stamp: float) -> ImageData:
     return read_idx_folder(data_dir) if data_dir is not None else read_mnist_pickle(embedded_mnist_path())
+
+
+def load_data(data_dir: str | Path | None = None) -> ImageData:
+    """The embedded MNIST, or the IDX files in ``data_dir``. Cached per process (reading the pickle takes
+    seconds), keyed by the folder's modification time so a changed folder is read again."""
+    source = Path(data_dir) if data_dir is not None else embedded_mnist_path()
+    stamp = source.stat().st_mtime if source.exists() else 0.0
+    return _load_cached(str(data_dir) if data_dir is not None else None, stamp)

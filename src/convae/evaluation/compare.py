@@ -16,6 +16,16 @@ from .report import artifact_scores, evaluate_run
 from .runs import open_run
 
 
+@torch.no_grad()
+def _panel_column(run) -> torch.Tensor:
+    """Six samples from the prior, then four test reconstructions."""
+    p = next(run.model.parameters())
+    generator = torch.Generator(device=p.device).manual_seed(0)
+    x = run.test_set(run.data()).floats(0, 4, p.dtype, p.device)
+    recon = torch.sigmoid(run.model(x, generator=generator).logits)
+    return torch.cat([run.model.sample(6, generator=generator), recon]).cpu()
+
+
 def compare(args) -> dict:
     out = Path(args.out)
     if args.runs:
@@ -49,12 +59,7 @@ def compare(args) -> dict:
             "mflops_per_image": forward_flops_per_image(run.model) / 1e6,
             "seconds_per_epoch": (ends[-1]["train_seconds"] / len(ends)) if ends else None,
         })
-        p = next(run.model.parameters())
-        generator = torch.Generator(device=p.device).manual_seed(0)
-        test_set = run.test_set(run.data())
-        x = test_set.floats(0, 4, p.dtype, p.device)
-        recon = torch.sigmoid(run.model(x, generator=generator).logits)
-        panel.append(torch.cat([run.model.sample(6, generator=generator), recon]).cpu())
+        panel.append(_panel_column(run))
 
     out.mkdir(parents=True, exist_ok=True)
     columns = torch.stack(panel, dim=1)  # images x models
