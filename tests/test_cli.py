@@ -116,3 +116,15 @@ def test_sigint_on_the_real_command_checkpoints_and_says_how_to_resume(tmp_path,
     step = int(re.search(r"SIGINT at step (\d+)", stderr)[1])
     newest = max(int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.json"))
     assert newest == step  # the step in flight finished and was saved
+
+
+def test_fast_preset_and_binarized_protocol_run_from_the_command_line(tmp_path, idx_dir, capsys):
+    out = tmp_path / "fast"
+    code, _, err = run_cli(capsys, *small(idx_dir, out, "--preset", "fast", "--epochs", "1", "--binarize", "dynamic"))
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["lr_schedule"] == "onecycle" and saved["lr"] == 2e-3 and saved["extra"] == {"preset": "fast"}
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["entropy_floor"] == 0.0  # binary targets have no entropy
+    code, stdout, _ = run_cli(capsys, "eval", str(out), "--iw-samples", "3", "--no-pictures")
+    assert code == 0 and "binarized" in stdout and "K = 3" in stdout

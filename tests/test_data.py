@@ -116,3 +116,15 @@ def test_embedded_mnist_loads_exactly():
     assert data.train_images.dtype == torch.uint8 and data.levels == 256
     assert sorted(data.test_labels.unique().tolist()) == list(range(10))
     assert data.train_images.max() == 255  # values k/256 map back to the exact bytes
+
+
+def test_pad_mode_keeps_the_original_pixels_and_binarization_is_fixed():
+    from convae.data import fixed_binarization
+
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    padded = to_float(images, 255.0, 32, resize="pad")
+    assert padded.shape == (5, 1, 32, 32) and torch.equal(padded[..., 2:30, 2:30], images.float() / 255)
+    assert padded[..., :2, :].abs().sum() == 0 and padded[..., :, 30:].abs().sum() == 0
+    a = fixed_binarization(images, 255.0, 32, "pad", seed=0)
+    assert a.dtype == torch.uint8 and set(a.unique().tolist()) <= {0, 1} and torch.equal(a, fixed_binarization(images, 255.0, 32, "pad", seed=0))
+    assert not torch.equal(a, fixed_binarization(images, 255.0, 32, "pad", seed=1))

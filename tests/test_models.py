@@ -103,3 +103,32 @@ def test_matmul_transposed_conv_equals_pytorchs(args, shape):
     ga = torch.autograd.grad(a, (x, reference.weight), grad)
     gb = torch.autograd.grad(b, (x, ours.weight), grad)
     assert all(torch.allclose(u, v, atol=1e-12) for u, v in zip(ga, gb))
+
+
+@pytest.mark.parametrize("name, latent", [("fc", 20), ("resize", 100), ("subpixel", 100)])
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
+def test_every_model_maps_32x32_images_to_logits_and_trains(name, latent, encoder):
+    model = build_model(name, encoder)
+    x = torch.rand(4, 1, 32, 32)
+    out = model(x)
+    assert out.logits.shape == (4, 1, 32, 32) and out.mu.shape == (4, latent)
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_decoders_without_transposed_convs_paint_no_dots_at_initialisation():
+    from convae.evaluation.report import decoder_flatness
+
+    assert decoder_flatness("seed") > 0.5
+    assert decoder_flatness("resize") < 1e-6 and decoder_flatness("subpixel") < 1e-6
+    assert decoder_flatness("fc") is None
+
+
+def test_icnr_copies_each_subkernel_to_its_pixelshuffle_phases():
+    from convae.models.decoders import SubPixelDecoder, SubPixelUpsample
+
+    decoder = build_model("subpixel").decoder
+    assert isinstance(decoder, SubPixelDecoder)
+    for up in (m for m in decoder.modules() if isinstance(m, SubPixelUpsample)):
+        w = up.conv.weight.view(up.c_out, 4, *up.conv.weight.shape[1:])
+        assert torch.equal(w, w[:, :1].expand_as(w))
