@@ -124,3 +124,34 @@ def test_onecycle_schedule_warms_up_then_decays():
     lrs = [loop.learning_rate(config, s, 100) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-2 / 25) and max(lrs) == pytest.approx(1e-2) and lrs.index(max(lrs)) == 24
     assert lrs[-1] < 1e-3 and all(a >= b for a, b in zip(lrs[24:], lrs[25:]))
+
+
+def test_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
+    """CUDA graphs read the learning rate from a tensor; after a resume it must still be that kind of tensor."""
+    from convae.training.checkpoint import latest_checkpoint, restore, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    optimizer.param_groups[0]["lr"].fill_(0.005)
+    save_checkpoint(tmp_path, model=model, optimizer=optimizer, rng={"cpu": torch.get_rng_state()},
+                    extra_tensors={}, meta={"step": 1})
+    fresh = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
+    restore(latest_checkpoint(tmp_path), model, fresh)
+    lr = fresh.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and lr.item() == pytest.approx(0.005)
+    assert torch.equal(fresh.state[model.weight]["exp_avg"], optimizer.state[model.weight]["exp_avg"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_run_stops_and_resumes(tmp_path, tiny_data):
+    quiet = lambda s: None  # noqa: E731
+    settings = dict(device="cuda", lr_schedule="onecycle", lr=3e-3)
+    first = train(tiny(tmp_path / "gpu", max_steps=12, **settings), data=tiny_data, log=quiet)
+    assert first.metrics[-1]["step"] == 12
+    resumed = train(tiny(tmp_path / "gpu", **settings), data=tiny_data, resume=True, log=quiet)
+    ends = [m for m in resumed.metrics if not m["partial_epoch"]]
+    assert [m["step"] for m in ends] == [8, 16, 24]
+    assert ends[-1]["test_neg_elbo"] < ends[0]["test_neg_elbo"]
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in ends)
