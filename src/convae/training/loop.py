@@ -29,7 +29,7 @@ from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, eval
 from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from ..models import VAE, build_model
 from ..visualisation import seed_grid
-from .checkpoint import latest_checkpoint, restore, save_checkpoint, section
+from .checkpoint import latest_checkpoint, list_checkpoints, restore, save_checkpoint, section
 from .engine import effective_precision, make_optimizer, make_train_step
 
 
@@ -238,8 +238,8 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
     def check_finite() -> None:
         bad = int(first_bad.item())
         if bad >= 0:
-            previous = list((run_dir / "checkpoints").glob("step-*.json"))
-            where = f"last good checkpoint: {max(previous)}" if previous else "no checkpoint was written"
+            previous = list_checkpoints(run_dir / "checkpoints")
+            where = f"last good checkpoint: {previous[-1]}" if previous else "no checkpoint was written"
             raise NonFiniteLoss(f"loss is not finite at step {bad + 1} (epoch {bad // steps_per_epoch + 1}); "
                                 f"stopped; {where}")
 
@@ -281,10 +281,10 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
                     write_checkpoint()
                     break
                 record = end_of_epoch(
-                    model, config, run_dir, monitor=monitor, test_set=test_set, epoch=epoch, step=step, partial=not epoch_done,
-                    train_loss=(epoch_loss_sum / (step - (epoch - 1) * steps_per_epoch)).item(), floor=floor,
-                    precision=precision,
-                    lr=lr, train_seconds=train_seconds, seconds=seconds, images=steps_run * config.batch_size)
+                    model, config, run_dir, monitor=monitor, test_set=test_set, epoch=epoch, step=step,
+                    partial=not epoch_done, train_loss=(epoch_loss_sum / (step - (epoch - 1) * steps_per_epoch)).item(),
+                    floor=floor, precision=precision, lr=lr, train_seconds=train_seconds, seconds=seconds,
+                    images=steps_run * config.batch_size)
                 metrics.append(record)
                 atomic_write_jsonl(run_dir / "metrics.jsonl", metrics)
                 write_checkpoint()
