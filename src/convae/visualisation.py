@@ -1,4 +1,4 @@
-"""Pictures: the seed's per-epoch 3x3 grid of reconstructions, and image grids in general."""
+"""Pictures: the seed's per-epoch 3x3 grid, rows of images, latent scatter, loss curves, spectra."""
 
 from __future__ import annotations
 
@@ -41,22 +41,6 @@ def seed_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, path: str | P
                 ax.set_title(name, fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10)
-    save_figure(fig, path)
-
-
-def image_grid(images: torch.Tensor, path: str | Path, rows: int, title: str = "") -> None:
-    """Images (N x 1 x H x W, values in [0, 1]) tiled in ``rows`` rows."""
-    images = images.float().cpu()
-    cols = -(-len(images) // rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + (0.3 if title else 0)), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
     save_figure(fig, path)
 
 
