@@ -129,10 +129,8 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchmarking.bench import BenchSettings, available_devices, format_table, run_bench
-    from .models import MODELS
 
-    if args.model not in MODELS:
-        raise ConfigError(f"--model: unknown model {args.model!r} (choose from {', '.join(MODELS)})")
+    TrainConfig(model=args.model).validate()  # the one place that knows which models exist
     for name in ("steps", "rounds"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name}: must be a positive integer, got {getattr(args, name)}")

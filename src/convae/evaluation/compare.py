@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 
 from ..benchmarking.flops import forward_flops_per_image
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from ..files import atomic_write_json, atomic_write_text
-from ..models import MODELS
 from ..training import train
 from ..visualisation import rows_grid
 from .report import artifact_scores, evaluate_run
@@ -31,17 +30,15 @@ def compare(args) -> dict:
     if args.runs:
         run_dirs = [Path(r) for r in args.runs]
     else:
-        unknown = [m for m in args.models if m not in MODELS]
-        if unknown:
-            raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
+        # every setting checked before the first model trains
+        configs = [TrainConfig(model=name, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                               train_limit=args.train_limit, out=str(out / name), quiet=True).validate()
+                   for name in args.models]
         run_dirs = []
-        for name in args.models:
-            run_dir = out / name
-            if not (run_dir / "config.json").exists():
-                config = TrainConfig(model=name, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                                     train_limit=args.train_limit, out=str(run_dir), quiet=True)
+        for config in configs:
+            if not (Path(config.out) / "config.json").exists():
                 train(config, log=lambda line: None)
-            run_dirs.append(run_dir)
+            run_dirs.append(Path(config.out))
     runs = [open_run(d, args.device) for d in run_dirs]  # refuses missing folders and foreign checkpoints first
 
     rows, panel = [], []
