@@ -135,8 +135,8 @@ def test_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     optimizer.param_groups[0]["lr"].fill_(0.005)
-    save_checkpoint(tmp_path, model=model, optimizer=optimizer, rng={"cpu": torch.get_rng_state()},
-                    extra_tensors={}, meta={"step": 1})
+    save_checkpoint(tmp_path, model=model, optimizer=optimizer, rank_states=[{"rng.cpu": torch.get_rng_state()}],
+                    meta={"step": 1})
     fresh = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
     restore(latest_checkpoint(tmp_path), model, fresh)
     lr = fresh.param_groups[0]["lr"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
 from .files import atomic_write_json
-from .training.checkpoint import CheckpointError
+from .runtime import DEFAULT_TIMEOUT_S, DistributedError
+from .training.checkpoint import CheckpointError, list_checkpoints
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -21,7 +23,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (``convae train: error: ...``) and exit code 2."""
 
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n" if _speaks() else None)
+
+
+def _speaks() -> bool:
+    """Under torchrun every rank meets the same usage or input error; rank 0 alone says it."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
@@ -58,33 +65,37 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, help="evaluate on only the first N test images")
     p.add_argument("--out", help="run folder (default runs/<date-time>); must not hold a run already")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint if it has one, else start it there "
+                        "(for torchrun --max-restarts and re-queued jobs: the same command every time)")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps (epoch ends always checkpoint)")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also checkpoint when M minutes have passed since the last checkpoint")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help=f"under torchrun: how long joining the group or a collective may wait for a peer before "
+                        f"the run ends with an error (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     return p
 
 
 # Settings a resumed run may change; the others define the run and stay as they were.
-RESUMABLE_OVERRIDES = {"epochs", "max_steps", "quiet", "device", "compile"}
+RESUMABLE_OVERRIDES = {"epochs", "max_steps", "quiet", "device", "compile", "checkpoint_every", "checkpoint_minutes",
+                       "dist_timeout"}
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """The run's settings and whether it resumes. ``--auto-resume`` resumes when ``--out`` holds a checkpoint:
+    then the options given must be the run's own (a re-queued job repeats its command) or resumable ones."""
     given = {k: v for k, v in vars(args).items()
              if v is not None and k in TrainConfig.__dataclass_fields__}
+    if args.auto_resume:
+        if args.resume or not args.out:
+            raise ConfigError("--auto-resume: needs --out DIR (the run to continue or start) and no --resume")
+        if list_checkpoints(Path(args.out) / "checkpoints"):
+            return _resumed_config(Path(args.out), given, args.preset, strict=False), True
     if args.resume:
-        run_dir = Path(args.resume)
-        config_file = run_dir / "config.json"
-        if not config_file.is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.json there (not a convae run folder)")
-        try:
-            saved = json.loads(config_file.read_text())["config"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConfigError(f"{config_file}: unreadable ({e})") from None
-        fixed = sorted(set(given) - RESUMABLE_OVERRIDES - {"out"})
-        if fixed or args.preset or ("out" in given and Path(given["out"]) != run_dir):
-            names = ", ".join("--" + n.replace("_", "-") for n in fixed) or "--preset/--out"
-            raise ConfigError(f"{names}: cannot change when resuming (only --epochs, --max-steps, --device, "
-                              "--compile, --quiet can)")
-        config = TrainConfig.from_dict({**saved, **given, "out": str(run_dir)})
-        return config, True
+        return _resumed_config(Path(args.resume), given, args.preset, strict=True), True
     values = dict(PRESETS[args.preset]) if args.preset else {}
     if args.preset:
         values["extra"] = {"preset": args.preset}
@@ -92,20 +103,54 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     return TrainConfig(**values), False
 
 
+def _resumed_config(run_dir: Path, given: dict, preset: str | None, strict: bool) -> TrainConfig:
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.json there (not a convae run folder)")
+    try:
+        saved = json.loads(config_file.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{config_file}: unreadable ({e})") from None
+    if not strict:  # auto-resume: a repeated option is fine, a changed one is not
+        preset_values = PRESETS.get(preset, {}) if preset else {}
+        given = {k: v for k, v in given.items() if k == "out" or k in RESUMABLE_OVERRIDES or saved.get(k) != v}
+        preset = preset if any(saved.get(k) != v for k, v in preset_values.items()) else None
+    fixed = sorted(set(given) - RESUMABLE_OVERRIDES - {"out"})
+    if fixed or preset or ("out" in given and Path(given["out"]) != run_dir):
+        names = ", ".join("--" + n.replace("_", "-") for n in fixed) or "--preset/--out"
+        raise ConfigError(f"{names}: cannot change when resuming {run_dir} (only "
+                          f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OVERRIDES))} can)")
+    return TrainConfig.from_dict({**saved, **given, "out": str(run_dir)})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .runtime import Runtime
     from .training import NonFiniteLoss, TrainingInterrupted, train
 
-    config, resume = config_from_args(args)
+    runtime = Runtime.from_environment(args.dist_timeout or DEFAULT_TIMEOUT_S)
     try:
-        result = train(config, resume=resume, argv=sys.argv)
-    except TrainingInterrupted as e:
-        print(f"convae: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except NonFiniteLoss as e:
-        print(f"convae: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"done: {result.run_dir}")
-    return 0
+        # rank 0 alone reads the run folder (other nodes need not see it) and tells the others what it found
+        found, error = None, None
+        if runtime.is_writer:
+            try:
+                found = config_from_args(args)
+            except ConfigError as e:
+                error = e
+        runtime.agree_on_errors(error)
+        config, resume = runtime.broadcast(found)
+        try:
+            result = train(config, resume=resume, auto_resume=args.auto_resume and not resume, argv=sys.argv,
+                           runtime=runtime)
+        except TrainingInterrupted as e:
+            runtime.is_writer and print(f"convae: {e}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except NonFiniteLoss as e:
+            runtime.is_writer and print(f"convae: error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        runtime.is_writer and print(f"done: {result.run_dir}")
+        return 0
+    finally:
+        runtime.close()
 
 
 def _bench_parser(sub) -> argparse.ArgumentParser:
@@ -281,5 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, DataError, CheckpointError) as e:
-        print(f"convae {args.command}: error: {e}", file=sys.stderr)
+        if _speaks():
+            print(f"convae {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DistributedError as e:  # each rank's own: say it wherever it happened
+        print(f"convae {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED

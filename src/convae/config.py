@@ -48,6 +48,9 @@ class TrainConfig:
     eval_batch_size: int = 500
     progress_every: int = 25             # steps between progress-bar updates (each one syncs the device)
     keep_checkpoints: int = 2
+    checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (epoch ends always)
+    checkpoint_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
+    dist_timeout: float = 300.0          # seconds a collective (or joining the group) may wait for a peer
     quiet: bool = False
     out: str | None = None
     extra: dict = field(default_factory=dict)  # free-form notes, e.g. the preset a run came from
@@ -62,10 +65,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size", "monitor_images", "eval_batch_size",
                      "progress_every", "keep_checkpoints"):
             positive(name, getattr(self, name))
-        for name in ("max_steps", "train_limit", "test_limit"):
+        for name in ("max_steps", "train_limit", "test_limit", "checkpoint_every"):
             positive(name, getattr(self, name), allow_none=True)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"--lr: must be a positive number, got {self.lr!r}")
+        for name, value in (("checkpoint_minutes", self.checkpoint_minutes), ("dist_timeout", self.dist_timeout)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')}: must be a positive number, got {value!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"--warmup-fraction: must be in [0, 1), got {self.warmup_fraction!r}")
         for name, allowed in (("dtype", DTYPES), ("precision", PRECISIONS), ("device", DEVICES),

@@ -10,6 +10,7 @@ from ..config import TrainConfig
 from ..data import fixed_binarization, to_float
 from ..models import VAE
 from ..objectives import bernoulli_entropy_floor, per_image_neg_elbo
+from ..runtime import Runtime
 
 
 @dataclass
@@ -44,26 +45,33 @@ class ElboResult:
     n_images: int
 
 
+def batch_generator(device: torch.device, seed: int, start: int) -> torch.Generator:
+    """The noise for the evaluation batch that begins at image ``start``: a function of (seed, start) alone, so
+    the figure does not depend on how many processes share the work (batch 0 keeps the plain ``seed``)."""
+    return torch.Generator(device=device).manual_seed(seed + 1_000_003 * start)
+
+
 @torch.no_grad()
 def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, seed: int = 0,
-                      precision: str = "fp32") -> ElboResult:
-    """One-sample negative ELBO over ``data``, with noise from a generator seeded by ``seed`` so the same model
-    always gets the same number and the training RNG is left untouched."""
+                      precision: str = "fp32", runtime: Runtime | None = None) -> ElboResult:
+    """One-sample negative ELBO over ``data``, with noise from generators seeded by ``seed`` so the same model
+    always gets the same number and the training RNG is left untouched. Under torchrun each rank takes every
+    W-th batch and the sums are all-reduced: the single-process figure, up to the order of float64 additions."""
+    runtime = runtime or Runtime()
     was_training = model.training
     model.eval()
     p = next(model.parameters())
-    generator = torch.Generator(device=p.device).manual_seed(seed)
     sums = torch.zeros(3, dtype=torch.float64, device=p.device)
     try:
-        for start in range(0, len(data), batch_size):
+        for start in range(runtime.rank * batch_size, len(data), runtime.world_size * batch_size):
             x = data.floats(start, start + batch_size, p.dtype, p.device)
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = model(x, generator=generator)
+                out = model(x, generator=batch_generator(p.device, seed, start))
             terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma)
             sums += torch.stack([t.double().sum() for t in terms])
     finally:
         model.train(was_training)
-    total, likelihood, kl = (sums / len(data)).tolist()
+    total, likelihood, kl = (runtime.all_reduce(sums) / len(data)).tolist()
     return ElboResult(total, likelihood, kl, len(data))
 
 

@@ -12,8 +12,8 @@ from ..config import ConfigError, TrainConfig
 from ..data import ImageData, load_data
 from ..files import read_jsonl
 from ..models import VAE, build_model
+from ..runtime import resolve_device
 from ..training.checkpoint import CheckpointError, latest_checkpoint, restore
-from ..training.loop import resolve_device
 from .elbo import EvalImages, evaluation_images
 
 

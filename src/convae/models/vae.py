@@ -22,10 +22,13 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.latent_dim = latent_dim
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
-        """One-sample pass: z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (global RNG if None)."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                eps: torch.Tensor | None = None) -> VAEOutput:
+        """One-sample pass: z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (global RNG if None), or
+        the ``eps`` given (to compare passes with the same noise)."""
         mu, sigma = self.encoder(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + sigma * eps
         return VAEOutput(self.decoder(z), mu, sigma, z)
 

@@ -63,16 +63,22 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    rng: dict[str, torch.Tensor], extra_tensors: dict[str, torch.Tensor], meta: dict,
-                    keep: int = 2) -> Path:
-    """Write the checkpoint for ``meta["step"]`` and delete all but the newest ``keep``."""
+                    rank_states: list[dict[str, torch.Tensor]], meta: dict, keep: int = 2) -> Path:
+    """Write the checkpoint for ``meta["step"]`` and delete all but the newest ``keep``.
+
+    ``rank_states[r]`` holds what differs between the processes of a torchrun group (each one's RNG states and
+    running sums, named like ``rng.cpu`` or ``extra.epoch_loss_sum``): rank 0's under those names, as a
+    single-process run writes them, rank r's under ``rank{r}.``; ``meta["world_size"]`` says how many there are.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     optimizer_tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optimizer_tensors)
-    tensors.update({f"rng.{k}": v.contiguous() for k, v in rng.items()})
-    tensors.update({f"extra.{k}": v.detach().contiguous() for k, v in extra_tensors.items()})
+    for rank, state in enumerate(rank_states):
+        prefix = f"rank{rank}." if rank else ""
+        tensors.update({prefix + k: v.detach().contiguous() for k, v in state.items()})
+    meta = {**meta, "world_size": len(rank_states)}
     blob = save_safetensors({k: v.cpu() for k, v in tensors.items()})
 
     stem = f"step-{meta['step']:08d}"
@@ -144,6 +150,7 @@ def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.opt
                 group["lr"] = torch.tensor(group["lr"], device=group["params"][0].device)
 
 
-def section(checkpoint: Checkpoint, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors saved under ``prefix.`` (e.g. "rng", "extra"), with the prefix removed."""
-    return {k[len(prefix) + 1:]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix + ".")}
+def section(checkpoint: Checkpoint, prefix: str, rank: int = 0) -> dict[str, torch.Tensor]:
+    """The tensors saved under ``prefix.`` (e.g. "rng", "extra") for ``rank``, with the prefix removed."""
+    prefix = f"rank{rank}.{prefix}." if rank else prefix + "."
+    return {k[len(prefix):]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}

@@ -159,8 +159,15 @@ class CudaGraphStep(EagerStep):
         return self.static_loss.clone()
 
 
-def make_train_step(model, optimizer, images, levels, config: TrainConfig, dtype, precision, device):
-    if device.type == "cuda" and config.cuda_graphs:
+def uses_cuda_graphs(config: TrainConfig, device: torch.device, distributed: bool = False) -> bool:
+    """CUDA graphs record one process's step; under DDP the step holds collectives, so it runs eagerly."""
+    return device.type == "cuda" and config.cuda_graphs and not distributed
+
+
+def make_train_step(model, optimizer, images, levels, config: TrainConfig, dtype, precision, device,
+                    distributed: bool = False):
+    """``model`` is what the step calls: the VAE, or its DistributedDataParallel wrapper under torchrun."""
+    if uses_cuda_graphs(config, device, distributed):
         if config.compile:
             warnings.warn("--compile with CUDA graphs: using the graphs alone")
         return CudaGraphStep(model, optimizer, images, levels, config, dtype, precision)

@@ -3,13 +3,17 @@
 A run folder holds ``config.json`` (settings, versions, device), ``metrics.jsonl`` (one record per epoch),
 ``log.txt`` (the lines printed), ``images/result{K}.png`` (the seed's picture) and ``checkpoints/``.
 Batches are gathered by indexing the uint8 images held on the device; the loop never waits for the device
-except where the progress bar reads the loss and at the end of an epoch.
+except where the progress bar reads the loss, at checkpoints and at the end of an epoch.
+
+Under torchrun every process runs this same loop on its own slice of each global batch (``Runtime.shard``),
+DDP averages the gradients, and rank 0 alone prints and writes; see docs/distributed.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import signal
 import sys
@@ -24,13 +28,15 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import ConfigError, TrainConfig
-from ..data import ImageData, load_data
+from ..data import DataError, ImageData, load_data
 from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
 from ..models import VAE, build_model
+from ..runtime import Runtime, resolve_device, synchronize
 from ..visualisation import seed_grid
-from .checkpoint import latest_checkpoint, list_checkpoints, restore, save_checkpoint, section
-from .engine import effective_precision, make_optimizer, make_train_step
+from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints, restore,
+                         save_checkpoint, section)
+from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
 
 
 class TrainingInterrupted(Exception):
@@ -56,29 +62,9 @@ class TrainResult:
 # Pieces of the loop
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--device mps: MPS is not available on this machine")
-    return torch.device(name)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def epoch_order(n: int, epoch: int, config: TrainConfig, device: torch.device) -> torch.Tensor:
-    """The order of the training images in ``epoch``: a function of (seed, epoch) alone, so resume needs no state."""
+    """The order of the training images in ``epoch``: a function of (seed, epoch) alone, so resume needs no state
+    and every rank of a torchrun group computes the same order."""
     if not config.shuffle:
         return torch.arange(n, device=device)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -110,6 +96,13 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def seed_rank(seed: int, rank: int, step: int = 0) -> None:
+    """Give a rank > 0 its own noise stream (dropout, z, binarization). Rank 0 keeps the stream a single-process
+    run has, so a world of one is the plain run bit for bit."""
+    if rank:
+        torch.manual_seed((seed + 1) * 2_654_435_761 + 97 * rank + 7_919 * step)
+
+
 class StopSignals:
     """Turns SIGINT / SIGTERM into a flag the loop reads between steps (the step in flight always finishes)."""
 
@@ -138,7 +131,9 @@ def describe_environment(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
-def new_run_dir(out: str | None) -> Path:
+def new_run_dir(out: str | None, reuse_unstarted: bool = False) -> Path:
+    """A fresh run folder. ``reuse_unstarted``: a convae folder that never reached its first checkpoint (a job
+    killed while starting up) may be started again."""
     if out is None:
         base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
         path, k = base, 1
@@ -147,178 +142,308 @@ def new_run_dir(out: str | None) -> Path:
             path = base.with_name(f"{base.name}-{k}")
         return path
     path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    unstarted = reuse_unstarted and (path / "config.json").is_file() and not list_checkpoints(path / "checkpoints")
+    if path.exists() and not unstarted and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"--out {path}: already exists and is not empty (use --resume {path} to continue that run)")
     return path
+
+
+@dataclass
+class Start:
+    """Where a run begins, decided by rank 0 (the only rank that reads the run folder) and sent to the others."""
+
+    run_dir: Path
+    checkpoint: Checkpoint | None = None
+    metrics: list[dict] = field(default_factory=list)
+
+
+def find_start(config: TrainConfig, resume: bool, auto_resume: bool) -> Start:
+    if auto_resume and config.out is not None:
+        resume = bool(list_checkpoints(Path(config.out) / "checkpoints"))
+    if not resume:
+        return Start(new_run_dir(config.out, reuse_unstarted=auto_resume))
+    run_dir = Path(config.out)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint.meta.get("model") != config.model:
+        raise ConfigError(f"--resume {run_dir}: checkpoint is of model {checkpoint.meta.get('model')!r}, "
+                          f"config says {config.model!r}")
+    step = checkpoint.meta["step"]
+    return Start(run_dir, checkpoint, [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["step"] <= step])
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The loop
 
 
-def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = False,
-          log=print, argv: list[str] | None = None) -> TrainResult:
+def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = False, auto_resume: bool = False,
+          log=print, argv: list[str] | None = None, runtime: Runtime | None = None) -> TrainResult:
     """Train (or, with ``resume=True``, continue the run in ``config.out``) and return the run folder and metrics.
 
-    Nothing is written until the settings, the data and any checkpoint have been checked.
+    ``auto_resume``: continue the run in ``config.out`` if it has a checkpoint, else start it there (what a
+    restarted torchrun group or a re-queued job wants). Under torchrun (``RANK``/``WORLD_SIZE`` set) the process
+    group is joined here unless ``runtime`` is given. Nothing is written until the settings, the data and any
+    checkpoint have been checked, on every rank.
     """
     config.validate()
-    device = resolve_device(config.device)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    if dtype == torch.float64 and device.type == "mps":
-        raise ConfigError("--dtype float64: MPS has no float64")
+    own_runtime = runtime is None
+    runtime = runtime or Runtime.from_environment(config.dist_timeout)
+    try:
+        return Trainer(config, runtime, data=data, resume=resume, auto_resume=auto_resume, log=log, argv=argv).run()
+    finally:
+        if own_runtime:
+            runtime.close()
 
-    # -- everything that can fail on bad input, before any file is written ---------------------------------
-    data = data if data is not None else load_data(config.data_dir)
-    data = data.subset(config.train_limit, config.test_limit).to(device)
-    steps_per_epoch = len(data.train_images) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"--batch-size {config.batch_size}: larger than the {len(data.train_images)} training images")
-    total_steps = config.epochs * steps_per_epoch
-    last_step = min(total_steps, config.max_steps or total_steps)
 
-    precision = effective_precision(config, device, warn=lambda m: print(f"convae: {m}", file=sys.stderr))
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, config.encoder, config.image_size).to(device=device, dtype=dtype)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config, device, capturable=device.type == "cuda" and config.cuda_graphs)
+class Trainer:
+    """Set up in ``__init__``; ``run`` = ``run_epoch`` until the last step; ``end_epoch`` and ``save`` beside."""
 
-    step, train_seconds, epoch_loss_sum = 0, 0.0, torch.zeros((), dtype=torch.float64, device=device)
-    if resume:
-        run_dir = Path(config.out)
-        checkpoint = latest_checkpoint(run_dir / "checkpoints")
-        if checkpoint.meta.get("model") != config.model:
-            raise ConfigError(f"--resume {run_dir}: checkpoint is of model {checkpoint.meta.get('model')!r}, "
-                              f"config says {config.model!r}")
-        restore(checkpoint, model, optimizer)
-        step, train_seconds = checkpoint.meta["step"], checkpoint.meta["train_seconds"]
-        epoch_loss_sum = section(checkpoint, "extra")["epoch_loss_sum"].to(device)
-        set_rng_state(section(checkpoint, "rng"), device)
-        metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["step"] <= step]
-    else:
-        run_dir = new_run_dir(config.out)
-        config.out = str(run_dir)
-        metrics = []
+    def __init__(self, config: TrainConfig, runtime: Runtime, *, data: ImageData | None, resume: bool,
+                 auto_resume: bool, log, argv):
+        self.config, self.runtime = config, runtime
+        runtime.check_batch(config.batch_size)
+        device = self.device = resolve_device(config.device, runtime.local_rank)
+        if runtime.distributed and device.type == "mps":
+            raise ConfigError("--device mps: torchrun runs need CPU (gloo) or CUDA (NCCL) devices")
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        if self.dtype == torch.float64 and device.type == "mps":
+            raise ConfigError("--dtype float64: MPS has no float64")
 
-    # -- the run folder ------------------------------------------------------------------------------------
-    (run_dir / "images").mkdir(parents=True, exist_ok=True)
-    settings = {"config": config.to_dict(), "environment": describe_environment(device), "precision": precision,
-                "model_parameters": sum(p.numel() for p in model.parameters()),
-                "steps_per_epoch": steps_per_epoch, "command": argv}
-    atomic_write_json(run_dir / "config.json", settings)
-    log_file = open(run_dir / "log.txt", "a")
+        # -- everything that can fail on bad input, before any file is written, on every rank --------------------
+        start, error = None, None
+        try:
+            data = (data if data is not None else load_data(config.data_dir))
+            self.data = data.subset(config.train_limit, config.test_limit).to(device)
+            self.steps_per_epoch = len(self.data.train_images) // config.batch_size
+            if self.steps_per_epoch == 0:
+                raise ConfigError(f"--batch-size {config.batch_size}: larger than the "
+                                  f"{len(self.data.train_images)} training images")
+            if runtime.is_writer:
+                start = find_start(config, resume, auto_resume)
+        except (ConfigError, DataError, CheckpointError) as e:
+            error = e
+        runtime.agree_on_errors(error)
+        start = runtime.broadcast(start)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.last_step = min(self.total_steps, config.max_steps or self.total_steps)
 
-    def say(line: str) -> None:
-        log(line)
-        log_file.write(line + "\n")
-        log_file.flush()
+        say_stderr = (lambda m: print(f"convae: {m}", file=sys.stderr)) if runtime.is_writer else (lambda m: None)
+        self.precision = effective_precision(config, device, warn=say_stderr)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, config.encoder, config.image_size).to(device=device, dtype=self.dtype)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        step_module = runtime.wrap(self.model, device)
+        graphs = uses_cuda_graphs(config, device, runtime.distributed)
+        self.optimizer = make_optimizer(self.model, config, device, capturable=graphs)
 
-    if resume:
-        say(f"resuming {run_dir} at step {step} (epoch {step // steps_per_epoch + 1})")
-    else:
-        say(f"run folder {run_dir}: model {config.model}, {settings['model_parameters']:,} parameters, "
-            f"{len(data.train_images)} training images, {steps_per_epoch} steps per epoch, device {device}")
+        self.step, self.train_seconds = 0, 0.0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this rank's losses this epoch
+        if start.checkpoint is not None:
+            self.restore(start.checkpoint)
+        else:
+            seed_rank(config.seed, runtime.rank)
+        self.run_dir, self.metrics = start.run_dir, start.metrics
+        config.out = str(self.run_dir)
 
-    monitor = evaluation_images(data.train_images[:config.monitor_images], data.levels, config)
-    test_set = evaluation_images(data.test_images, data.levels, config)
-    floor = entropy_floor(test_set)
-    show_bar = not config.quiet and sys.stderr.isatty()
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    step_counter = torch.full((), step, dtype=torch.long, device=device)
-    train_step = make_train_step(model, optimizer, data.train_images, data.levels, config, dtype, precision, device)
+        # -- the run folder (rank 0) ------------------------------------------------------------------------------
+        self.settings = {"config": config.to_dict(), "environment": describe_environment(device),
+                         "precision": self.precision,
+                         "model_parameters": sum(p.numel() for p in self.model.parameters()),
+                         "steps_per_epoch": self.steps_per_epoch, "command": argv,
+                         "distributed": {**runtime.describe(device), "batch_per_rank": config.batch_size // runtime.world_size,
+                                         "batchnorm": runtime.batchnorm_mode(device), "cuda_graphs": graphs}}
+        self.log, self.log_file = log, None
+        if runtime.is_writer:
+            (self.run_dir / "images").mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", self.settings)
+            self.log_file = open(self.run_dir / "log.txt", "a")
+        self.announce(start)
 
-    def write_checkpoint() -> Path:
-        return save_checkpoint(
-            run_dir / "checkpoints", model=model, optimizer=optimizer, rng=rng_state(device),
-            extra_tensors={"epoch_loss_sum": epoch_loss_sum},
-            meta={"model": config.model, "step": step, "epoch": math.ceil(step / steps_per_epoch),
-                  "train_seconds": train_seconds}, keep=config.keep_checkpoints)
+        self.monitor = evaluation_images(self.data.train_images[:config.monitor_images], self.data.levels, config)
+        self.test_set = evaluation_images(self.data.test_images, self.data.levels, config)
+        self.floor = entropy_floor(self.test_set)
+        self.show_bar = runtime.is_writer and not config.quiet and sys.stderr.isatty()
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.step_counter = torch.full((), self.step, dtype=torch.long, device=device)
+        self.train_step = make_train_step(step_module, self.optimizer, self.data.train_images, self.data.levels,
+                                          config, self.dtype, self.precision, device, runtime.distributed)
+        self.last_save, self.stop = time.monotonic(), None
 
-    def check_finite() -> None:
-        bad = int(first_bad.item())
-        if bad >= 0:
-            previous = list_checkpoints(run_dir / "checkpoints")
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Model and optimizer as saved; this rank's RNG and running sums when the world size is the same."""
+        restore(checkpoint, self.model, self.optimizer)
+        self.step, self.train_seconds = checkpoint.meta["step"], checkpoint.meta["train_seconds"]
+        saved_world, rank = checkpoint.meta.get("world_size", 1), self.runtime.rank
+        sums = [section(checkpoint, "extra", r)["epoch_loss_sum"] for r in range(saved_world)]
+        if saved_world == self.runtime.world_size:
+            self.loss_sum = sums[rank].to(self.device)
+        else:  # another world size: each rank's share of the epoch's losses so far is the mean of the old ranks'
+            self.loss_sum = torch.stack(sums).mean().to(self.device)
+        if rank < saved_world:
+            set_rng_state(section(checkpoint, "rng", rank), self.device)
+        else:
+            seed_rank(self.config.seed, rank, self.step)
+        self.saved_world = saved_world
+
+    def say(self, line: str) -> None:
+        if self.runtime.is_writer:
+            self.log(line)
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+
+    def announce(self, start: Start) -> None:
+        d = self.settings["distributed"]
+        if start.checkpoint is not None:
+            restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            self.say(f"resuming {self.run_dir} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1})"
+                     + (f", torchrun restart {restart}" if restart != "0" else "")
+                     + (f", written by {self.saved_world} process(es), now {d['world_size']}"
+                        if self.saved_world != d["world_size"] else ""))
+        else:
+            self.say(f"run folder {self.run_dir}: model {self.config.model}, {self.settings['model_parameters']:,} "
+                     f"parameters, {len(self.data.train_images)} training images, {self.steps_per_epoch} steps per "
+                     f"epoch, device {self.device}")
+        if self.runtime.distributed:
+            self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
+                     f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"
+                     + (" (each process normalises by its own slice; SyncBatchNorm needs CUDA)"
+                        if d["batchnorm"] == "per-rank" else ""))
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self.model.train()
+        with StopSignals() as signals:
+            try:
+                while self.step < self.last_step and self.stop is None:
+                    self.run_epoch(signals)
+            finally:
+                if self.log_file:
+                    self.log_file.close()
+        if self.stop is not None:
+            raise TrainingInterrupted(self.run_dir, self.step, self.stop)
+        return TrainResult(self.run_dir, self.metrics, self.model)
+
+    def run_epoch(self, signals: StopSignals) -> None:
+        config, batch = self.config, self.config.batch_size
+        epoch, first_index = self.step // self.steps_per_epoch + 1, self.step % self.steps_per_epoch
+        if first_index == 0:
+            self.loss_sum.zero_()
+        order = epoch_order(len(self.data.train_images), epoch, config, self.device)
+        bar = tqdm(total=self.steps_per_epoch, initial=first_index, desc=f"epoch {epoch}/{config.epochs}",
+                   unit="batch", disable=not self.show_bar, leave=False, dynamic_ncols=True)
+        self.epoch_started, steps_run = time.perf_counter(), 0
+        for i in range(first_index, self.steps_per_epoch):
+            lr = learning_rate(config, self.step, self.total_steps)
+            loss = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr)
+            self.loss_sum += loss
+            self.first_bad = torch.where(torch.isfinite(loss) | (self.first_bad >= 0), self.first_bad, self.step_counter)
+            self.step_counter += 1
+            self.step += 1
+            steps_run += 1
+            if self.show_bar and self.step % config.progress_every == 0:
+                elapsed = time.perf_counter() - self.epoch_started
+                bar.set_postfix(loss=f"{loss.item():.2f}", img_s=f"{steps_run * batch / max(elapsed, 1e-9):.0f}")
+                bar.update(config.progress_every)
+            stop, save_now = self.control_point(signals)
+            if stop or self.step == self.last_step:
+                break
+            if save_now:
+                self.save()
+        bar.close()
+        synchronize(self.device)
+        seconds = time.perf_counter() - self.epoch_started
+        self.train_seconds += seconds
+        self.check_finite()
+
+        epoch_done = self.step % self.steps_per_epoch == 0
+        if not (epoch_done or self.step == self.last_step):  # interrupted mid-epoch
+            self.save(elapsed=0.0)
+            return
+        self.end_epoch(epoch, partial=not epoch_done, lr=lr, seconds=seconds, images=steps_run * batch)
+
+    def control_point(self, signals: StopSignals) -> tuple[bool, bool]:
+        """Whether to stop after this step, and whether to checkpoint. Every rank must answer the same, so under
+        torchrun the ranks agree (one tiny all-reduce) every ``progress_every`` steps; alone, every step."""
+        config = self.config
+        save_now = bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
+        if self.runtime.distributed and self.step % config.progress_every:
+            return False, save_now
+        timed = bool(config.checkpoint_minutes) and time.monotonic() - self.last_save >= 60 * config.checkpoint_minutes
+        stop, timed = self.runtime.any(signals.received is not None, timed)
+        if stop:
+            self.stop = signals.received or "SIGTERM"  # a peer's signal
+        return stop, save_now or timed
+
+    def check_finite(self) -> None:
+        bad = torch.where(self.first_bad >= 0, self.first_bad, torch.iinfo(torch.long).max)
+        bad = int(self.runtime.all_reduce(bad.clone(), "min").item())
+        if bad < torch.iinfo(torch.long).max:
+            previous = list_checkpoints(self.run_dir / "checkpoints") if self.runtime.is_writer else []
             where = f"last good checkpoint: {previous[-1]}" if previous else "no checkpoint was written"
-            raise NonFiniteLoss(f"loss is not finite at step {bad + 1} (epoch {bad // steps_per_epoch + 1}); "
+            raise NonFiniteLoss(f"loss is not finite at step {bad + 1} (epoch {bad // self.steps_per_epoch + 1}); "
                                 f"stopped; {where}")
 
-    model.train()
-    with StopSignals() as stop:
-        try:
-            while step < last_step:
-                epoch = step // steps_per_epoch + 1
-                first_index = step % steps_per_epoch
-                if first_index == 0:
-                    epoch_loss_sum.zero_()
-                order = epoch_order(len(data.train_images), epoch, config, device)
-                bar = tqdm(total=steps_per_epoch, initial=first_index, desc=f"epoch {epoch}/{config.epochs}",
-                           unit="batch", disable=not show_bar, leave=False, dynamic_ncols=True)
-                started, steps_run = time.perf_counter(), 0
-                for i in range(first_index, steps_per_epoch):
-                    lr = learning_rate(config, step, total_steps)
-                    loss = train_step(order[i * config.batch_size:(i + 1) * config.batch_size], lr)
-                    epoch_loss_sum += loss
-                    first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, step_counter)
-                    step_counter += 1
-                    step += 1
-                    steps_run += 1
-                    if show_bar and step % config.progress_every == 0:
-                        elapsed = time.perf_counter() - started
-                        bar.set_postfix(loss=f"{loss.item():.2f}",
-                                        img_s=f"{steps_run * config.batch_size / max(elapsed, 1e-9):.0f}")
-                        bar.update(config.progress_every)
-                    if stop.received or step == last_step:
-                        break
-                bar.close()
-                synchronize(device)
-                seconds = time.perf_counter() - started
-                train_seconds += seconds
-                check_finite()
+    def save(self, elapsed: float | None = None) -> None:
+        """A checkpoint of this step: the model and optimizer (the same on every rank) and each rank's RNG and sums.
+        ``elapsed``: training seconds not yet added to ``train_seconds`` (mid-epoch: since the epoch began)."""
+        if elapsed is None:
+            self.check_finite()  # never checkpoint a model that has gone non-finite
+            elapsed = time.perf_counter() - self.epoch_started
+        self.runtime.broadcast_buffers(self.model)
+        mine = {f"rng.{k}": v for k, v in rng_state(self.device).items()}
+        mine["extra.epoch_loss_sum"] = self.loss_sum.detach().cpu()
+        rank_states = self.runtime.all_gather(mine)
+        if self.runtime.is_writer:
+            save_checkpoint(self.run_dir / "checkpoints", model=self.model, optimizer=self.optimizer,
+                            rank_states=rank_states, keep=self.config.keep_checkpoints,
+                            meta={"model": self.config.model, "step": self.step,
+                                  "epoch": math.ceil(self.step / self.steps_per_epoch),
+                                  "train_seconds": self.train_seconds + elapsed})
+        self.last_save = time.monotonic()
 
-                epoch_done = step % steps_per_epoch == 0
-                if not (epoch_done or step == last_step):  # interrupted mid-epoch
-                    write_checkpoint()
-                    break
-                record = end_of_epoch(
-                    model, config, run_dir, monitor=monitor, test_set=test_set, epoch=epoch, step=step,
-                    partial=not epoch_done, train_loss=(epoch_loss_sum / (step - (epoch - 1) * steps_per_epoch)).item(),
-                    floor=floor, precision=precision, lr=lr, train_seconds=train_seconds, seconds=seconds,
-                    images=steps_run * config.batch_size)
-                metrics.append(record)
-                atomic_write_jsonl(run_dir / "metrics.jsonl", metrics)
-                write_checkpoint()
-                say(f"epoch {epoch}: L_tot = {record['L_tot']:.4f}, L_likelihood = {record['L_likelihood']:.4f}, "
-                    f"L_KL = {record['L_KL']:.4f}")
-                say(f"  test -ELBO = {record['test_neg_elbo']:.2f} nats/image (entropy floor {floor:.2f}), "
-                    f"train loss {record['train_loss']:.2f}, {record['img_per_s']:.0f} img/s, "
-                    f"{record['epoch_seconds']:.1f} s" + (" (stopped by --max-steps)" if not epoch_done else ""))
-                if stop.received:
-                    break
-            if stop.received:
-                raise TrainingInterrupted(run_dir, step, stop.received)
-        finally:
-            log_file.close()
-    return TrainResult(run_dir, metrics, model)
+    def end_epoch(self, epoch: int, *, partial: bool, lr: float, seconds: float, images: int) -> None:
+        self.runtime.broadcast_buffers(self.model)
+        steps_in_epoch = self.step - (epoch - 1) * self.steps_per_epoch
+        train_loss = (self.runtime.all_reduce(self.loss_sum.clone()) / self.runtime.world_size / steps_in_epoch).item()
+        record = end_of_epoch(self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set,
+                              epoch=epoch, step=self.step, partial=partial, train_loss=train_loss, floor=self.floor,
+                              precision=self.precision, lr=lr, train_seconds=self.train_seconds, seconds=seconds,
+                              images=images, runtime=self.runtime)
+        d = self.settings["distributed"]
+        record.update(world_size=d["world_size"], backend=d["backend"], rank_devices=d["rank_devices"])
+        self.metrics.append(record)
+        if self.runtime.is_writer:
+            atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
+        self.save(elapsed=0.0)
+        self.say(f"epoch {epoch}: L_tot = {record['L_tot']:.4f}, L_likelihood = {record['L_likelihood']:.4f}, "
+                 f"L_KL = {record['L_KL']:.4f}")
+        self.say(f"  test -ELBO = {record['test_neg_elbo']:.2f} nats/image (entropy floor {self.floor:.2f}), "
+                 f"train loss {record['train_loss']:.2f}, {record['img_per_s']:.0f} img/s, "
+                 f"{record['epoch_seconds']:.1f} s" + (" (stopped by --max-steps)" if partial else ""))
 
 
 def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
                  epoch: int, step: int, partial: bool, train_loss: float, floor: float, lr: float, precision: str,
-                 train_seconds: float, seconds: float, images: int) -> dict:
-    """What the seed does after each epoch (loss on the first training images, the 3x3 picture), plus the test set."""
+                 train_seconds: float, seconds: float, images: int, runtime: Runtime | None = None) -> dict:
+    """What the seed does after each epoch (loss on the first training images, the 3x3 picture), plus the test set.
+    Under torchrun the test set is split among the ranks; rank 0 draws the picture."""
+    runtime = runtime or Runtime()
     started = time.perf_counter()
-    on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), precision=precision, seed=config.seed + 1)
+    on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), precision=precision, seed=config.seed + 1,
+                                   runtime=runtime)
     on_test = evaluate_neg_elbo(model, test_set, batch_size=config.eval_batch_size, precision=precision,
-                                seed=config.seed + 1)
-    model.eval()
-    with torch.no_grad():
-        p = next(model.parameters())
-        x = monitor.floats(0, 9, p.dtype, p.device)
-        generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
-        reconstruction = torch.sigmoid(model(x, generator=generator).logits)
-    model.train()
-    name = f"result{epoch}.png" if not partial else f"result{epoch}-step{step}.png"
-    seed_grid(x, reconstruction, run_dir / "images" / name, title=f"epoch {epoch}, step {step}")
+                                seed=config.seed + 1, runtime=runtime)
+    if runtime.is_writer:
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters())
+            x = monitor.floats(0, 9, p.dtype, p.device)
+            generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
+            reconstruction = torch.sigmoid(model(x, generator=generator).logits)
+        model.train()
+        name = f"result{epoch}.png" if not partial else f"result{epoch}-step{step}.png"
+        seed_grid(x, reconstruction, run_dir / "images" / name, title=f"epoch {epoch}, step {step}")
     return {
         "epoch": epoch, "step": step, "partial_epoch": partial,
         "L_tot": on_monitor.neg_elbo, "L_likelihood": on_monitor.likelihood, "L_KL": on_monitor.kl,

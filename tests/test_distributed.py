@@ -1,0 +1,213 @@
+"""torchrun / DDP on the CPU (gloo): two processes on small data.
+
+In-process workers (torch.multiprocessing, the environment torchrun would set) check the arithmetic; real
+``torchrun`` launches check what a user meets: restarts after SIGKILL, world-size changes, errors on every rank.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from convae.config import TrainConfig
+from convae.evaluation.elbo import evaluate_neg_elbo, evaluation_images
+from convae.models import build_model
+from convae.objectives import neg_elbo
+from convae.runtime import Runtime
+from convae.training import train
+from convae.training.checkpoint import latest_checkpoint, list_checkpoints, restore
+
+HELPERS = Path(__file__).parent / "helpers"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TIMING = {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_as(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+
+
+def deterministic(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+
+
+# -- arithmetic, in-process workers ----------------------------------------------------------------------------
+
+
+def _train_worker(rank, port, out, data):
+    join_as(rank, 2, port)
+    config = TrainConfig(epochs=2, batch_size=32, quiet=True, device="cpu", out=str(out / "run"), eval_batch_size=24)
+    result = train(config, data=data, log=lambda s: None)
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
+
+
+def test_two_ranks_end_with_identical_models_and_the_split_evaluation_is_the_single_process_one(tmp_path, tiny_data):
+    mp.spawn(_train_worker, args=(free_port(), tmp_path, tiny_data), nprocs=2)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # parameters and BatchNorm statistics
+
+    run = tmp_path / "run"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [8, 16] and metrics[-1]["world_size"] == 2
+    assert metrics[-1]["backend"] == "gloo" and metrics[-1]["rank_devices"] == ["cpu", "cpu"]
+    settings = json.loads((run / "config.json").read_text())["distributed"]
+    assert settings["batchnorm"] == "per-rank" and settings["batch_per_rank"] == 16
+    assert "BatchNorm statistics: per-rank" in (run / "log.txt").read_text()
+
+    model = build_model("seed")
+    restore(latest_checkpoint(run / "checkpoints"), model, None)
+    assert all(torch.equal(model.state_dict()[k], a[k]) for k in a)
+    config = TrainConfig(eval_batch_size=24)
+    single = evaluate_neg_elbo(model, evaluation_images(tiny_data.test_images, tiny_data.levels, config),
+                               batch_size=24, seed=config.seed + 1)  # 64 images: 24 + 24 on rank 0, 16 on rank 1
+    assert metrics[-1]["test_neg_elbo"] == pytest.approx(single.neg_elbo, rel=1e-12)
+    assert metrics[-1]["test_L_KL"] == pytest.approx(single.kl, rel=1e-12)
+
+
+def _gradient_worker(rank, port, out, x, eps):
+    join_as(rank, 2, port)
+    runtime = Runtime.from_environment(timeout_s=60)
+    torch.manual_seed(0)
+    model = build_model("seed").eval()  # dropout off, BatchNorm by running statistics: images are independent
+    ddp = runtime.wrap(model, torch.device("cpu"))
+    mine = runtime.shard(torch.arange(len(x)))
+    out_ = ddp(x[mine], eps=eps[mine])
+    neg_elbo(out_.logits, x[mine], out_.mu, out_.sigma).total.backward()
+    torch.save({n: p.grad.clone() for n, p in model.named_parameters()}, out / f"grad{rank}.pt")
+    runtime.close()
+
+
+def test_a_two_rank_step_has_the_single_process_gradient_of_the_global_batch(tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(32, 1, 32, 32, generator=generator)
+    eps = torch.randn(32, 100, generator=generator)
+    mp.spawn(_gradient_worker, args=(free_port(), tmp_path, x, eps), nprocs=2)
+
+    torch.manual_seed(0)
+    model = build_model("seed").eval()
+    out = model(x, eps=eps)
+    neg_elbo(out.logits, x, out.mu, out.sigma).total.backward()
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"grad{rank}.pt")
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=f"{name} on rank {rank}")
+
+
+def test_each_rank_takes_its_slice_of_every_global_batch():
+    batch = torch.arange(100, 132)
+    slices = [Runtime(rank=r, world_size=4).shard(batch) for r in range(4)]
+    assert [len(s) for s in slices] == [8] * 4 and torch.equal(torch.cat(slices), batch)
+    with pytest.raises(Exception, match="--batch-size 30: the global batch must divide evenly among 4 processes"):
+        Runtime(rank=0, world_size=4).check_batch(30)
+
+
+# -- what a user meets: real torchrun launches ------------------------------------------------------------------
+
+
+def run_torchrun(args, *, extra=(), timeout=240, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([*TORCHRUN, *extra, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=cwd)
+
+
+def train_args(idx_dir, out, *more):
+    return ["train", "--data-dir", str(idx_dir), "--device", "cpu", "--quiet", "--out", str(out), *more]
+
+
+def metrics_of(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_of_a_worker_costs_only_the_steps_since_the_last_checkpoint(tmp_path, idx_dir):
+    common = ["--epochs", "3", "--checkpoint-every", "4", "--auto-resume"]
+    whole = run_torchrun(["-m", "convae", *train_args(idx_dir, tmp_path / "whole", *common)])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    env_kill = dict(KILL_RANK="1", KILL_STEP="14")  # mid-epoch 2; the newest checkpoint then is step 12
+    os.environ.update(env_kill)
+    try:
+        cut = run_torchrun([str(HELPERS / "kill_at_step.py"), *train_args(idx_dir, tmp_path / "cut", *common)],
+                           extra=["--max-restarts=1"])
+    finally:
+        for k in env_kill:
+            os.environ.pop(k)
+    assert cut.returncode == 0, cut.stderr[-2000:]
+    log = (tmp_path / "cut" / "log.txt").read_text()
+    assert "resuming" in log and "at step 12 (epoch 2), torchrun restart 1" in log
+    assert deterministic(metrics_of(tmp_path / "cut")) == deterministic(metrics_of(tmp_path / "whole"))
+    a = latest_checkpoint(tmp_path / "whole" / "checkpoints").tensors
+    b = latest_checkpoint(tmp_path / "cut" / "checkpoints").tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights, Adam, every rank's RNG
+
+
+def test_resume_with_another_world_size_continues_the_run(tmp_path, idx_dir):
+    from convae.cli import main
+
+    run = tmp_path / "run"
+    first = run_torchrun(["-m", "convae", *train_args(idx_dir, run, "--epochs", "3", "--max-steps", "12")])
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert latest_checkpoint(run / "checkpoints").meta["world_size"] == 2
+
+    assert main(["train", "--resume", str(run), "--max-steps", "20", "--quiet"]) == 0  # 2 processes -> 1
+    assert "written by 2 process(es), now 1" in (run / "log.txt").read_text()
+    assert latest_checkpoint(run / "checkpoints").meta["world_size"] == 1
+
+    last = run_torchrun(["-m", "convae", "train", "--resume", str(run), "--max-steps", "24", "--quiet"])  # 1 -> 2
+    assert last.returncode == 0, last.stderr[-2000:]
+    metrics = metrics_of(run)
+    assert [(m["step"], m["world_size"]) for m in metrics] == [(8, 2), (12, 2), (16, 1), (20, 1), (24, 2)]
+    assert all(torch.isfinite(torch.tensor(m["test_neg_elbo"])) for m in metrics)
+
+
+def test_a_batch_the_world_does_not_divide_is_refused_once_before_anything_starts(tmp_path, idx_dir):
+    result = run_torchrun(["-m", "convae", *train_args(idx_dir, tmp_path / "run", "--batch-size", "33")])
+    assert result.returncode != 0
+    message = "--batch-size 33: the global batch must divide evenly among 2 processes"
+    assert result.stderr.count(message) == 1, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_that_cannot_read_the_data_ends_every_rank_with_its_message(tmp_path, idx_dir):
+    """Rank 1 finds a truncated file where rank 0 finds a good one (a node with a damaged copy): nobody hangs,
+    every rank exits, rank 0 says which rank met what, and no run folder is left."""
+    bad = tmp_path / "bad"
+    shutil.copytree(idx_dir, bad)
+    data = (bad / "t10k-images-idx3-ubyte").read_bytes()
+    (bad / "t10k-images-idx3-ubyte").write_bytes(data[:100])
+    os.environ.update(BAD_RANK="1", BAD_DATA_DIR=str(bad))
+    try:
+        result = run_torchrun([str(HELPERS / "bad_copy_on_rank.py"), *train_args(idx_dir, tmp_path / "run")],
+                              timeout=120)
+    finally:
+        for k in ("BAD_RANK", "BAD_DATA_DIR"):
+            os.environ.pop(k)
+    assert result.returncode != 0
+    assert result.stderr.count("convae train: error: rank 1: ") == 1, result.stderr[-2000:]
+    assert "t10k-images-idx3-ubyte: truncated" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_peer_that_never_joins_ends_the_run_within_the_timeout(tmp_path, idx_dir):
+    env = dict(os.environ, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()))
+    result = subprocess.run([sys.executable, "-m", "convae", *train_args(idx_dir, tmp_path / "run"),
+                             "--dist-timeout", "2"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "rank 0 of 2: could not join the process group at 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
