@@ -128,3 +128,42 @@ def test_fast_preset_and_binarized_protocol_run_from_the_command_line(tmp_path, 
     assert record["entropy_floor"] == 0.0  # binary targets have no entropy
     code, stdout, _ = run_cli(capsys, "eval", str(out), "--iw-samples", "3", "--no-pictures")
     assert code == 0 and "binarized" in stdout and "K = 3" in stdout
+
+
+def test_auto_resume_starts_then_continues_a_run_with_the_same_command(tmp_path, idx_dir, capsys, monkeypatch):
+    """A re-queued job repeats its command: the first attempt starts the run, a later one continues it."""
+    import convae.training.loop as loop
+
+    command = small(idx_dir, tmp_path / "run", "--epochs", "2", "--auto-resume", "--checkpoint-every", "3")
+    assert run_cli(capsys, *small(idx_dir, tmp_path / "whole", "--epochs", "2"))[0] == 0
+    original = loop.learning_rate
+
+    def sigterm_at_step_5(config, step, total):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(config, step, total)
+
+    monkeypatch.setattr(loop, "learning_rate", sigterm_at_step_5)
+    assert run_cli(capsys, *command)[0] == 130
+    monkeypatch.setattr(loop, "learning_rate", original)
+    code, out, err = run_cli(capsys, *command)
+    assert code == 0, err
+    assert f"resuming {tmp_path / 'run'} at step 6 (epoch 1)" in out
+    strip = lambda m: {k: v for k, v in m.items() if k not in {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}}  # noqa: E731
+    read = lambda run: [strip(json.loads(l)) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731,E741
+    assert read("run") == read("whole")
+
+    code, _, err = run_cli(capsys, *command, "--lr", "0.5")
+    assert code == 2 and "--lr: cannot change when resuming" in err
+
+
+def test_auto_resume_restarts_a_run_that_never_reached_a_checkpoint(tmp_path, idx_dir, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # a job killed while starting up
+    assert run_cli(capsys, *small(idx_dir, run, "--epochs", "1"))[0] == 2  # without --auto-resume: refused
+    code, out, err = run_cli(capsys, *small(idx_dir, run, "--epochs", "1", "--auto-resume"))
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 1
+    code, _, err = run_cli(capsys, "train", "--auto-resume", "--epochs", "1")
+    assert code == 2 and "--auto-resume: needs --out DIR" in err

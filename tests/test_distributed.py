@@ -6,10 +6,13 @@ In-process workers (torch.multiprocessing, the environment torchrun would set) c
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +214,23 @@ def test_a_peer_that_never_joins_ends_the_run_within_the_timeout(tmp_path, idx_d
     assert result.returncode == 1
     assert "rank 0 of 2: could not join the process group at 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path, idx_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    run = tmp_path / "run"
+    agent = subprocess.Popen([*TORCHRUN, "-m", "convae", *train_args(idx_dir, run, "--epochs", "200")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(run / "checkpoints") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=120)
+    finally:
+        agent.kill()
+    said = re.findall(r"convae: SIGTERM at step (\d+): checkpoint written; resume with: convae train --resume", err)
+    assert len(said) == 1, err[-2000:]
+    newest = latest_checkpoint(run / "checkpoints")
+    assert newest.meta["step"] == int(said[0]) and newest.meta["world_size"] == 2
+    assert newest.meta["step"] < 200 * 8

@@ -155,3 +155,37 @@ def test_cuda_graph_run_stops_and_resumes(tmp_path, tiny_data):
     assert [m["step"] for m in ends] == [8, 16, 24]
     assert ends[-1]["test_neg_elbo"] < ends[0]["test_neg_elbo"]
     assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in ends)
+
+
+def test_periodic_checkpoints_change_nothing_but_the_files(tmp_path, tiny_data):
+    quiet = lambda s: None  # noqa: E731
+    plain = train(tiny(tmp_path / "plain", epochs=2), data=tiny_data, log=quiet)
+    often = train(tiny(tmp_path / "often", epochs=2, checkpoint_every=3, keep_checkpoints=10), data=tiny_data, log=quiet)
+    names = [p.name for p in list_checkpoints(tmp_path / "often" / "checkpoints")]
+    assert names == [f"step-{s:08d}.json" for s in (3, 6, 8, 9, 12, 15, 16)]
+    assert deterministic(often.metrics) == deterministic(plain.metrics)
+    a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "often")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_minutes_checkpoints_when_the_time_has_passed(tmp_path, tiny_data):
+    train(tiny(tmp_path / "timed", epochs=1, checkpoint_minutes=1e-9, keep_checkpoints=100), data=tiny_data,
+          log=lambda s: None)
+    steps = [int(p.stem.split("-")[1]) for p in list_checkpoints(tmp_path / "timed" / "checkpoints")]
+    assert steps == list(range(1, 9))
+
+
+def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tmp_path, tiny_data):
+    quiet = lambda s: None  # noqa: E731
+    full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
+    train(tiny(tmp_path / "cut", checkpoint_every=5, keep_checkpoints=10, max_steps=13), data=tiny_data, log=quiet)
+    cut = tmp_path / "cut" / "checkpoints"
+    for newer in list_checkpoints(cut)[-1:]:  # step 13 gone: as if killed after step 12
+        newer.unlink()
+        newer.with_suffix(".safetensors").unlink()
+    assert list_checkpoints(cut)[-1].name == "step-00000010.json"
+    resumed = train(tiny(tmp_path / "cut"), data=tiny_data, resume=True, log=quiet)
+    ends = [m for m in resumed.metrics if not m["partial_epoch"]]
+    assert deterministic(ends) == deterministic(full.metrics)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
 from .files import atomic_write_json
-from .runtime import DEFAULT_TIMEOUT_S, DistributedError
+from .runtime import DEFAULT_TIMEOUT_S, DistributedError, is_peer_failure
 from .training.checkpoint import CheckpointError, list_checkpoints
 
 EXIT_BAD_INPUT = 2
@@ -146,6 +146,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         except NonFiniteLoss as e:
             runtime.is_writer and print(f"convae: error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        except RuntimeError as e:
+            if not (runtime.distributed and is_peer_failure(e)):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"convae train: error: rank {runtime.rank}: lost a peer of the process group ({first}); "
+                  f"the newest checkpoint in {config.out} is kept (torchrun --max-restarts and --auto-resume "
+                  "continue from it)", file=sys.stderr)
             return EXIT_FAILED
         runtime.is_writer and print(f"done: {result.run_dir}")
         return 0

@@ -94,9 +94,10 @@ class Runtime:
         if torch.cuda.is_available():
             torch.cuda.set_device(min(local_rank, torch.cuda.device_count() - 1))
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            dist.init_process_group(backend, rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
+                                    store=_attempt_store(world, timeout))
         except (RuntimeError, ValueError, OSError) as e:  # DistStoreError, DistNetworkError are RuntimeErrors
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise DistributedError(f"rank {rank} of {world}: could not join the process group at {where} "
@@ -208,6 +209,27 @@ class Runtime:
                 if rank != 0:
                     message = f"rank {rank}: {message}"
                 raise kind(message)
+
+
+def _attempt_store(world: int, timeout: datetime.timedelta):
+    """Under a torchrun agent, the agent's store with a prefix of this restart attempt; None (env://) elsewhere.
+
+    A restarted group reuses the agent's store, and the keys the default group writes (each rank's address)
+    carry no attempt number: a new rank 1 could read the address of the rank 0 that died and fail with
+    "connection refused" (seen here, now and then). The prefix keeps each attempt's keys apart."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"convae/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """A collective failed because another process went away (killed, crashed, its node lost)."""
+    text = str(error)
+    return isinstance(error, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport",
+                            "NCCL error", "ProcessGroupNCCL", "Socket Timeout"))
 
 
 def _portable(error: Exception) -> tuple[type, str]:

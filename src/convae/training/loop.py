@@ -348,7 +348,7 @@ class Trainer:
             stop, save_now = self.control_point(signals)
             if stop or self.step == self.last_step:
                 break
-            if save_now:
+            if save_now and self.step % self.steps_per_epoch:  # an epoch end checkpoints anyway
                 self.save()
         bar.close()
         synchronize(self.device)
