@@ -4,6 +4,7 @@ In-process workers (torch.multiprocessing, the environment torchrun would set) c
 ``torchrun`` launches check what a user meets: restarts after SIGKILL, world-size changes, errors on every rank.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -125,8 +126,16 @@ def run_torchrun(args, *, extra=(), timeout=240, cwd=None):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([*TORCHRUN, *extra, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=cwd)
+    # a session of its own, so a timeout kills torchrun's workers too (no orphan left waiting for its peer)
+    agent = subprocess.Popen([*TORCHRUN, *extra, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = agent.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.pid, signal.SIGKILL)
+        out, err = agent.communicate()
+        pytest.fail(f"torchrun did not finish within {timeout} s:\n{err[-2000:]}")
+    return subprocess.CompletedProcess(agent.args, agent.returncode, out, err)
 
 
 def train_args(idx_dir, out, *more):
@@ -220,7 +229,8 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_one_checkpoint(tm
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     run = tmp_path / "run"
     agent = subprocess.Popen([*TORCHRUN, "-m", "convae", *train_args(idx_dir, run, "--epochs", "200")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env, OMP_NUM_THREADS="1"))
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env, OMP_NUM_THREADS="1"),
+                             start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not list_checkpoints(run / "checkpoints") and time.monotonic() < deadline:
@@ -228,7 +238,8 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_one_checkpoint(tm
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=120)
     finally:
-        agent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGKILL)
     said = re.findall(r"convae: SIGTERM at step (\d+): checkpoint written; resume with: convae train --resume", err)
     assert len(said) == 1, err[-2000:]
     newest = latest_checkpoint(run / "checkpoints")

@@ -14,9 +14,9 @@ def test_bf16_autocast_loss_is_close_to_fp32():
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         torch.manual_seed(1)
-        fp32 = engine.forward_loss(model, x, "fp32")
+        fp32 = engine.forward_loss(model, x, "fp32")[0]
         torch.manual_seed(1)
-        bf16 = engine.forward_loss(model, x, "bf16")
+        bf16 = engine.forward_loss(model, x, "bf16")[0]
     assert bf16.dtype == torch.float32  # the loss is kept in float32
     assert abs(bf16.item() - fp32.item()) / fp32.item() < 0.02
 
@@ -43,7 +43,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_loss(monkeypatch, cap
         optimizer = engine.make_optimizer(model, config, torch.device("cpu"))
         step = engine.make_train_step(model, optimizer, tiny_data.train_images, 255.0, config, torch.float32,
                                       "fp32", torch.device("cpu"))
-        return [step(torch.arange(32) + 32 * k, 1e-3).item() for k in range(2)]
+        return [step(torch.arange(32) + 32 * k, 1e-3)[0].item() for k in range(2)]
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     fallen_back = one_step(True)
@@ -69,7 +69,7 @@ def test_fast_transposed_convs_give_the_plain_loss_and_gradients():
     for model in (fast, plain):
         torch.manual_seed(3)
         loss = engine.forward_loss(model, x, "fp32")
-        loss.backward()
+        loss[0].backward()
         losses.append(loss)
     assert torch.allclose(losses[0], losses[1], rtol=1e-12)
     for a, b in zip(fast.parameters(), plain.parameters()):
@@ -102,5 +102,5 @@ def test_cuda_graph_step_matches_eager_step_in_expectation(tiny_data):
         optimizer = engine.make_optimizer(model, config, device, capturable=graphs)
         images = tiny_data.train_images.to(device)
         step = engine.make_train_step(model, optimizer, images, 255.0, config, torch.float32, "fp32", device)
-        losses[graphs] = [step(torch.arange(32, device=device) + 32 * (k % 8), 1e-3).item() for k in range(40)]
+        losses[graphs] = [step(torch.arange(32, device=device) + 32 * (k % 8), 1e-3)[0].item() for k in range(40)]
     assert abs(sum(losses[True][-8:]) - sum(losses[False][-8:])) / sum(losses[False][-8:]) < 0.05

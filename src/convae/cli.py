@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
 from .files import atomic_write_json
+from .reporting.html import ReportError
 from .runtime import DEFAULT_TIMEOUT_S, DistributedError, is_peer_failure
 from .training.checkpoint import CheckpointError, list_checkpoints
 
@@ -75,13 +76,19 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
                    help=f"under torchrun: how long joining the group or a collective may wait for a peer before "
                         f"the run ends with an error (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--progress-every", type=int, metavar="STEPS",
+                   help="steps between progress records: bar, steps.jsonl, TensorBoard (default 25)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files (RUN/tb)")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="don't refresh RUN/report.html at every epoch end")
     return p
 
 
 # Settings a resumed run may change; the others define the run and stay as they were.
 RESUMABLE_OVERRIDES = {"epochs", "max_steps", "quiet", "device", "compile", "checkpoint_every", "checkpoint_minutes",
-                       "dist_timeout"}
+                       "dist_timeout", "tensorboard", "report", "progress_every"}
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
@@ -278,6 +285,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare(args)
     print(result["table"])
+    out = Path(args.out)
+    print(f"\ntable: {out / 'compare.md'} (and compare.json); pictures: {out / 'panel.png'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reporting.html import RunFiles, write_report
+
+    if len(args.runs) > 1 and not args.out:
+        raise ConfigError("--out: needed when the report covers several runs (one run's goes to RUN/report.html)")
+    if args.iw_samples < 0:
+        raise ConfigError(f"--iw-samples: must be >= 0, got {args.iw_samples}")
+    runs = [RunFiles.read(r) for r in args.runs]  # every folder checked before any work
+    if args.eval:
+        from .evaluation.report import artifact_scores, evaluate_run
+        from .evaluation.runs import open_run
+
+        for files in runs:
+            if files.evaluation is None or files.artifacts is None:
+                run = open_run(files.path, args.device)
+            if files.evaluation is None:
+                print(f"evaluating {files.path} (test -ELBO{f', IW bound K = {args.iw_samples}' if args.iw_samples else ''}, "
+                      "pictures) ...", file=sys.stderr)
+                evaluate_run(run, iw_samples=args.iw_samples, progress=sys.stderr.isatty())
+            if files.artifacts is None:
+                print(f"scoring checkerboard artifacts of {files.path} ...", file=sys.stderr)
+                artifact_scores(run)
+    out = Path(args.out) if args.out else runs[0].path / "report.html"
+    print(f"writing {out} ...", file=sys.stderr)
+    write_report([r.path for r in runs], out)
+    print(f"report: {out}")
     return 0
 
 
@@ -310,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--images", type=int, default=2000, help="samples and test images to score (default 2000)")
         p.set_defaults(handler=handler)
 
+    p = sub.add_parser("report", help="one self-contained HTML page of one or more runs (curves, pictures, tables)",
+                       description="Write one HTML file that opens with no network: settings, training and test "
+                                   "curves (several runs overlaid), per-epoch reconstructions with a slider, and what "
+                                   "convae eval / artifacts found. `convae train` refreshes RUN/report.html itself.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by convae train")
+    p.add_argument("--out", metavar="FILE", help="the HTML file (default RUN/report.html; needed for several runs)")
+    p.add_argument("--eval", action="store_true", help="first run convae eval and artifacts where a run lacks them")
+    p.add_argument("--iw-samples", type=int, default=0, metavar="K",
+                   help="with --eval: also the importance-weighted bound with K samples")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="device for --eval (default auto)")
+    p.set_defaults(handler=cmd_report)
+
     p = sub.add_parser("compare", help="train several models under one budget (or take finished runs) and tabulate",
                        description="Train each model for the same number of epochs (or take finished runs), then "
                                    "write one table and one panel of pictures.")
@@ -333,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.handler(args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, ReportError) as e:
         if _speaks():
             print(f"convae {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -46,12 +46,14 @@ class TrainConfig:
     test_limit: int | None = None        # evaluate only the first N test images
     monitor_images: int = 32             # the seed prints the loss on the first 32 training images
     eval_batch_size: int = 500
-    progress_every: int = 25             # steps between progress-bar updates (each one syncs the device)
+    progress_every: int = 25             # steps between progress updates: bar, steps.jsonl, TensorBoard (each syncs)
     keep_checkpoints: int = 2
     checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (epoch ends always)
     checkpoint_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
     dist_timeout: float = 300.0          # seconds a collective (or joining the group) may wait for a peer
     quiet: bool = False
+    tensorboard: bool = True             # event files in RUN/tb (where the tensorboard package is installed)
+    report: bool = True                  # refresh RUN/report.html at every epoch end
     out: str | None = None
     extra: dict = field(default_factory=dict)  # free-form notes, e.g. the preset a run came from
 

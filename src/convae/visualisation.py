@@ -44,6 +44,17 @@ def seed_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, path: str | P
     save_figure(fig, path)
 
 
+def tile(images: torch.Tensor, columns: int, pad: int = 2) -> torch.Tensor:
+    """N x C x H x W images -> one C x H' x W' image of them in rows of ``columns``, on a white background."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = torch.ones(c, rows * (h + pad) + pad, columns * (w + pad) + pad, dtype=torch.float32)
+    for k, image in enumerate(images.detach().float().cpu()):
+        top, left = pad + (k // columns) * (h + pad), pad + (k % columns) * (w + pad)
+        canvas[:, top:top + h, left:left + w] = image
+    return canvas
+
+
 def rows_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | None = None, title: str = "") -> None:
     """Several rows of images (each K x 1 x H x W), optionally labelled on the left."""
     n_cols = max(len(r) for r in rows)

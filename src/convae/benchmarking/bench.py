@@ -100,7 +100,7 @@ def time_train_steps(settings: BenchSettings, device: str, batch: int, precision
             loss = step(index_batches[k], config.lr)
         synchronize(dev)
         round_ms.append((time.perf_counter() - started) / settings.steps * 1e3)
-    if not torch.isfinite(loss):
+    if not torch.isfinite(loss).all():
         raise RuntimeError(f"bench: loss is not finite on {device} ({precision}, batch {batch})")
     ms = statistics.median(round_ms)
     img_per_s = batch / ms * 1e3

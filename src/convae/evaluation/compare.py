@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -35,9 +36,13 @@ def compare(args) -> dict:
                                train_limit=args.train_limit, out=str(out / name), quiet=True).validate()
                    for name in args.models]
         run_dirs = []
-        for config in configs:
+        for k, config in enumerate(configs, 1):
             if not (Path(config.out) / "config.json").exists():
+                print(f"compare: training {config.model} ({k}/{len(configs)}, {config.epochs} epoch(s)) in "
+                      f"{config.out} ...", file=sys.stderr, flush=True)
                 train(config, log=lambda line: None)
+            else:
+                print(f"compare: reusing {config.out} ({k}/{len(configs)})", file=sys.stderr, flush=True)
             run_dirs.append(Path(config.out))
     runs = [open_run(d, args.device) for d in run_dirs]  # refuses missing folders and foreign checkpoints first
 

@@ -1,8 +1,8 @@
 """The training step and the levers that make it fast, kept apart from the loop that calls it.
 
-``make_train_step`` returns a callable ``step(index, lr) -> loss`` that gathers the batch from the uint8 images
-resident on the device, runs forward, loss, backward and Adam, and returns the loss as a device tensor (no
-host sync). On CUDA it can record the whole step once as a CUDA graph and replay it, which removes the launch
+``make_train_step`` returns a callable ``step(index, lr) -> terms`` that gathers the batch from the uint8 images
+resident on the device, runs forward, loss, backward and Adam, and returns the loss terms [L_tot, L_likelihood,
+L_KL] as one device tensor (no host sync). On CUDA it can record the whole step once as a CUDA graph and replay it, which removes the launch
 overhead that dominates a small model at batch 32.
 """
 
@@ -57,9 +57,10 @@ def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: 
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """The batch's loss terms, stacked: [L_tot, L_likelihood, L_KL]; the step differentiates the first."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = model(x)
-    return neg_elbo(out.logits, x, out.mu, out.sigma).total
+    return torch.stack(neg_elbo(out.logits, x, out.mu, out.sigma))
 
 
 class EagerStep:
@@ -88,7 +89,7 @@ class EagerStep:
             loss = self._first_compiled_call(x)
         else:
             loss = self.forward_loss(self.model, x, self.precision)
-        loss.backward()
+        loss[0].backward()
         self.optimizer.step()
         return loss.detach()
 
@@ -121,7 +122,7 @@ class CudaGraphStep(EagerStep):
     def _body(self) -> torch.Tensor:
         x = make_batch(self.images[self.static_index], self.levels, self.config, self.dtype)
         loss = forward_loss(self.model, x, self.precision)
-        loss.backward()
+        loss[0].backward()
         self.optimizer.step()
         return loss.detach()
 

@@ -30,10 +30,12 @@ from .. import __version__
 from ..config import ConfigError, TrainConfig
 from ..data import DataError, ImageData, load_data
 from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
-from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from ..files import atomic_write_json, read_jsonl
 from ..models import VAE, build_model
 from ..runtime import Runtime, resolve_device, synchronize
-from ..visualisation import seed_grid
+from ..reporting.html import write_report
+from ..reporting.sinks import RunLogger
+from ..visualisation import seed_grid, tile
 from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints, restore,
                          save_checkpoint, section)
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
@@ -148,6 +150,26 @@ def new_run_dir(out: str | None, reuse_unstarted: bool = False) -> Path:
     return path
 
 
+class Window:
+    """The loss terms summed on the device since the last progress record, and the clock at its start."""
+
+    def __init__(self, device: torch.device, step: int, started: float):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.step, self.started = step, started
+
+    def close(self, runtime: Runtime, step: int, epoch: int, lr: float, batch: int) -> dict:
+        """The record for ``steps.jsonl``: means over the window (of the global batch under torchrun); then reopen."""
+        now = time.perf_counter()
+        sums = runtime.all_reduce(self.sums.cpu()) / runtime.world_size
+        n = step - self.step
+        loss, likelihood, kl = (sums / n).tolist()
+        record = {"step": step, "epoch": epoch, "loss": loss, "L_likelihood": likelihood, "L_KL": kl, "lr": lr,
+                  "img_per_s": n * batch / max(now - self.started, 1e-9)}
+        self.sums.zero_()
+        self.step, self.started = step, now
+        return record
+
+
 @dataclass
 class Start:
     """Where a run begins, decided by rank 0 (the only rank that reads the run folder) and sent to the others."""
@@ -242,7 +264,7 @@ class Trainer:
             self.restore(start.checkpoint)
         else:
             seed_rank(config.seed, runtime.rank)
-        self.run_dir, self.metrics = start.run_dir, start.metrics
+        self.run_dir = start.run_dir
         config.out = str(self.run_dir)
 
         # -- the run folder (rank 0) ------------------------------------------------------------------------------
@@ -252,11 +274,12 @@ class Trainer:
                          "steps_per_epoch": self.steps_per_epoch, "command": argv,
                          "distributed": {**runtime.describe(device), "batch_per_rank": config.batch_size // runtime.world_size,
                                          "batchnorm": runtime.batchnorm_mode(device), "cuda_graphs": graphs}}
-        self.log, self.log_file = log, None
         if runtime.is_writer:
             (self.run_dir / "images").mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.settings)
-            self.log_file = open(self.run_dir / "log.txt", "a")
+        self.logger = RunLogger(self.run_dir, active=runtime.is_writer, echo=log, tensorboard=config.tensorboard,
+                                resume_step=self.step if start.checkpoint is not None else None,
+                                hparams=config.to_dict(), metrics=start.metrics)
         self.announce(start)
 
         self.monitor = evaluation_images(self.data.train_images[:config.monitor_images], self.data.levels, config)
@@ -286,10 +309,7 @@ class Trainer:
         self.saved_world = saved_world
 
     def say(self, line: str) -> None:
-        if self.runtime.is_writer:
-            self.log(line)
-            self.log_file.write(line + "\n")
-            self.log_file.flush()
+        self.logger.say(line)
 
     def announce(self, start: Start) -> None:
         d = self.settings["distributed"]
@@ -318,11 +338,10 @@ class Trainer:
                 while self.step < self.last_step and self.stop is None:
                     self.run_epoch(signals)
             finally:
-                if self.log_file:
-                    self.log_file.close()
+                self.logger.close()
         if self.stop is not None:
             raise TrainingInterrupted(self.run_dir, self.step, self.stop)
-        return TrainResult(self.run_dir, self.metrics, self.model)
+        return TrainResult(self.run_dir, self.logger.metrics, self.model)
 
     def run_epoch(self, signals: StopSignals) -> None:
         config, batch = self.config, self.config.batch_size
@@ -333,18 +352,22 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=first_index, desc=f"epoch {epoch}/{config.epochs}",
                    unit="batch", disable=not self.show_bar, leave=False, dynamic_ncols=True)
         self.epoch_started, steps_run = time.perf_counter(), 0
+        self.window = Window(self.device, self.step, self.epoch_started)
         for i in range(first_index, self.steps_per_epoch):
             lr = learning_rate(config, self.step, self.total_steps)
-            loss = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr)
+            terms = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr)
+            loss = terms[0]
             self.loss_sum += loss
+            self.window.sums += terms
             self.first_bad = torch.where(torch.isfinite(loss) | (self.first_bad >= 0), self.first_bad, self.step_counter)
             self.step_counter += 1
             self.step += 1
             steps_run += 1
-            if self.show_bar and self.step % config.progress_every == 0:
-                elapsed = time.perf_counter() - self.epoch_started
-                bar.set_postfix(loss=f"{loss.item():.2f}", img_s=f"{steps_run * batch / max(elapsed, 1e-9):.0f}")
-                bar.update(config.progress_every)
+            if self.step % config.progress_every == 0:
+                record = self.window.close(self.runtime, self.step, epoch, lr, batch)
+                self.logger.log_steps(record)
+                bar.set_postfix(loss=f"{record['loss']:.2f}", img_s=f"{record['img_per_s']:.0f}")
+                bar.update(i + 1 - bar.n)
             stop, save_now = self.control_point(signals)
             if stop or self.step == self.last_step:
                 break
@@ -406,34 +429,37 @@ class Trainer:
         self.runtime.broadcast_buffers(self.model)
         steps_in_epoch = self.step - (epoch - 1) * self.steps_per_epoch
         train_loss = (self.runtime.all_reduce(self.loss_sum.clone()) / self.runtime.world_size / steps_in_epoch).item()
-        record = end_of_epoch(self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set,
-                              epoch=epoch, step=self.step, partial=partial, train_loss=train_loss, floor=self.floor,
-                              precision=self.precision, lr=lr, train_seconds=self.train_seconds, seconds=seconds,
-                              images=images, runtime=self.runtime)
+        record, pictures = end_of_epoch(
+            self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set, epoch=epoch,
+            step=self.step, partial=partial, train_loss=train_loss, floor=self.floor, precision=self.precision, lr=lr,
+            train_seconds=self.train_seconds, seconds=seconds, images=images, runtime=self.runtime)
         d = self.settings["distributed"]
         record.update(world_size=d["world_size"], backend=d["backend"], rank_devices=d["rank_devices"])
-        self.metrics.append(record)
-        if self.runtime.is_writer:
-            atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
+        self.logger.log_epoch(record, pictures)
         self.save(elapsed=0.0)
         self.say(f"epoch {epoch}: L_tot = {record['L_tot']:.4f}, L_likelihood = {record['L_likelihood']:.4f}, "
                  f"L_KL = {record['L_KL']:.4f}")
         self.say(f"  test -ELBO = {record['test_neg_elbo']:.2f} nats/image (entropy floor {self.floor:.2f}), "
                  f"train loss {record['train_loss']:.2f}, {record['img_per_s']:.0f} img/s, "
                  f"{record['epoch_seconds']:.1f} s" + (" (stopped by --max-steps)" if partial else ""))
+        if self.config.report and self.runtime.is_writer:
+            write_report([self.run_dir], self.run_dir / "report.html")
 
 
 def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
                  epoch: int, step: int, partial: bool, train_loss: float, floor: float, lr: float, precision: str,
-                 train_seconds: float, seconds: float, images: int, runtime: Runtime | None = None) -> dict:
+                 train_seconds: float, seconds: float, images: int,
+                 runtime: Runtime | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """What the seed does after each epoch (loss on the first training images, the 3x3 picture), plus the test set.
-    Under torchrun the test set is split among the ranks; rank 0 draws the picture."""
+    Under torchrun the test set is split among the ranks; rank 0 draws the picture. Returns the metrics record and
+    (on rank 0) the pictures for TensorBoard: inputs over reconstructions, and 64 samples from the prior."""
     runtime = runtime or Runtime()
     started = time.perf_counter()
     on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), precision=precision, seed=config.seed + 1,
                                    runtime=runtime)
     on_test = evaluate_neg_elbo(model, test_set, batch_size=config.eval_batch_size, precision=precision,
                                 seed=config.seed + 1, runtime=runtime)
+    pictures = {}
     if runtime.is_writer:
         model.eval()
         with torch.no_grad():
@@ -441,10 +467,12 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
             x = monitor.floats(0, 9, p.dtype, p.device)
             generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
             reconstruction = torch.sigmoid(model(x, generator=generator).logits)
+            pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9),
+                        "samples": tile(model.sample(64, generator=generator), 8)}
         model.train()
         name = f"result{epoch}.png" if not partial else f"result{epoch}-step{step}.png"
         seed_grid(x, reconstruction, run_dir / "images" / name, title=f"epoch {epoch}, step {step}")
-    return {
+    record = {
         "epoch": epoch, "step": step, "partial_epoch": partial,
         "L_tot": on_monitor.neg_elbo, "L_likelihood": on_monitor.likelihood, "L_KL": on_monitor.kl,
         "test_neg_elbo": on_test.neg_elbo, "test_L_likelihood": on_test.likelihood, "test_L_KL": on_test.kl,
@@ -452,3 +480,4 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
         "train_seconds": train_seconds, "epoch_seconds": seconds, "img_per_s": images / max(seconds, 1e-9),
         "eval_seconds": time.perf_counter() - started,
     }
+    return record, pictures

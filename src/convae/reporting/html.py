@@ -1,0 +1,303 @@
+"""``convae report``: one self-contained HTML page of one or more runs, built from their run folders alone.
+
+Everything is inline (pictures as data URIs, curves as SVG drawn by matplotlib, a few lines of script for the
+epoch slider), so the page opens from a file with no network. Read: ``config.json`` (settings, environment),
+``metrics.jsonl`` (epochs), ``steps.jsonl`` (the training loss every few steps), ``images/result*.png`` (the seed's
+per-epoch pictures), ``eval/`` (what ``convae eval`` and ``convae artifacts`` wrote). What is missing is named,
+with the command that adds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..files import atomic_write_text, read_jsonl  # noqa: E402
+
+COLOURS = plt.get_cmap("tab10").colors  # one colour per run, the same in every plot
+EVAL_PICTURES = [("samples.png", "Samples from the prior"), ("reconstructions.png", "Test reconstructions"),
+                 ("interpolations.png", "Interpolations between test images"),
+                 ("traversals.png", "Latent traversals (most active dimensions)"),
+                 ("latent_pca.png", "Latent space: PCA of test-set means, by label"),
+                 ("artifacts.png", "Checkerboard artifacts: mean sample and spectra")]
+SETTINGS = ["model", "encoder", "epochs", "max_steps", "batch_size", "lr", "lr_schedule", "seed", "dtype", "precision",
+            "binarize", "resize", "image_size", "data_dir", "train_limit", "test_limit"]
+
+
+class ReportError(ValueError):
+    """A folder given to ``convae report`` is not a convae run."""
+
+
+@dataclass
+class RunFiles:
+    """What one run folder holds, read once."""
+
+    path: Path
+    settings: dict
+    metrics: list[dict]
+    steps: list[dict]
+    epoch_pictures: list[tuple[str, Path]]
+    evaluation: dict | None
+    artifacts: dict | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunFiles":
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ReportError(f"{path}: not a convae run folder (no config.json)")
+        try:
+            settings = json.loads(config_file.read_text())
+            settings["config"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ReportError(f"{config_file}: unreadable ({type(e).__name__}: {e})") from None
+        pictures = []
+        for picture in (path / "images").glob("result*.png"):
+            match = re.fullmatch(r"result(\d+)(?:-step(\d+))?\.png", picture.name)
+            if match:
+                pictures.append((int(match[1]), int(match[2] or 0), picture))
+        pictures.sort()
+        label = lambda e, s: f"epoch {e}" + (f", step {s}" if s else "")  # noqa: E731
+        return cls(path, settings, _read_records(path / "metrics.jsonl"), _read_records(path / "steps.jsonl"),
+                   [(label(e, s), p) for e, s, p in pictures], _read_json(path / "eval" / "eval.json"),
+                   _read_json(path / "eval" / "artifacts.json"))
+
+
+def _read_records(path: Path) -> list[dict]:
+    """A JSON-lines file, tolerating a last line cut short by a crash (the report is built while training runs)."""
+    try:
+        return read_jsonl(path)
+    except json.JSONDecodeError:
+        lines = path.read_text().splitlines()
+        return [json.loads(line) for line in lines[:-1] if line.strip()]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces of the page
+
+
+def _svg(fig) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)  # matplotlib's RDF block: dates, namespaces
+    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: inline SVG inside HTML
+
+
+def _png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
+    """(title, svg) for each plot; runs overlaid, one colour each."""
+    plots = []
+    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for k, run in enumerate(runs):
+        colour = COLOURS[k % len(COLOURS)]
+        if run.steps:
+            ax.plot([r["step"] for r in run.steps], [r["loss"] for r in run.steps], color=colour, lw=1.2, label=run.name)
+        elif run.metrics:
+            ax.plot([m["step"] for m in run.metrics], [m["train_loss"] for m in run.metrics], "o-", color=colour,
+                    lw=1.2, label=f"{run.name} (per epoch)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (−ELBO), nats / image")
+    ax.grid(alpha=0.3)
+    _finish(ax, runs)
+    plots.append(("Training loss", _svg(fig)))
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    floors = []
+    for k, run in enumerate(runs):
+        colour = COLOURS[k % len(COLOURS)]
+        if run.metrics:
+            steps = [m["step"] / run.settings.get("steps_per_epoch", 1) for m in run.metrics]
+            ax.plot(steps, [m["test_neg_elbo"] for m in run.metrics], "o-", color=colour, lw=1.4, ms=3, label=run.name)
+            floor = run.metrics[-1].get("entropy_floor")
+            if floor:
+                floors.append(floor)
+                ax.axhline(floor, color=colour, ls="--", lw=1, label=f"{run.name}: entropy floor {floor:.1f}")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test −ELBO, nats / image")
+    ax.grid(alpha=0.3)
+    _finish(ax, runs)
+    plots.append(("Test −ELBO per epoch (dashed: the entropy floor, the least any Bernoulli decoder can reach on "
+                  "these targets)", _svg(fig)))
+
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
+    for k, run in enumerate(runs):
+        colour = COLOURS[k % len(COLOURS)]
+        epochs = [m["step"] / run.settings.get("steps_per_epoch", 1) for m in run.metrics]
+        axes[0].plot(epochs, [m["test_L_likelihood"] for m in run.metrics], "o-", color=colour, ms=3, label=run.name)
+        axes[1].plot(epochs, [m["test_L_KL"] for m in run.metrics], "o-", color=colour, ms=3, label=run.name)
+    for ax, what in zip(axes, ("reconstruction term L_likelihood", "KL term L_KL")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{what},\nnats / image", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plots.append(("The two terms of the test −ELBO", _svg(fig)))
+    return plots
+
+
+def _finish(ax, runs: list[RunFiles]) -> None:
+    if any(line.get_label()[:1] != "_" for line in ax.get_lines()):
+        ax.legend(fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no records yet", transform=ax.transAxes, ha="center", va="center", color="0.5")
+
+
+def _settings_table(runs: list[RunFiles]) -> str:
+    def value(run: RunFiles, key: str) -> str:
+        config, env = run.settings["config"], run.settings.get("environment", {})
+        dist = run.settings.get("distributed", {})
+        sources = {"parameters": f"{run.settings.get('model_parameters', 0):,}",
+                   "device": f"{env.get('device', '?')} ({env.get('device_name', '?')})",
+                   "torch": env.get("torch"), "convae": env.get("convae"), "python": env.get("python"),
+                   "processes": dist.get("world_size", 1), "precision (effective)": run.settings.get("precision"),
+                   "preset": (config.get("extra") or {}).get("preset")}
+        v = sources[key] if key in sources else config.get(key)
+        return "–" if v is None else html.escape(str(v))
+
+    keys = SETTINGS + ["preset", "parameters", "precision (effective)", "device", "processes", "torch", "python",
+                       "convae"]
+    head = "".join(f"<th style='color:{_hex(k)}'>{html.escape(r.name)}</th>" for k, r in enumerate(runs))
+    rows = "".join(f"<tr><td>{html.escape(key)}</td>" + "".join(f"<td>{value(r, key)}</td>" for r in runs) + "</tr>"
+                   for key in keys)
+    return f"<table><thead><tr><th>setting</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _results_table(runs: list[RunFiles]) -> str:
+    rows = []
+    for k, run in enumerate(runs):
+        last = run.metrics[-1] if run.metrics else {}
+        ev, art = run.evaluation or {}, run.artifacts or {}
+        fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+        iw = ("–" if "iw_nll" not in ev else f"{ev['iw_nll']:.2f} ± {ev['iw_nll_std_error']:.2f} (K = {ev['iw_samples']})")
+        rows.append(
+            f"<tr><td style='color:{_hex(k)}'>{html.escape(run.name)}</td><td>{last.get('epoch', '–')}</td>"
+            f"<td>{last.get('step', '–')}</td><td>{fmt(last.get('test_neg_elbo'))}</td>"
+            f"<td>{fmt(last.get('entropy_floor'))}</td><td>{fmt(ev.get('test_neg_elbo'))}</td><td>{iw}</td>"
+            f"<td>{fmt((art.get('samples') or {}).get('score'))}</td>"
+            f"<td>{fmt((art.get('samples') or {}).get('score_of_mean'))}</td>"
+            f"<td>{fmt(last.get('train_seconds'), 0)}</td></tr>")
+    return ("<table><thead><tr><th>run</th><th>epoch</th><th>step</th><th>test −ELBO (last epoch)</th>"
+            "<th>entropy floor</th><th>test −ELBO (convae eval)</th><th>IW bound on −log p(x)</th>"
+            "<th>dots score, samples</th><th>dots score, mean sample</th><th>training seconds</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table><p class='note'>nats per image; dots scores: 1.0 = like the "
+            "data.</p>")
+
+
+def _epoch_slider(run: RunFiles, index: int) -> str:
+    if not run.epoch_pictures:
+        return "<p class='missing'>No per-epoch pictures yet (they appear after the first epoch).</p>"
+    sources = [_png(p) for _, p in run.epoch_pictures]
+    labels = [label for label, _ in run.epoch_pictures]
+    last = len(sources) - 1
+    return (f"<figure><img id='grid{index}' class='grid' alt='reconstructions, {html.escape(labels[last])}' "
+            f"src='{sources[last]}'><figcaption><label>Inputs and reconstructions after "
+            f"<span id='label{index}'>{html.escape(labels[last])}</span> "
+            f"<input type='range' id='slider{index}' min='0' max='{last}' value='{last}' "
+            f"aria-label='epoch'></label></figcaption></figure>"
+            f"<script>epochSlider({index}, {json.dumps(sources)}, {json.dumps(labels)});</script>")
+
+
+def _evaluation_section(run: RunFiles) -> str:
+    parts = []
+    for file, caption in EVAL_PICTURES:
+        path = run.path / "eval" / file
+        if path.is_file():
+            parts.append(f"<figure><img class='wide' alt='{html.escape(caption)}' src='{_png(path)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    missing = []
+    if run.evaluation is None:
+        missing.append(f"<code>convae eval {html.escape(str(run.path))} --iw-samples 1000</code> (test −ELBO, "
+                       "importance-weighted bound, samples, interpolations, traversals, latent map)")
+    if run.artifacts is None:
+        missing.append(f"<code>convae artifacts {html.escape(str(run.path))}</code> (checkerboard scores and spectra)")
+    if missing:
+        parts.append("<p class='missing'>Not evaluated yet. Add it with " + "; and ".join(missing)
+                     + ", or build this page with <code>convae report --eval</code>.</p>")
+    if run.evaluation:
+        parts.append(f"<p class='note'>Protocol: {html.escape(run.evaluation.get('protocol', ''))}</p>")
+    return "".join(parts)
+
+
+def _hex(k: int) -> str:
+    r, g, b = COLOURS[k % len(COLOURS)][:3]
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+STYLE = """
+body{font:15px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1b1b1b;margin:0 auto;
+max-width:960px;padding:1rem 1.25rem 3rem}
+h1{font-size:1.6rem;margin:.5rem 0 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
+h3{font-size:1.05rem}.meta,.note{color:#555;font-size:.9rem}.missing{background:#fff7e0;padding:.5rem .75rem;
+border-left:3px solid #e0a800}table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0;display:block;
+overflow-x:auto}th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
+figure{margin:1rem 0}figcaption{font-size:.9rem;color:#444}svg{max-width:100%;height:auto}
+img.grid,img.wide{max-width:100%;height:auto;image-rendering:pixelated;display:block}input[type=range]{width:min(
+360px,80vw);vertical-align:middle}code{background:#f4f4f4;padding:0 .25rem;border-radius:3px;font-size:.85rem;
+word-break:break-all}
+"""
+
+SCRIPT = """
+function epochSlider(i, sources, labels) {
+  var slider = document.getElementById('slider' + i), grid = document.getElementById('grid' + i),
+      label = document.getElementById('label' + i);
+  slider.addEventListener('input', function () {
+    grid.src = sources[slider.value]; grid.alt = 'reconstructions, ' + labels[slider.value];
+    label.textContent = labels[slider.value];
+  });
+}
+"""
+
+
+def build_report(run_dirs: list[str | Path]) -> str:
+    runs = [RunFiles.read(d) for d in run_dirs]
+    title = ("convae run " + runs[0].name) if len(runs) == 1 else f"convae: {len(runs)} runs compared"
+    body = [f"<h1>{html.escape(title)}</h1><p class='meta'>Generated {datetime.now():%Y-%m-%d %H:%M} by convae "
+            f"{__version__} from {', '.join(html.escape(str(r.path)) for r in runs)}.</p>",
+            "<h2>Results</h2>", _results_table(runs), "<h2>Curves</h2>"]
+    body += [f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>" for caption, svg in _curves(runs)]
+    for k, run in enumerate(runs):
+        body.append(f"<h2 style='color:{_hex(k)}'>{html.escape(run.name)}</h2><h3>Reconstructions by epoch</h3>")
+        body.append(_epoch_slider(run, k))
+        body.append("<h3>Evaluation</h3>" + _evaluation_section(run))
+    body += ["<h2>Settings and environment</h2>", _settings_table(runs)]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+    out = Path(out)
+    atomic_write_text(out, build_report(run_dirs))
+    return out
