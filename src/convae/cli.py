@@ -57,11 +57,28 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=None,
                    help="take batches in order, as the seed does")
     p.add_argument("--binarize", choices=["none", "dynamic"], help="dynamic: resample binary pixels each draw")
-    p.add_argument("--resize", choices=["auto", "bilinear", "pad"],
-                   help="28 -> 32: bilinear (the seed) or zero padding; auto = pad when --binarize dynamic")
-    p.add_argument("--data-dir", help="folder with the four MNIST-format IDX files (plain or .gz) "
-                                      "instead of the embedded MNIST")
-    p.add_argument("--image-size", type=int, help="images are resized to this (default 32)")
+    p.add_argument("--resize", choices=["auto", "bilinear", "pad", "area"],
+                   help="MNIST 28 -> 32: bilinear (the seed) or zero padding; auto = pad when --binarize dynamic. "
+                        "Other data: centre-crop then area (auto) or bilinear resize; pad: pad to a square")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="mnist (the embedded copy, default), shapes[:N] (generated colour shapes), a folder of image "
+                        "files (sub-folders = labels; train/ and test/ = the split), a folder of IDX files, or a "
+                        ".npy/.npz file")
+    p.add_argument("--data-dir", help="folder with the four MNIST-format IDX files (plain or .gz); same as --data DIR")
+    p.add_argument("--image-size", type=int, help="images are brought to this size, 32 or 64 for the conv models "
+                                                  "(default 32)")
+    p.add_argument("--channels", choices=["auto", "1", "3"], help="1 gray, 3 colour; auto: from the data (default)")
+    p.add_argument("--likelihood", choices=["bernoulli", "continuous-bernoulli", "logistic", "gaussian"],
+                   help="p(x|z): bernoulli (the seed's), continuous-bernoulli (normalised on [0, 1]), logistic "
+                        "(discretised, on 8-bit levels; reports bits/dim), gaussian (learned variance, or "
+                        "--gaussian-sigma)")
+    p.add_argument("--gaussian-sigma", type=float, metavar="S", help="with --likelihood gaussian: fixed std S")
+    p.add_argument("--test-fraction", type=float, help="held out for testing where the data has no split "
+                                                       "(default 0.1, fixed seed)")
+    p.add_argument("--cache-dir", help="where prepared images are cached (default .convae-cache beside the run)")
+    p.add_argument("--resident-max-bytes", type=int, metavar="BYTES",
+                   help="training images larger than this stream from the memory-mapped cache instead of living on "
+                        "the device (default: half the GPU's free memory, or half the RAM)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, help="evaluate on only the first N test images")
     p.add_argument("--out", help="run folder (default runs/<date-time>); must not hold a run already")
@@ -250,12 +267,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{run.path} (model {run.config.model}, step {run.step}); {result['protocol']}")
+    beside = (f"entropy floor {result['entropy_floor']:.2f}" if result["entropy_floor"] is not None else
+              f"{result['test_bits_per_dim']:.4f} bits/dim" if "test_bits_per_dim" in result else
+              f"{result['likelihood']} likelihood")
     print(f"  test -ELBO  {result['test_neg_elbo']:.2f} nats/image = L_likelihood {result['test_L_likelihood']:.2f} "
-          f"+ L_KL {result['test_L_KL']:.2f}   (entropy floor {result['entropy_floor']:.2f}, "
-          f"{result['n_test_images']} images)")
+          f"+ L_KL {result['test_L_KL']:.2f}   ({beside}, {result['n_test_images']} images)")
     if "iw_nll" in result:
         print(f"  IW bound    -log p(x) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
-              f"(K = {result['iw_samples']})")
+              f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
+                                                 if "iw_bits_per_dim" in result else ""))
     if "pictures" in result:
         print(f"  pictures in {run.path / 'eval'}: {', '.join(result['pictures'])}")
     return 0

@@ -15,7 +15,9 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCHEDULES = ("constant", "onecycle")
 BINARIZE = ("none", "dynamic")
-RESIZE = ("auto", "bilinear", "pad")
+RESIZE = ("auto", "bilinear", "pad", "area")
+CHANNELS = ("auto", "1", "3")
+LIKELIHOOD_NAMES = ("bernoulli", "continuous-bernoulli", "logistic", "gaussian")
 
 
 @dataclass
@@ -39,9 +41,17 @@ class TrainConfig:
     device: str = "auto"
     shuffle: bool = True                 # False: the seed's in-order batches
     binarize: str = "none"               # "dynamic": Bernoulli-sample the pixels each time they are drawn
-    resize: str = "auto"                 # 28 -> 32: "bilinear" (the seed), "pad"; auto: pad when binarized
-    data_dir: str | None = None          # four IDX files; None: the embedded MNIST
+    resize: str = "auto"                 # MNIST 28 -> 32: "bilinear" (the seed), "pad"; auto: pad when binarized.
+                                         # prepared sources: centre-crop, then "area" (auto) or "bilinear"; "pad"
+    data: str = "mnist"                  # mnist, shapes[:N], a folder of images or IDX files, a .npy/.npz file
+    data_dir: str | None = None          # four IDX files (the older spelling of --data DIR)
     image_size: int = 32
+    channels: str = "auto"               # "1" gray, "3" colour, auto: from the data
+    likelihood: str = "bernoulli"        # p(x | z): bernoulli (the seed), continuous-bernoulli, logistic, gaussian
+    gaussian_sigma: float | None = None  # gaussian: a fixed standard deviation instead of a learned one
+    test_fraction: float = 0.1           # held out as the test set where the source has no split of its own
+    cache_dir: str | None = None         # prepared images; default: .convae-cache beside the run folder
+    resident_max_bytes: int | None = None  # larger uint8 training sets stream from the memory-mapped cache
     train_limit: int | None = None       # use only the first N training images (quick runs, tests)
     test_limit: int | None = None        # evaluate only the first N test images
     monitor_images: int = 32             # the seed prints the loss on the first 32 training images
@@ -78,10 +88,21 @@ class TrainConfig:
             raise ConfigError(f"--warmup-fraction: must be in [0, 1), got {self.warmup_fraction!r}")
         for name, allowed in (("dtype", DTYPES), ("precision", PRECISIONS), ("device", DEVICES),
                               ("lr_schedule", LR_SCHEDULES), ("binarize", BINARIZE),
-                              ("resize", RESIZE)):
+                              ("resize", RESIZE), ("channels", CHANNELS), ("likelihood", LIKELIHOOD_NAMES)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: unknown value {value!r} (choose from {', '.join(allowed)})")
+        if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
+            raise ConfigError(f"--test-fraction: must be between 0 and 1, got {self.test_fraction!r}")
+        if self.gaussian_sigma is not None and not (isinstance(self.gaussian_sigma, (int, float)) and self.gaussian_sigma > 0):
+            raise ConfigError(f"--gaussian-sigma: must be a positive number, got {self.gaussian_sigma!r}")
+        if self.gaussian_sigma is not None and self.likelihood != "gaussian":
+            raise ConfigError("--gaussian-sigma: only with --likelihood gaussian")
+        if self.resident_max_bytes is not None and (isinstance(self.resident_max_bytes, bool) or not
+                                                    isinstance(self.resident_max_bytes, int) or self.resident_max_bytes < 0):
+            raise ConfigError(f"--resident-max-bytes: must be an integer >= 0, got {self.resident_max_bytes!r}")
+        if self.data_dir is not None and self.data not in ("mnist", self.data_dir):
+            raise ConfigError(f"--data-dir {self.data_dir} and --data {self.data}: give one of them")
         if self.dtype == "float64" and self.precision != "fp32":
             raise ConfigError("--precision bf16 needs --dtype float32")
         from .models import ENCODERS, MODELS  # late import: models import torch and nothing of ours
@@ -91,6 +112,16 @@ class TrainConfig:
         if self.encoder is not None and self.encoder not in ENCODERS:
             raise ConfigError(f"--encoder: unknown encoder {self.encoder!r} (choose from {', '.join(ENCODERS)})")
         return self
+
+    @property
+    def source(self) -> str:
+        """The data source: ``--data``, or the IDX folder ``--data-dir`` names."""
+        return self.data_dir if self.data_dir is not None else self.data
+
+    @property
+    def quantize(self) -> bool:
+        """Discrete likelihoods score values on the 256 levels of 8-bit data: resized values are rounded to them."""
+        return self.likelihood == "logistic"
 
     @property
     def resize_mode(self) -> str:

@@ -44,16 +44,135 @@ def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu * mu + var - torch.log(KL_LOG_EPS + var) - 1).sum(1)
 
 
-def per_image_neg_elbo(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> NegELBO:
+# ----------------------------------------------------------------------------------------------------------
+# Likelihoods p(x | z): what the decoder's output means. Each gives per-image negative log-likelihoods in nats
+# and the mean image (for pictures). ``params`` is the decoder output: N x (params_per_channel * C) x H x W.
+
+
+class Likelihood:
+    name = ""
+    params_per_channel = 1
+    discrete = False       # a probability mass on the 256 levels of 8-bit data: bits per dimension mean something
+    entropy_floor = False  # the Bernoulli entropy of gray targets bounds the NLL from below
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale halves of a two-parameter output (channel c's scale is channel C + c)."""
+        c = params.shape[1] // 2
+        return params[:, :c], params[:, c:]
+
+
+class Bernoulli(Likelihood):
+    """The seed's: each value a Bernoulli probability (gray values are treated as soft targets)."""
+    name, entropy_floor = "bernoulli", True
+
+    def nll(self, params, x):
+        return bernoulli_nll(params, x)
+
+    def mean(self, params):
+        return torch.sigmoid(params)
+
+
+class ContinuousBernoulli(Likelihood):
+    """Loaiza-Ganem & Cunningham (2019): the Bernoulli density normalised on [0, 1]. With logit l the normaliser
+    is C(l) = 2 artanh(1 - 2 sigmoid(l)) / (1 - 2 sigmoid(l)) = l / tanh(l / 2), 2 at l = 0."""
+    name = "continuous-bernoulli"
+
+    @staticmethod
+    def log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+        small = logits.abs() < 1e-2
+        safe = torch.where(small, torch.ones_like(logits), logits)
+        exact = torch.log(safe / torch.tanh(safe / 2))
+        return torch.where(small, math.log(2) + logits.square() / 12, exact)
+
+    def nll(self, params, x):
+        logits = _at_least_float32(params).clamp(-LOGIT_BOUND, LOGIT_BOUND)
+        return bernoulli_nll(logits, x) - self.log_normaliser(logits).flatten(1).sum(1)
+
+    def mean(self, params):
+        logits = params.float().clamp(-LOGIT_BOUND, LOGIT_BOUND)
+        small = logits.abs() < 1e-2
+        safe = torch.where(small, torch.ones_like(logits), logits)
+        exact = torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe
+        return torch.where(small, 0.5 + logits / 12, exact)
+
+
+class DiscretizedLogistic(Likelihood):
+    """A logistic distribution per value, integrated over the value's bin of the 256 levels of 8-bit data
+    (PixelCNN++, Salimans et al. 2017): values k/255 are rescaled to [-1, 1], bins have half-width 1/255, the
+    lowest and highest bins take the tails. Log-scales are clamped at -7 as there."""
+    name, params_per_channel, discrete = "logistic", 2, True
+
+    def nll(self, params, x):
+        mean, log_scale = (_at_least_float32(t) for t in self.split(params))
+        log_scale = log_scale.clamp(min=-7.0)
+        x = 2 * x.to(mean.dtype) - 1
+        inv_scale = torch.exp(-log_scale)
+        upper = (x - mean + 1 / 255) * inv_scale  # a
+        lower = (x - mean - 1 / 255) * inv_scale  # b
+        # log(sigmoid(a) - sigmoid(b)) = log sigmoid(a) + log sigmoid(-b) + log(1 - exp(-(a - b))), a - b > 0
+        interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-(2 / 255) * inv_scale))
+        log_p = torch.where(x < -0.999, F.logsigmoid(upper), torch.where(x > 0.999, F.logsigmoid(-lower), interior))
+        return -log_p.flatten(1).sum(1)
+
+    def mean(self, params):
+        return ((self.split(params)[0].float() + 1) / 2).clamp(0, 1)
+
+
+class Gaussian(Likelihood):
+    """A normal density per value: learned scale (two outputs per channel), or a fixed ``sigma`` (one)."""
+    name = "gaussian"
+
+    def __init__(self, sigma: float | None = None):
+        self.sigma = sigma
+        self.params_per_channel = 1 if sigma else 2
+
+    def nll(self, params, x):
+        if self.sigma:
+            mean, log_scale = _at_least_float32(params), torch.full_like(params.float(), math.log(self.sigma))
+        else:
+            mean, log_scale = (_at_least_float32(t) for t in self.split(params))
+            log_scale = log_scale.clamp(min=-7.0)
+        z = (x.to(mean.dtype) - mean) * torch.exp(-log_scale)
+        return (0.5 * math.log(2 * math.pi) + log_scale + 0.5 * z.square()).flatten(1).sum(1)
+
+    def mean(self, params):
+        return (params if self.sigma else self.split(params)[0]).float().clamp(0, 1)
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli, "continuous-bernoulli": ContinuousBernoulli, "logistic": DiscretizedLogistic,
+               "gaussian": Gaussian}
+BERNOULLI = Bernoulli()
+
+
+def make_likelihood(name: str = "bernoulli", gaussian_sigma: float | None = None) -> Likelihood:
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r} (choose from {', '.join(LIKELIHOODS)})")
+    return Gaussian(gaussian_sigma) if name == "gaussian" else LIKELIHOODS[name]()
+
+
+def bits_per_dim(nats_per_image: float, dims: int) -> float:
+    """Nats per image of a discrete likelihood -> bits per dimension (C x H x W values), the unit of CIFAR-10."""
+    return nats_per_image / (dims * math.log(2))
+
+
+def per_image_neg_elbo(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
+                       likelihood: Likelihood = BERNOULLI) -> NegELBO:
     """The two terms and their sum for each image (vectors of length N)."""
-    likelihood = bernoulli_nll(logits, x)
-    kl = gaussian_kl(mu, sigma).to(likelihood.dtype)
-    return NegELBO(likelihood + kl, likelihood, kl)
+    nll = likelihood.nll(logits, x)
+    kl = gaussian_kl(mu, sigma).to(nll.dtype)
+    return NegELBO(nll + kl, nll, kl)
 
 
-def neg_elbo(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> NegELBO:
+def neg_elbo(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
+             likelihood: Likelihood = BERNOULLI) -> NegELBO:
     """The seed's loss: each term summed per image, then averaged over the batch."""
-    per_image = per_image_neg_elbo(logits, x, mu, sigma)
+    per_image = per_image_neg_elbo(logits, x, mu, sigma, likelihood)
     return NegELBO(*(t.mean() for t in per_image))
 
 

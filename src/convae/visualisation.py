@@ -23,10 +23,20 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def show(ax, image: torch.Tensor) -> None:
+    """One C x H x W image in [0, 1]: gray with a gray colour map, colour as RGB."""
+    image = image.detach().float().cpu().clamp(0, 1)
+    if image.shape[0] == 3:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+    else:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+
+
 def seed_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, title: str = "") -> None:
     """The seed's result{K}.png: the first nine reconstructions resized to 28x28 in a 3x3 grid, inputs beside."""
     def to_28(t: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(t[:9].float().cpu(), size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+        size = 28 if t.shape[-1] == 32 else t.shape[-1]  # the seed's 28x28; other sizes as they are
+        return F.interpolate(t[:9].float().cpu(), size=(size, size), mode="bilinear", align_corners=False)
 
     panels = [("input", to_28(inputs)), ("reconstruction", to_28(reconstructions))]
     fig = plt.figure(figsize=(7, 3.6))
@@ -35,7 +45,7 @@ def seed_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, path: str | P
         inner = outer[column].subgridspec(3, 3, wspace=0.04, hspace=0.04)
         for k in range(min(9, len(images))):
             ax = fig.add_subplot(inner[k // 3, k % 3])
-            ax.imshow(images[k].numpy(), cmap="gray", vmin=0, vmax=1)
+            show(ax, images[k])
             ax.set_xticks([]), ax.set_yticks([])
             if k == 1:
                 ax.set_title(name, fontsize=10)
@@ -56,7 +66,7 @@ def tile(images: torch.Tensor, columns: int, pad: int = 2) -> torch.Tensor:
 
 
 def rows_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | None = None, title: str = "") -> None:
-    """Several rows of images (each K x 1 x H x W), optionally labelled on the left."""
+    """Several rows of images (each K x C x H x W, C = 1 or 3), optionally labelled on the left."""
     n_cols = max(len(r) for r in rows)
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * 0.75 + 0.8, len(rows) * 0.75 + 0.4), squeeze=False)
     for i, row in enumerate(rows):
@@ -66,7 +76,7 @@ def rows_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | No
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if j < len(row):
-                ax.imshow(row[j, 0].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+                show(ax, row[j])
         if labels:
             axes[i, 0].set_ylabel(labels[i], fontsize=7, rotation=0, ha="right", va="center")
     if title:

@@ -6,9 +6,9 @@ import sys
 
 import convae.training.loop as loop
 from convae.cli import main
+from convae.data import load_data
 
 if os.environ["RANK"] == os.environ["BAD_RANK"]:
-    original = loop.load_data
-    loop.load_data = lambda data_dir=None: original(os.environ["BAD_DATA_DIR"])
+    loop.load_for_config = lambda config, progress=True: load_data(os.environ["BAD_DATA_DIR"])
 
 sys.exit(main(sys.argv[1:]))

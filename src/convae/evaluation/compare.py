@@ -22,7 +22,7 @@ def _panel_column(run) -> torch.Tensor:
     p = next(run.model.parameters())
     generator = torch.Generator(device=p.device).manual_seed(0)
     x = run.test_set(run.data()).floats(0, 4, p.dtype, p.device)
-    recon = torch.sigmoid(run.model(x, generator=generator).logits)
+    recon = run.model.likelihood.mean(run.model(x, generator=generator).logits)
     return torch.cat([run.model.sample(6, generator=generator), recon]).cpu()
 
 

@@ -21,20 +21,27 @@ class EvalImages:
     levels: float
     image_size: int
     resize: str = "bilinear"
+    quantize: bool = False
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def dims(self) -> int:
+        """Values per image (C x H x W at the model's size)."""
+        return self.images.shape[1] * self.image_size * self.image_size
+
     def floats(self, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return to_float(self.images[start:stop].to(device), self.levels, self.image_size, dtype, self.resize)
+        return to_float(self.images[start:stop].to(device), self.levels, self.image_size, dtype, self.resize,
+                        self.quantize)
 
 
 def evaluation_images(images: torch.Tensor, levels: float, config: TrainConfig) -> EvalImages:
-    """Gray images as they are, or for the binarized protocol one fixed Bernoulli draw of them (seed 0)."""
+    """Images as they are, or for the binarized protocol one fixed Bernoulli draw of them (seed 0)."""
     if config.binarize == "dynamic":
         return EvalImages(fixed_binarization(images, levels, config.image_size, config.resize_mode), 1.0,
                           config.image_size)
-    return EvalImages(images, levels, config.image_size, config.resize_mode)
+    return EvalImages(images, levels, config.image_size, config.resize_mode, config.quantize)
 
 
 @dataclass
@@ -67,7 +74,7 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
             x = data.floats(start, start + batch_size, p.dtype, p.device)
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x, generator=batch_generator(p.device, seed, start))
-            terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma)
+            terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma, model.likelihood)
             sums += torch.stack([t.double().sum() for t in terms])
     finally:
         model.train(was_training)

@@ -15,7 +15,6 @@ import torch
 from tqdm import tqdm
 
 from ..models import VAE
-from ..objectives import bernoulli_nll
 from .elbo import EvalImages
 
 LOG_2PI = math.log(2 * math.pi)
@@ -41,7 +40,7 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
         z = mu[:, None] + sigma[:, None] * eps
         logits = model.decoder(z.reshape(n * kc, d))
         targets = x[:, None].expand(n, kc, *x.shape[1:]).reshape(n * kc, *x.shape[1:])
-        log_px_z = -bernoulli_nll(logits, targets).view(n, kc)
+        log_px_z = -model.likelihood.nll(logits, targets).view(n, kc)
         log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
         log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]
         out.append(log_px_z.double() + log_pz.double() - log_qz.double())

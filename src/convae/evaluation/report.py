@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write_json
+from ..objectives import bits_per_dim
 from ..visualisation import latent_scatter, loss_curves, rows_grid, spectrum_panel
 from .artifacts import checkerboard_scores, flat_response, power_spectrum
 from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo
@@ -42,13 +43,13 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     save(rows_grid, "samples.png", list(samples.view(8, 8, *samples.shape[1:])), title=f"samples from the prior: {name}")
 
     x = test_set.floats(0, 10, p.dtype, p.device)
-    recon = torch.sigmoid(model(x, generator=generator).logits)
+    recon = model.likelihood.mean(model(x, generator=generator).logits)
     save(rows_grid, "reconstructions.png", [x, recon], labels=["input", "recon."], title=f"test reconstructions: {name}")
 
     mu = latent_means(model, test_set)
     a, b = mu[:8], mu[8:16]
     t = torch.linspace(0, 1, 10, device=p.device, dtype=p.dtype)
-    rows = [torch.sigmoid(model.decoder(a[i] + t[:, None] * (b[i] - a[i]))) for i in range(len(a))]
+    rows = [model.likelihood.mean(model.decoder(a[i] + t[:, None] * (b[i] - a[i]))) for i in range(len(a))]
     save(rows_grid, "interpolations.png", rows, title=f"latent interpolations between test images: {name}")
 
     active = mu.var(0).argsort(descending=True)[:8]
@@ -58,7 +59,7 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     for d in active.tolist():
         z = base.repeat(len(values), 1)
         z[:, d] = values
-        rows.append(torch.sigmoid(model.decoder(z)))
+        rows.append(model.likelihood.mean(model.decoder(z)))
     save(rows_grid, "traversals.png", rows, labels=[f"z{d}" for d in active.tolist()],
          title=f"traversals -3..3 of the most active latent dimensions: {name}")
 
@@ -79,14 +80,20 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     protocol = ("binarized: trained on dynamically binarized images, tested on one fixed binarization (seed 0), "
                 f"28x28 {'padded' if run.config.resize_mode == 'pad' else 'resized'} to {run.config.image_size}x{run.config.image_size}"
                 if run.config.binarize == "dynamic" else
-                f"gray-scale {run.config.image_size}x{run.config.image_size} ({run.config.resize_mode}); "
+                f"{run.model.likelihood.name} likelihood on {'colour' if test_set.images.shape[1] == 3 else 'gray'} "
+                f"{run.config.image_size}x{run.config.image_size} images ({run.config.source}); "
                 "not comparable with published binarized-MNIST NLLs")
     result = {"run": str(run.path), "model": run.config.model, "step": run.step, "protocol": protocol,
               "n_test_images": len(test_set), "test_neg_elbo": elbo.neg_elbo, "test_L_likelihood": elbo.likelihood,
-              "test_L_KL": elbo.kl, "entropy_floor": entropy_floor(test_set)}
+              "test_L_KL": elbo.kl, "likelihood": run.model.likelihood.name,
+              "entropy_floor": entropy_floor(test_set) if run.model.likelihood.entropy_floor else None}
+    if run.model.likelihood.discrete:
+        result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
     if iw_samples:
         iw = importance_weighted_nll(run.model, test_set, iw_samples, progress=progress)
         result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error})
+        if run.model.likelihood.discrete:
+            result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
     if pictures:
         result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.path / "eval")
         atomic_write_json(run.path / "eval" / "eval.json", result)
@@ -103,7 +110,10 @@ def artifact_scores(run: Run, *, n: int = 2000, test_limit: int | None = None, p
     real = test_set.floats(0, n, p.dtype, p.device)
     generator = torch.Generator(device=p.device).manual_seed(0)
     samples = torch.cat([model.sample(min(500, n - s), generator=generator) for s in range(0, n, 500)])
-    recon = torch.cat([torch.sigmoid(model(real[s:s + 500], generator=generator).logits) for s in range(0, n, 500)])
+    recon = torch.cat([model.likelihood.mean(model(real[s:s + 500], generator=generator).logits)
+                       for s in range(0, n, 500)])
+    # the dots are a spatial pattern: score colour images by their luminance
+    samples, recon, real = (t.mean(1, keepdim=True) for t in (samples, recon, real))
     stride = ALIAS_STRIDE
     result = {"run": str(run.path), "model": run.config.model, "step": run.step, "images": n,
               "samples": checkerboard_scores(samples, real, stride),

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, TrainConfig
-from ..data import ImageData, load_data
+from ..data import ImageData, load_for_config
 from ..files import read_jsonl
-from ..models import VAE, build_model
+from ..models import VAE, build_run_model
 from ..runtime import resolve_device
 from ..training.checkpoint import CheckpointError, latest_checkpoint, restore
 from .elbo import EvalImages, evaluation_images
@@ -27,7 +27,7 @@ class Run:
     metrics: list[dict]
 
     def data(self, test_limit: int | None = None) -> ImageData:
-        return load_data(self.config.data_dir).subset(None, test_limit or self.config.test_limit)
+        return load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
 
     def test_set(self, data: ImageData) -> EvalImages:
         return evaluation_images(data.test_images, data.levels, self.config)
@@ -54,7 +54,7 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
                               f"but {config_file} says {config.model!r}")
     dev = resolve_device(device)
-    model = build_model(config.model, config.encoder, config.image_size)
+    model = build_run_model(config, settings.get("data", {}).get("shape", [1])[0])
     restore(checkpoint, model, None)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=dev, dtype=dtype).eval()

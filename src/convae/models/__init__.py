@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .decoders import FCDecoder, ResizeDecoder, SeedDecoder, SubPixelDecoder
 from .encoders import ConvEncoder, MLPEncoder
+from ..objectives import make_likelihood
 from .vae import VAE, VAEOutput, keras_init
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
@@ -34,20 +35,36 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def build_model(name: str = "seed", encoder: str | None = None, image_size: int = 32) -> VAE:
-    """The VAE called ``name``, optionally with another encoder (``"mlp"`` or ``"conv"``)."""
+def build_model(name: str = "seed", encoder: str | None = None, image_size: int = 32, channels: int = 1,
+                likelihood: str = "bernoulli", gaussian_sigma: float | None = None) -> VAE:
+    """The VAE called ``name`` for ``channels`` x ``image_size`` x ``image_size`` images, optionally with another
+    encoder (``"mlp"`` or ``"conv"``) and another likelihood. A shape the model cannot draw is a ValueError."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     spec = MODELS[name]
     encoder = encoder or spec.encoder
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r} (choose from {', '.join(ENCODERS)})")
-    model = VAE(ENCODERS[encoder](image_size=image_size, latent_dim=spec.latent_dim),
-                spec.decoder(latent_dim=spec.latent_dim, image_size=image_size), spec.latent_dim)
+    p_x = make_likelihood(likelihood, gaussian_sigma)
+    model = VAE(ENCODERS[encoder](image_size=image_size, latent_dim=spec.latent_dim, channels=channels),
+                spec.decoder(latent_dim=spec.latent_dim, image_size=image_size,
+                             out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x)
     model.apply(keras_init)
     if hasattr(model.decoder, "special_init"):  # e.g. ICNR for sub-pixel convolutions, after the default init
         model.decoder.special_init()
     return model
 
 
-__all__ = ["MODELS", "ENCODERS", "ModelSpec", "VAE", "VAEOutput", "build_model"]
+def build_run_model(config, channels: int) -> VAE:
+    """The model a run's settings describe, for images with ``channels`` channels; a shape or likelihood the
+    model cannot take is a ConfigError naming the model."""
+    from ..config import ConfigError
+
+    try:
+        return build_model(config.model, config.encoder, config.image_size, channels, config.likelihood,
+                           config.gaussian_sigma)
+    except ValueError as e:
+        raise ConfigError(f"--model {config.model}: {e}") from None
+
+
+__all__ = ["build_run_model", "MODELS", "ENCODERS", "ModelSpec", "VAE", "VAEOutput", "build_model"]

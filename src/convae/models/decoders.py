@@ -1,7 +1,9 @@
-"""Decoders: z -> Bernoulli logits of a 1 x 32 x 32 image.
+"""Decoders: z -> the parameters of p(x | z) for a C x H x W image (for the seed's Bernoulli likelihood, the
+logits of a 1 x 32 x 32 image).
 
-Every decoder returns logits (pre-sigmoid), so the loss can use binary_cross_entropy_with_logits; the
-sigmoid that the seed applies is ``torch.sigmoid(logits)`` where a picture is wanted.
+Every decoder returns unconstrained parameters (logits, not probabilities), so the loss can use
+binary_cross_entropy_with_logits; ``VAE.likelihood.mean(params)`` (for the seed: the sigmoid it applies) gives
+the picture.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ class SeedDecoder(nn.Module):
     has kernel 4 and stride 4, so each 8x8 feature pixel paints its own 4x4 tile: the source of the "dots".
     """
 
-    def __init__(self, latent_dim: int = 100, ngf: int = 8, image_size: int = 32):
+    def __init__(self, latent_dim: int = 100, ngf: int = 8, image_size: int = 32, out_channels: int = 1):
         super().__init__()
-        if image_size != 32:
-            raise ValueError(f"the seed decoder draws 32x32 images, not {image_size}x{image_size}")
+        if image_size != 32 or out_channels != 1:
+            raise ValueError(f"the seed model draws 32x32 gray images with one output per pixel (a Bernoulli or "
+                             f"continuous Bernoulli likelihood), not {out_channels} output channel(s) at "
+                             f"{image_size}x{image_size}; use --model resize or subpixel")
         self.latent_dim = latent_dim
         self.net = nn.Sequential(
             ConvTranspose2d(latent_dim, ngf * 32, 4, 1, bias=False),              # 1 -> 4
@@ -94,17 +98,18 @@ class FCDecoder(nn.Module):
     """The fully connected decoder of the tutorial the seed compares with: Linear-tanh-Dropout, Linear-ELU-Dropout,
     Linear to every pixel (here 32x32, so the two compare on the same data)."""
 
-    def __init__(self, latent_dim: int = 20, hidden: int = 500, dropout: float = 0.1, image_size: int = 32):
+    def __init__(self, latent_dim: int = 20, hidden: int = 500, dropout: float = 0.1, image_size: int = 32,
+                 out_channels: int = 1):
         super().__init__()
-        self.image_size = image_size
+        self.image_size, self.out_channels = image_size, out_channels
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, image_size * image_size),
+            nn.Linear(hidden, out_channels * image_size * image_size),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, 1, self.image_size, self.image_size)
+        return self.net(z).view(-1, self.out_channels, self.image_size, self.image_size)
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -139,22 +144,23 @@ class SubPixelUpsample(nn.Module):
 
 
 class _UpsamplingDecoder(nn.Module):
-    """z -> 4x4x256 (a transposed conv of the 1x1 input, as the seed's first layer) -> a 3x3 conv at 4x4 -> three
-    x2 upsamplings to 32x32. No BatchNorm right before the output: the last layer is a plain conv with a bias.
-    About 0.8 M parameters and 14.8 M multiply-adds per image (the seed decoder: 1.07 M and 11.0 M)."""
+    """z -> 4x4x256 (a transposed conv of the 1x1 input, as the seed's first layer) -> a 3x3 conv at 4x4 -> x2
+    upsamplings to the image size (three to 32x32, four to 64x64). No BatchNorm right before the output: the last
+    layer is a plain conv with a bias, giving ``out_channels`` maps (channels x the likelihood's parameters).
+    At 32x32 gray: about 0.8 M parameters and 14.8 M multiply-adds per image (the seed decoder: 1.07 M and 11.0 M)."""
 
-    def __init__(self, latent_dim: int, upsample, image_size: int = 32):
+    def __init__(self, latent_dim: int, upsample, image_size: int = 32, out_channels: int = 1):
         super().__init__()
-        if image_size != 32:
-            raise ValueError(f"this decoder draws 32x32 images, not {image_size}x{image_size}")
+        if image_size not in (32, 64):
+            raise ValueError(f"this decoder draws 32x32 or 64x64 images, not {image_size}x{image_size}")
         self.latent_dim = latent_dim
         self.stem = nn.Sequential(ConvTranspose2d(latent_dim, 256, 4, 1, bias=False),
                                   nn.BatchNorm2d(256, **KERAS_BN), nn.ReLU(), *conv_bn_relu(256, 128))
-        self.up = nn.Sequential(
-            *upsample(128, 64), nn.BatchNorm2d(64, **KERAS_BN), nn.ReLU(),
-            *upsample(64, 32), nn.BatchNorm2d(32, **KERAS_BN), nn.ReLU(),
-            *upsample(32, 1, bias=True),
-        )
+        widths = [128, 64, 32] + ([16] if image_size == 64 else [])
+        layers = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [*upsample(c_in, c_out), nn.BatchNorm2d(c_out, **KERAS_BN), nn.ReLU()]
+        self.up = nn.Sequential(*layers, *upsample(widths[-1], out_channels, bias=True))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.up(self.stem(z.view(z.shape[0], self.latent_dim, 1, 1)))
@@ -167,18 +173,18 @@ class _UpsamplingDecoder(nn.Module):
 class ResizeDecoder(_UpsamplingDecoder):
     """Resize-convolution (Odena et al. 2016): nearest-neighbour x2 upsampling, then a stride-1 3x3 conv."""
 
-    def __init__(self, latent_dim: int = 100, image_size: int = 32, mode: str = "nearest"):
+    def __init__(self, latent_dim: int = 100, image_size: int = 32, mode: str = "nearest", out_channels: int = 1):
         def upsample(c_in, c_out, bias=False):
             return [nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)]
-        super().__init__(latent_dim, upsample, image_size)
+        super().__init__(latent_dim, upsample, image_size, out_channels)
 
 
 class SubPixelDecoder(_UpsamplingDecoder):
     """Sub-pixel convolution (PixelShuffle) with ICNR initialisation."""
 
-    def __init__(self, latent_dim: int = 100, image_size: int = 32):
+    def __init__(self, latent_dim: int = 100, image_size: int = 32, out_channels: int = 1):
         super().__init__(latent_dim, lambda c_in, c_out, bias=False: [SubPixelUpsample(c_in, c_out, 2, bias)],
-                         image_size)
+                         image_size, out_channels)
 
     def special_init(self) -> None:
         for m in self.modules():

@@ -18,12 +18,13 @@ def gaussian_parameters(h: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor,
 class MLPEncoder(nn.Module):
     """The seed's fully connected encoder: Linear-ELU-Dropout, Linear-tanh-Dropout, Linear."""
 
-    def __init__(self, image_size: int = 32, latent_dim: int = 100, hidden: int = 500, dropout: float = 0.1):
+    def __init__(self, image_size: int = 32, latent_dim: int = 100, hidden: int = 500, dropout: float = 0.1,
+                 channels: int = 1):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(image_size * image_size, hidden), nn.ELU(), nn.Dropout(dropout),
+            nn.Linear(channels * image_size * image_size, hidden), nn.ELU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
             nn.Linear(hidden, 2 * latent_dim),
         )
@@ -35,21 +36,25 @@ class MLPEncoder(nn.Module):
 class ConvEncoder(nn.Module):
     """A small DCGAN-style convolutional encoder: three stride-2 convolutions, then a linear head.
 
-    32x32 -> 16 -> 8 -> 4 with 32, 64, 128 channels; about the seed encoder's parameter count.
+    32x32 -> 16 -> 8 -> 4 with 32, 64, 128 channels; about the seed encoder's parameter count. A 64x64 input
+    gets one more stride-2 convolution, so the linear head sees 4x4 again.
     """
 
-    def __init__(self, image_size: int = 32, latent_dim: int = 100, channels: int = 32, dropout: float = 0.1):
+    def __init__(self, image_size: int = 32, latent_dim: int = 100, width: int = 32, dropout: float = 0.1,
+                 channels: int = 1):
         super().__init__()
-        if image_size % 8:
-            raise ValueError(f"conv encoder needs an image size divisible by 8, got {image_size}")
+        if image_size not in (32, 64):
+            raise ValueError(f"the conv encoder takes 32x32 or 64x64 images, not {image_size}x{image_size}")
         self.latent_dim = latent_dim
-        c = channels
+        c = width
+        extra = [nn.Conv2d(channels, c, 4, 2, 1), nn.ELU()] if image_size == 64 else []
         self.net = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.ELU(),
+            *extra,
+            nn.Conv2d(c if extra else channels, c, 4, 2, 1), nn.ELU(),
             nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ELU(),
             nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.ELU(),
             nn.Flatten(), nn.Dropout(dropout),
-            nn.Linear(4 * c * (image_size // 8) ** 2, 2 * latent_dim),
+            nn.Linear(4 * c * 4 * 4, 2 * latent_dim),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,20 +7,23 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from ..objectives import BERNOULLI, Likelihood
+
 
 class VAEOutput(NamedTuple):
-    logits: torch.Tensor  # N x 1 x H x W, Bernoulli logits of p(x | z)
+    logits: torch.Tensor  # N x (P * C) x H x W: the parameters of p(x | z) (for the seed, Bernoulli logits)
     mu: torch.Tensor      # N x latent_dim
     sigma: torch.Tensor   # N x latent_dim
     z: torch.Tensor       # N x latent_dim, the sample the decoder saw
 
 
 class VAE(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: Likelihood = BERNOULLI):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
+        self.likelihood = likelihood  # what the decoder's output means (it has no parameters)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
                 eps: torch.Tensor | None = None) -> VAEOutput:
@@ -34,10 +37,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images sigmoid(decoder(z)) for z ~ N(0, I) (no pixel noise: the usual way to show samples)."""
+        """Mean images of p(x | z) for z ~ N(0, I) (no pixel noise: the usual way to show samples)."""
         p = next(self.parameters())
         z = torch.randn((n, self.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decoder(z))
+        return self.likelihood.mean(self.decoder(z))
 
 
 def keras_init(module: nn.Module) -> None:

@@ -50,17 +50,18 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, 
 
 def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: torch.dtype) -> torch.Tensor:
     """uint8 images -> the floats the model sees (gray values, or a fresh Bernoulli draw of them)."""
-    x = to_float(images, levels, config.image_size, dtype, config.resize_mode)
+    x = to_float(images, levels, config.image_size, dtype, config.resize_mode, config.quantize)
     if config.binarize == "dynamic":
         x = torch.bernoulli(x)
     return x
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
-    """The batch's loss terms, stacked: [L_tot, L_likelihood, L_KL]; the step differentiates the first."""
+    """The batch's loss terms, stacked: [L_tot, L_likelihood, L_KL]; the step differentiates the first.
+    ``model`` may be the DDP wrapper; the likelihood is the VAE's own."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = model(x)
-    return torch.stack(neg_elbo(out.logits, x, out.mu, out.sigma))
+    return torch.stack(neg_elbo(out.logits, x, out.mu, out.sigma, getattr(model, "module", model).likelihood))
 
 
 class EagerStep:
@@ -160,15 +161,17 @@ class CudaGraphStep(EagerStep):
         return self.static_loss.clone()
 
 
-def uses_cuda_graphs(config: TrainConfig, device: torch.device, distributed: bool = False) -> bool:
-    """CUDA graphs record one process's step; under DDP the step holds collectives, so it runs eagerly."""
-    return device.type == "cuda" and config.cuda_graphs and not distributed
+def uses_cuda_graphs(config: TrainConfig, device: torch.device, eager_only: bool = False) -> bool:
+    """CUDA graphs record one process's step on resident data. ``eager_only``: under DDP (the step holds
+    collectives) or with streamed data (each batch comes from the host)."""
+    return device.type == "cuda" and config.cuda_graphs and not eager_only
 
 
 def make_train_step(model, optimizer, images, levels, config: TrainConfig, dtype, precision, device,
-                    distributed: bool = False):
-    """``model`` is what the step calls: the VAE, or its DistributedDataParallel wrapper under torchrun."""
-    if uses_cuda_graphs(config, device, distributed):
+                    eager_only: bool = False):
+    """``model`` is what the step calls: the VAE, or its DistributedDataParallel wrapper under torchrun;
+    ``images[index]`` gives a batch of uint8 images on the device (resident, or ``StreamedImages``)."""
+    if uses_cuda_graphs(config, device, eager_only):
         if config.compile:
             warnings.warn("--compile with CUDA graphs: using the graphs alone")
         return CudaGraphStep(model, optimizer, images, levels, config, dtype, precision)

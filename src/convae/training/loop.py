@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import ConfigError, TrainConfig
-from ..data import DataError, ImageData, load_data
+from ..data import DataError, ImageData, StreamedImages, load_for_config, resident_limit
 from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from ..files import atomic_write_json, read_jsonl
-from ..models import VAE, build_model
+from ..models import VAE, build_run_model
+from ..objectives import bits_per_dim
 from ..runtime import Runtime, resolve_device, synchronize
 from ..reporting.html import write_report
 from ..reporting.sinks import RunLogger
@@ -231,18 +232,20 @@ class Trainer:
             raise ConfigError("--dtype float64: MPS has no float64")
 
         # -- everything that can fail on bad input, before any file is written, on every rank --------------------
+        # Rank 0 first: it alone prepares a data cache that the others then open.
         start, error = None, None
-        try:
-            data = (data if data is not None else load_data(config.data_dir))
-            self.data = data.subset(config.train_limit, config.test_limit).to(device)
-            self.steps_per_epoch = len(self.data.train_images) // config.batch_size
-            if self.steps_per_epoch == 0:
-                raise ConfigError(f"--batch-size {config.batch_size}: larger than the "
-                                  f"{len(self.data.train_images)} training images")
-            if runtime.is_writer:
+        if runtime.is_writer:
+            try:
+                self.load(data)
                 start = find_start(config, resume, auto_resume)
-        except (ConfigError, DataError, CheckpointError) as e:
-            error = e
+            except (ConfigError, DataError, CheckpointError) as e:
+                error = e
+        runtime.agree_on_errors(error)
+        if not runtime.is_writer:
+            try:
+                self.load(data)
+            except (ConfigError, DataError) as e:
+                error = e
         runtime.agree_on_errors(error)
         start = runtime.broadcast(start)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -251,11 +254,11 @@ class Trainer:
         say_stderr = (lambda m: print(f"convae: {m}", file=sys.stderr)) if runtime.is_writer else (lambda m: None)
         self.precision = effective_precision(config, device, warn=say_stderr)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, config.encoder, config.image_size).to(device=device, dtype=self.dtype)
+        self.model = build_run_model(config, self.data.shape[0]).to(device=device, dtype=self.dtype)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         step_module = runtime.wrap(self.model, device)
-        graphs = uses_cuda_graphs(config, device, runtime.distributed)
+        graphs = uses_cuda_graphs(config, device, eager_only=runtime.distributed or self.streamed is not None)
         self.optimizer = make_optimizer(self.model, config, device, capturable=graphs)
 
         self.step, self.train_seconds = 0, 0.0
@@ -272,6 +275,11 @@ class Trainer:
                          "precision": self.precision,
                          "model_parameters": sum(p.numel() for p in self.model.parameters()),
                          "steps_per_epoch": self.steps_per_epoch, "command": argv,
+                         "data": {**self.data.details, "name": self.data.name, "shape": list(self.data.shape),
+                                  "train_images": len(self.data.train_images), "test_images": len(self.data.test_images),
+                                  "classes": self.data.classes, "likelihood": self.model.likelihood.name,
+                                  "training_images_bytes": self.data.train_images.numel(),
+                                  "streamed": self.streamed is not None},
                          "distributed": {**runtime.describe(device), "batch_per_rank": config.batch_size // runtime.world_size,
                                          "batchnorm": runtime.batchnorm_mode(device), "cuda_graphs": graphs}}
         if runtime.is_writer:
@@ -284,13 +292,28 @@ class Trainer:
 
         self.monitor = evaluation_images(self.data.train_images[:config.monitor_images], self.data.levels, config)
         self.test_set = evaluation_images(self.data.test_images, self.data.levels, config)
-        self.floor = entropy_floor(self.test_set)
+        # the least a Bernoulli decoder can score on these targets; for other likelihoods it means nothing
+        self.floor = entropy_floor(self.test_set) if self.model.likelihood.entropy_floor else None
         self.show_bar = runtime.is_writer and not config.quiet and sys.stderr.isatty()
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.step_counter = torch.full((), self.step, dtype=torch.long, device=device)
-        self.train_step = make_train_step(step_module, self.optimizer, self.data.train_images, self.data.levels,
-                                          config, self.dtype, self.precision, device, runtime.distributed)
+        self.train_step = make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images,
+                                          self.data.levels, config, self.dtype, self.precision, device,
+                                          eager_only=runtime.distributed or self.streamed is not None)
         self.last_save, self.stop = time.monotonic(), None
+
+    def load(self, data: ImageData | None) -> None:
+        """The run's data on the device, or (larger than ``--resident-max-bytes``) streamed from its cache."""
+        config = self.config
+        data = data if data is not None else load_for_config(config, progress=self.runtime.is_writer)
+        data = data.subset(config.train_limit, config.test_limit)
+        streamed = data.train_images.numel() > resident_limit(self.device, config.resident_max_bytes)
+        self.data = data.to(self.device, resident=not streamed)
+        self.streamed = StreamedImages(self.data.train_images, self.device) if streamed else None
+        self.steps_per_epoch = len(self.data.train_images) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"--batch-size {config.batch_size}: larger than the "
+                              f"{len(self.data.train_images)} training images")
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Model and optimizer as saved; this rank's RNG and running sums when the world size is the same."""
@@ -339,6 +362,8 @@ class Trainer:
                     self.run_epoch(signals)
             finally:
                 self.logger.close()
+                if self.streamed is not None:
+                    self.streamed.close()
         if self.stop is not None:
             raise TrainingInterrupted(self.run_dir, self.step, self.stop)
         return TrainResult(self.run_dir, self.logger.metrics, self.model)
@@ -348,13 +373,16 @@ class Trainer:
         epoch, first_index = self.step // self.steps_per_epoch + 1, self.step % self.steps_per_epoch
         if first_index == 0:
             self.loss_sum.zero_()
-        order = epoch_order(len(self.data.train_images), epoch, config, self.device)
+        order = epoch_order(len(self.data.train_images), epoch, config,
+                            self.device if self.streamed is None else torch.device("cpu"))
         bar = tqdm(total=self.steps_per_epoch, initial=first_index, desc=f"epoch {epoch}/{config.epochs}",
                    unit="batch", disable=not self.show_bar, leave=False, dynamic_ncols=True)
         self.epoch_started, steps_run = time.perf_counter(), 0
         self.window = Window(self.device, self.step, self.epoch_started)
         for i in range(first_index, self.steps_per_epoch):
             lr = learning_rate(config, self.step, self.total_steps)
+            if self.streamed is not None and i + 1 < self.steps_per_epoch:
+                self.streamed.prefetch(self.runtime.shard(order[(i + 1) * batch:(i + 2) * batch]))
             terms = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr)
             loss = terms[0]
             self.loss_sum += loss
@@ -439,7 +467,10 @@ class Trainer:
         self.save(elapsed=0.0)
         self.say(f"epoch {epoch}: L_tot = {record['L_tot']:.4f}, L_likelihood = {record['L_likelihood']:.4f}, "
                  f"L_KL = {record['L_KL']:.4f}")
-        self.say(f"  test -ELBO = {record['test_neg_elbo']:.2f} nats/image (entropy floor {self.floor:.2f}), "
+        self.say(f"  test -ELBO = {record['test_neg_elbo']:.2f} nats/image ("
+                 + (f"entropy floor {self.floor:.2f}" if self.floor is not None else
+                    f"{record['test_bits_per_dim']:.4f} bits/dim" if "test_bits_per_dim" in record else
+                    f"likelihood {self.model.likelihood.name}") + "), "
                  f"train loss {record['train_loss']:.2f}, {record['img_per_s']:.0f} img/s, "
                  f"{record['epoch_seconds']:.1f} s" + (" (stopped by --max-steps)" if partial else ""))
         if self.config.report and self.runtime.is_writer:
@@ -466,7 +497,7 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
             p = next(model.parameters())
             x = monitor.floats(0, 9, p.dtype, p.device)
             generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
-            reconstruction = torch.sigmoid(model(x, generator=generator).logits)
+            reconstruction = model.likelihood.mean(model(x, generator=generator).logits)
             pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9),
                         "samples": tile(model.sample(64, generator=generator), 8)}
         model.train()
@@ -480,4 +511,6 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
         "train_seconds": train_seconds, "epoch_seconds": seconds, "img_per_s": images / max(seconds, 1e-9),
         "eval_seconds": time.perf_counter() - started,
     }
+    if model.likelihood.discrete:
+        record["test_bits_per_dim"] = bits_per_dim(on_test.neg_elbo, test_set.dims)
     return record, pictures

@@ -1,0 +1,67 @@
+"""A folder of image files (what Pillow reads), searched recursively, as torchvision's ImageFolder reads one:
+the first level of sub-folders names the labels; ``train/`` and ``test/`` sub-folders, when both are there, are
+the split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .images import DataError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, sorted, skipping hidden files and folders (a cache kept inside)."""
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(files)
+
+
+def labelled(files: list[Path], root: Path) -> tuple[list[int], list[str] | None]:
+    """Label = index of the first sub-folder's name under ``root`` (None: every file sits in ``root`` itself)."""
+    names = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files]
+    classes = sorted(set(names))
+    if classes == [""]:
+        return [0] * len(files), None
+    return [classes.index(n) for n in names], classes
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def image_mode(path: Path) -> str:
+    """The mode from the header alone (no decoding)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def list_folder(folder: Path) -> dict:
+    """The files and labels of each split, and the class names: everything but the pixels."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    parts = {"train": folder / "train", "test": folder / "test"} if split else {"all": folder}
+    listing = {}
+    for name, root in parts.items():
+        files = image_files(root)
+        if not files:
+            raise DataError(f"{root}: no image files ({', '.join(sorted(e[1:] for e in EXTENSIONS))}) in it or "
+                            "below it")
+        listing[name] = (files, *labelled(files, root))
+    if split and listing["train"][2] != listing["test"][2]:
+        raise DataError(f"{folder}: train/ and test/ name different classes ({listing['train'][2]} against "
+                        f"{listing['test'][2]})")
+    return {"split_given": split, "parts": listing, "classes": next(iter(listing.values()))[2]}

@@ -1,0 +1,275 @@
+"""``load_data(source)``: every data source by one name, each read by its own module.
+
+* ``mnist`` — the embedded copy (``mnist.py``), 60,000 + 10,000 gray 28 x 28;
+* a folder holding the four IDX files (``idx.py``): MNIST, Fashion-MNIST, KMNIST;
+* any other folder: image files (``folder.py``);
+* a ``.npy`` / ``.npz`` file (``arrays.py``);
+* ``shapes`` / ``shapes:N`` — generated 64 x 64 colour shapes with known factors (``shapes.py``).
+
+MNIST and IDX images are small and stay as stored (28 x 28, resized per batch as the seed does). Every other
+source is *prepared* once — decoded, centre-cropped, resized to ``--image-size`` with antialiasing, converted to
+the channel count — and cached as uint8 on disk (``cache.py``); later runs memory-map the cache. Without a split
+of its own, a fixed share (``--test-fraction``) is held out by a permutation seeded with 0, the same for every run.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .arrays import read_arrays
+from .cache import PreparedCache, cache_key, files_fingerprint
+from .folder import GRAY_MODES, image_mode, list_folder, open_image
+from .idx import IDX_FILES, read_idx_folder
+from .images import DataError, ImageData
+from .mnist import embedded_mnist_path, read_mnist_pickle
+from .prepare import check_size, prepare_array, prepare_image
+from .shapes import FACTORS, KINDS, draw_factors, parse_count, render
+
+SPLIT_SEED = 0
+
+
+def source_kind(source: str) -> str:
+    if source == "mnist":
+        return "mnist"
+    if source == "shapes" or source.startswith("shapes:"):
+        return "shapes"
+    path = Path(source)
+    if path.suffix.lower() in (".npy", ".npz"):
+        return "arrays"
+    if path.is_dir() and any((path / stem).is_file() or (path / f"{stem}.gz").is_file() for stem in IDX_FILES.values()):
+        return "idx"
+    if path.is_dir():
+        return "folder"
+    raise DataError(f"--data {source}: no such file or folder (expected mnist, shapes[:N], a folder of images or of "
+                    "IDX files, or a .npy/.npz file)")
+
+
+def load_data(source: str | Path | None = None, *, image_size: int = 32, channels: str = "auto",
+              resize: str = "auto", test_fraction: float = 0.1, cache_dir: str | Path | None = None,
+              progress: bool = True, kind: str | None = None) -> ImageData:
+    """The data set ``source`` names (default: the embedded MNIST); ``kind`` forces how it is read (``--data-dir``
+    always means IDX files). Cached per process: compare and eval read the same data many times."""
+    source = str(source) if source is not None else "mnist"
+    kind = kind or source_kind(source)
+    path = Path(source)
+    stamp = path.stat().st_mtime_ns if kind in ("idx", "folder", "arrays") and path.exists() else 0
+    return _load(source, kind, stamp, image_size, channels, resize, test_fraction,
+                 str(cache_dir) if cache_dir else None, progress)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cache_dir, progress) -> ImageData:
+    if kind in ("mnist", "idx"):
+        data = read_mnist_pickle(embedded_mnist_path()) if kind == "mnist" else read_idx_folder(source)
+        data.details.update(source=source, kind=kind)
+        if channels == "3":  # gray stored once; three equal channels only where asked for
+            data = _three_channels(data)
+        return data
+    check_size(image_size)
+    cache_dir = Path(cache_dir) if cache_dir else Path("runs") / ".convae-cache"
+    settings = {"image_size": image_size, "channels": channels, "resize": resize, "test_fraction": test_fraction,
+                "split_seed": SPLIT_SEED}
+    if kind == "folder":
+        return _prepared_folder(Path(source), settings, cache_dir, progress)
+    if kind == "arrays":
+        return _prepared_arrays(Path(source), settings, cache_dir, progress)
+    return _generated_shapes(source, settings, cache_dir, progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prepared sources
+
+
+def _channel_count(channels: str, colour: bool) -> int:
+    return int(channels) if channels in ("1", "3") else (3 if colour else 1)
+
+
+def _held_out(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and test images of a source without a split of its own."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_test = max(1, int(round(fraction * n))) if n > 1 else 0
+    if n - n_test < 1:
+        raise DataError(f"--test-fraction {fraction}: leaves no training images out of {n}")
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def _from_cache(cached, name: str, source: str, kind: str, cache: PreparedCache) -> ImageData:
+    images, labels, meta = cached
+    n_train = meta["n_train"]
+    as_tensor = lambda a: torch.from_numpy(a)  # noqa: E731  (copy-on-write memory map: no copy is made)
+    details = {"source": source, "kind": kind, "cache": str(cache.images_path), **meta.get("details", {})}
+    return ImageData(name, as_tensor(images[:n_train]), as_tensor(labels[:n_train]), as_tensor(images[n_train:]),
+                     as_tensor(labels[n_train:]), 255.0, meta.get("classes"), details)
+
+
+def _build(cache: PreparedCache, parts: list[tuple[int, callable]], shape_chw: tuple, labels: np.ndarray,
+           meta: dict, progress: bool, what: str) -> None:
+    """Fill the cache from ``parts``: (count, fill(array_slice)) in order (train first)."""
+    total = sum(count for count, _ in parts)
+
+    def fill(array):
+        bar = tqdm(total=total, desc=f"preparing {what}", unit="img", disable=not progress, leave=False)
+        start = 0
+        for count, fill_part in parts:
+            fill_part(array[start:start + count], bar)
+            start += count
+        bar.close()
+
+    cache.write((total, *shape_chw), fill, labels, meta)
+
+
+def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bool) -> ImageData:
+    listing = list_folder(folder)
+    every = [p for files, _, _ in listing["parts"].values() for p in files]
+    key = cache_key({"kind": "folder", "path": str(folder.resolve()), "files": files_fingerprint(every, folder)},
+                    settings)
+    cache = PreparedCache(cache_dir, folder.name or "folder", key)
+    cached = cache.open()
+    if cached is None:
+        if progress and cache.why != "not built yet":
+            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again")
+        modes = [image_mode(p) for p in every]
+        gray = sum(m in GRAY_MODES for m in modes)
+        channels = _channel_count(settings["channels"], colour=gray < len(modes))
+        size = settings["image_size"]
+        if listing["split_given"]:
+            train = listing["parts"]["train"]
+            test = listing["parts"]["test"]
+            train_files, train_labels, test_files, test_labels = train[0], train[1], test[0], test[1]
+            split = "train/ and test/ sub-folders"
+        else:
+            files, labels, _ = listing["parts"]["all"]
+            tr, te = _held_out(len(files), settings["test_fraction"])
+            train_files, test_files = [files[i] for i in tr], [files[i] for i in te]
+            train_labels, test_labels = [labels[i] for i in tr], [labels[i] for i in te]
+            split = f"{settings['test_fraction']:g} held out (seed {SPLIT_SEED})"
+
+        def decode(files):
+            def fill(out, bar):
+                for k, path in enumerate(files):
+                    out[k] = prepare_image(open_image(path), size, channels, settings["resize"])
+                    bar.update(1)
+            return fill
+
+        converted = (f"{gray} gray image(s) converted to RGB" if channels == 3 and 0 < gray < len(modes) else
+                     f"{len(modes) - gray} colour image(s) converted to gray" if channels == 1 and gray < len(modes)
+                     else None)
+        details = {"split": split, "files": len(every), "converted": converted,
+                   "n_train": len(train_files), "n_test": len(test_files)}
+        _build(cache, [(len(train_files), decode(train_files)), (len(test_files), decode(test_files))],
+               (channels, size, size), np.array(train_labels + test_labels), {
+                   "n_train": len(train_files), "classes": listing["classes"], "details": details}, progress,
+               f"{len(every)} images from {folder}")
+        if converted and progress:
+            print(f"convae: {folder}: {converted}")
+        cached = cache.open()
+    return _from_cache(cached, folder.name or "folder", str(folder), "folder", cache)
+
+
+def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool) -> ImageData:
+    st = path.stat() if path.is_file() else None
+    if st is None:
+        raise DataError(f"{path}: file not found")
+    key = cache_key({"kind": "arrays", "path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns},
+                    settings)
+    cache = PreparedCache(cache_dir, path.stem, key)
+    cached = cache.open()
+    if cached is None:
+        if progress and cache.why != "not built yet":
+            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again")
+        parts = read_arrays(path)
+        stored = {a.shape[1] for a, _ in parts.values()}
+        channels = _channel_count(settings["channels"], colour=3 in stored)
+        size = settings["image_size"]
+        if "all" in parts:
+            images, labels = parts["all"]
+            labels = labels if labels is not None else np.zeros(len(images), dtype=np.int64)
+            if len(labels) != len(images):
+                raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
+            tr, te = _held_out(len(images), settings["test_fraction"])
+            parts = {"train": (images[tr], labels[tr]), "test": (images[te], labels[te])}
+            split = f"{settings['test_fraction']:g} held out (seed {SPLIT_SEED})"
+        else:
+            split = "the file's train and test arrays"
+        labelled = {}
+        for name, (images, labels) in parts.items():
+            labels = labels if labels is not None else np.zeros(len(images), dtype=np.int64)
+            if len(labels) != len(images):
+                raise DataError(f"{path}: {name}: {len(images)} images but {len(labels)} labels")
+            labelled[name] = (images, labels)
+
+        def convert(images):
+            def fill(out, bar):
+                for start in range(0, len(images), 1024):
+                    out[start:start + 1024] = prepare_array(images[start:start + 1024], size, channels,
+                                                            settings["resize"])
+                    bar.update(min(1024, len(images) - start))
+            return fill
+
+        train, test = labelled["train"], labelled["test"]
+        converted = ("gray converted to RGB" if channels == 3 and 1 in stored else
+                     "colour converted to gray" if channels == 1 and 3 in stored else None)
+        details = {"split": split, "stored_shape": [list(a.shape[1:]) for a, _ in labelled.values()],
+                   "converted": converted, "n_train": len(train[0]), "n_test": len(test[0])}
+        _build(cache, [(len(train[0]), convert(train[0])), (len(test[0]), convert(test[0]))],
+               (channels, size, size), np.concatenate([train[1], test[1]]),
+               {"n_train": len(train[0]), "classes": None, "details": details}, progress, f"{path}")
+        cached = cache.open()
+    return _from_cache(cached, path.stem, str(path), "arrays", cache)
+
+
+def _generated_shapes(source: str, settings: dict, cache_dir: Path, progress: bool) -> ImageData:
+    try:
+        n_train = parse_count(source)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    n_test = max(10, n_train // 10)
+    settings = {**settings, "channels": "3", "test_fraction": None}
+    cache = PreparedCache(cache_dir, source.replace(":", "-"), cache_key({"kind": "shapes", "n": n_train}, settings))
+    cached = cache.open()
+    if cached is None:
+        size = settings["image_size"]
+        factors = np.concatenate([draw_factors(n_train, seed=1), draw_factors(n_test, seed=2)])
+
+        def fill(out, bar):
+            for start in range(0, len(out), 500):
+                out[start:start + 500] = render(factors[start:start + 500], size)
+                bar.update(min(500, len(out) - start))
+
+        _build(cache, [(n_train + n_test, fill)], (3, size, size), factors[:, 0].astype(np.int64),
+               {"n_train": n_train, "classes": list(KINDS),
+                "details": {"split": "generated (train seed 1, test seed 2)", "factors": list(FACTORS),
+                            "factor_values": factors.round(5).tolist() if n_train + n_test <= 2000 else None,
+                            "n_train": n_train, "n_test": n_test}}, progress, f"{n_train + n_test} shapes")
+        np.save(cache.folder / f"{cache.meta_path.stem}.factors.npy", factors.astype(np.float32))
+        cached = cache.open()
+    return _from_cache(cached, "shapes", source, "shapes", cache)
+
+
+def shapes_factors(data: ImageData) -> np.ndarray | None:
+    """The generated factors (train then test, N x 6) of a shapes data set, where its cache has them."""
+    cache = data.details.get("cache")
+    if not cache:
+        return None
+    path = Path(cache.replace(".images.npy", ".factors.npy"))
+    return np.load(path) if path.is_file() else None
+
+
+def _three_channels(data: ImageData) -> ImageData:
+    from dataclasses import replace
+
+    return replace(data, train_images=data.train_images.expand(-1, 3, -1, -1).contiguous(),
+                   test_images=data.test_images.expand(-1, 3, -1, -1).contiguous())
+
+
+def load_for_config(config, progress: bool = True) -> ImageData:
+    """The data a run's settings name, prepared as they say (the cache beside the run folder by default)."""
+    cache_dir = config.cache_dir or ((Path(config.out).parent if config.out else Path("runs")) / ".convae-cache")
+    return load_data(config.source, image_size=config.image_size, channels=config.channels, resize=config.resize,
+                     test_fraction=config.test_fraction, cache_dir=cache_dir, progress=progress,
+                     kind="idx" if config.data_dir is not None else None)
