@@ -82,6 +82,28 @@ def test_two_ranks_end_with_identical_models_and_the_split_evaluation_is_the_sin
     assert metrics[-1]["test_L_KL"] == pytest.approx(single.kl, rel=1e-12)
 
 
+def _streamed_worker(rank, port, out, source):
+    join_as(rank, 2, port)
+    config = TrainConfig(epochs=1, batch_size=16, quiet=True, device="cpu", out=str(out / "run"), data=source,
+                         model="resize", encoder="conv", resident_max_bytes=0, cache_dir=str(out / "cache"),
+                         tensorboard=False, report=False)
+    result = train(config, log=lambda s: None)
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
+
+
+def test_streamed_colour_data_trains_under_torchrun(tmp_path):
+    """Rank 0 prepares the cache, rank 1 opens it; both stream their slices from the memory map."""
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8))
+    mp.spawn(_streamed_worker, args=(free_port(), tmp_path, str(tmp_path / "x.npy")), nprocs=2)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert settings["data"]["streamed"] and settings["data"]["shape"] == [3, 32, 32]
+    assert len(list((tmp_path / "cache").glob("*.images.npy"))) == 1
+
+
 def _gradient_worker(rank, port, out, x, eps):
     join_as(rank, 2, port)
     runtime = Runtime.from_environment(timeout_s=60)

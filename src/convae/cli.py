@@ -230,12 +230,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .benchmarking.flops import forward_flops_per_image
     from .evaluation.report import decoder_flatness
-    from .models import MODELS, build_model
+    from .models import MODELS, accepted_shapes, build_model
 
     rows = []
     for name, spec in MODELS.items():
         model = build_model(name, args.encoder)
         rows.append({"model": name, "encoder": args.encoder or spec.encoder, "latent_dim": spec.latent_dim,
+                     "accepts": accepted_shapes(name),
+                     "likelihoods": ["bernoulli", "continuous-bernoulli"] if name == "seed" else
+                                    ["bernoulli", "continuous-bernoulli", "logistic", "gaussian"],
                      "parameters": sum(p.numel() for p in model.parameters()),
                      "decoder_parameters": sum(p.numel() for p in model.decoder.parameters()),
                      "forward_mflops_per_image": forward_flops_per_image(model) / 1e6,
@@ -248,7 +251,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         flat = "-" if r["constant_input_unflatness"] is None else f"{r['constant_input_unflatness']:.2f}"
         print(f"{r['model']:<9} {r['encoder']:<7} {r['latent_dim']:>4} {r['parameters']:>10,} {r['decoder_parameters']:>10,} "
               f"{r['forward_mflops_per_image']:>10.1f} {flat:>9}  {r['description']}")
-    print("MFLOP/img: one forward pass (2 FLOPs per multiply-add, counted from the layers); a training step is 3x. "
+    print("\nimages each model takes (C x H x W; any encoder) and its likelihoods:")
+    for r in rows:
+        print(f"  {r['model']:<9} {', '.join(r['accepts'])}; {', '.join(r['likelihoods'])}")
+    print("MFLOP/img: one forward pass at 1x32x32 (2 FLOPs per multiply-add, counted from the layers); a training "
+          "step is 3x. "
           "dots@init: a constant feature map through the fresh decoder's upsampling layers, (max - min) / mean of "
           "the interior; 0 = flat.")
     return 0
@@ -276,6 +283,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  IW bound    -log p(x) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
               f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
                                                  if "iw_bits_per_dim" in result else ""))
+    if "factor_recovery" in result:
+        print("  factors     " + ", ".join(f"{k} {v:.3f}" for k, v in result["factor_recovery"].items())
+              + "  (linear read-out from the latent means)")
     if "pictures" in result:
         print(f"  pictures in {run.path / 'eval'}: {', '.join(result['pictures'])}")
     return 0
@@ -347,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub).set_defaults(handler=cmd_train)
     _bench_parser(sub).set_defaults(handler=cmd_bench)
 
-    p = sub.add_parser("models", help="list the models with parameters, FLOPs and a constant-input dots test")
+    p = sub.add_parser("models", help="list the models with parameters, FLOPs and a constant-input dots test",
+                       description="List the models: parameters, FLOPs per image, the constant-input test of their "
+                                   "upsampling (0 = no dots), and the image shapes and likelihoods each accepts.")
     p.add_argument("--encoder", choices=["mlp", "conv"], help="count with this encoder instead of each model's own")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models)
@@ -383,14 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several models under one budget (or take finished runs) and tabulate",
                        description="Train each model for the same number of epochs (or take finished runs), then "
                                    "write one table and one panel of pictures.")
-    p.add_argument("--models", nargs="+", default=["fc", "seed", "resize", "subpixel"])
+    p.add_argument("--models", nargs="+", default=["fc", "seed", "resize", "subpixel"], help="models to train")
     p.add_argument("--runs", nargs="+", help="finished run folders to compare instead of training")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--train-limit", type=int)
-    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=1, help="epochs per model (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images")
+    p.add_argument("--data", default="mnist", metavar="SOURCE", help="as convae train --data (default mnist)")
+    p.add_argument("--image-size", type=int, default=32, help="default 32")
+    p.add_argument("--likelihood", default="bernoulli", help="as convae train --likelihood (default bernoulli)")
+    p.add_argument("--encoder", choices=["mlp", "conv"], help="one encoder for every model (default: each its own)")
+    p.add_argument("--iw-samples", type=int, default=100, help="K of the importance-weighted bound (default 100)")
     p.add_argument("--out", default="runs/compare", help="folder for the runs, the table and the panel")
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_compare)
     return parser
 

@@ -15,6 +15,7 @@ of its own, a fixed share (``--test-fraction``) is held out by a permutation see
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +112,12 @@ def _build(cache: PreparedCache, parts: list[tuple[int, callable]], shape_chw: t
            meta: dict, progress: bool, what: str) -> None:
     """Fill the cache from ``parts``: (count, fill(array_slice)) in order (train first)."""
     total = sum(count for count, _ in parts)
+    if progress:
+        print(f"convae: preparing {what} once; cached in {cache.images_path}", file=sys.stderr, flush=True)
 
     def fill(array):
-        bar = tqdm(total=total, desc=f"preparing {what}", unit="img", disable=not progress, leave=False)
+        bar = tqdm(total=total, desc="preparing", unit="img", disable=not (progress and sys.stderr.isatty()),
+                   leave=False)
         start = 0
         for count, fill_part in parts:
             fill_part(array[start:start + count], bar)
@@ -132,7 +136,7 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
     cached = cache.open()
     if cached is None:
         if progress and cache.why != "not built yet":
-            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again")
+            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again", file=sys.stderr)
         modes = [image_mode(p) for p in every]
         gray = sum(m in GRAY_MODES for m in modes)
         channels = _channel_count(settings["channels"], colour=gray < len(modes))
@@ -166,7 +170,7 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
                    "n_train": len(train_files), "classes": listing["classes"], "details": details}, progress,
                f"{len(every)} images from {folder}")
         if converted and progress:
-            print(f"convae: {folder}: {converted}")
+            print(f"convae: {folder}: {converted}", file=sys.stderr)
         cached = cache.open()
     return _from_cache(cached, folder.name or "folder", str(folder), "folder", cache)
 
@@ -181,7 +185,7 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
     cached = cache.open()
     if cached is None:
         if progress and cache.why != "not built yet":
-            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again")
+            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again", file=sys.stderr)
         parts = read_arrays(path)
         stored = {a.shape[1] for a, _ in parts.values()}
         channels = _channel_count(settings["channels"], colour=3 in stored)

@@ -9,6 +9,8 @@ import torch
 
 from ..benchmarking.flops import forward_flops_per_image
 from ..config import TrainConfig
+from ..data import load_for_config
+from ..models import build_run_model
 from ..files import atomic_write_json, atomic_write_text
 from ..training import train
 from ..visualisation import rows_grid
@@ -33,8 +35,12 @@ def compare(args) -> dict:
     else:
         # every setting checked before the first model trains
         configs = [TrainConfig(model=name, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                               train_limit=args.train_limit, out=str(out / name), quiet=True).validate()
+                               train_limit=args.train_limit, out=str(out / name), quiet=True, data=args.data,
+                               image_size=args.image_size, likelihood=args.likelihood, encoder=args.encoder).validate()
                    for name in args.models]
+        channels = load_for_config(configs[0]).shape[0]
+        for config in configs:  # a model that cannot take these images is refused before any training
+            build_run_model(config, channels)
         run_dirs = []
         for k, config in enumerate(configs, 1):
             if not (Path(config.out) / "config.json").exists():

@@ -10,7 +10,8 @@ from ..files import atomic_write_json
 from ..objectives import bits_per_dim
 from ..visualisation import latent_scatter, loss_curves, rows_grid, spectrum_panel
 from .artifacts import checkerboard_scores, flat_response, power_spectrum
-from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo
+from ..data import shapes_factors
+from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from .likelihood import importance_weighted_nll
 from .runs import Run
 
@@ -94,9 +95,18 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error})
         if run.model.likelihood.discrete:
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
+    factors = shapes_factors(data)
+    if factors is not None:  # generated shapes: how much of each known factor a linear read-out recovers
+        from .factors import factor_recovery
+
+        n_train, n = len(data.train_images), min(len(data.train_images), 5000)
+        train_set = evaluation_images(data.train_images[:n], data.levels, run.config)
+        result["factor_recovery"] = factor_recovery(run.model, train_set, test_set, factors[:n],
+                                                    factors[n_train:n_train + len(test_set)])
     if pictures:
         result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.path / "eval")
-        atomic_write_json(run.path / "eval" / "eval.json", result)
+    (run.path / "eval").mkdir(exist_ok=True)
+    atomic_write_json(run.path / "eval" / "eval.json", result)  # always the numbers just printed
     return result
 
 

@@ -55,6 +55,19 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
     return model
 
 
+def accepted_shapes(name: str) -> list[str]:
+    """The image shapes model ``name`` takes (by building it), e.g. ["1x32x32", "3x64x64"]."""
+    shapes = []
+    for size in (32, 64):
+        for channels in (1, 3):
+            try:
+                build_model(name, image_size=size, channels=channels)
+                shapes.append(f"{channels}x{size}x{size}")
+            except ValueError:
+                pass
+    return shapes
+
+
 def build_run_model(config, channels: int) -> VAE:
     """The model a run's settings describe, for images with ``channels`` channels; a shape or likelihood the
     model cannot take is a ConfigError naming the model."""
@@ -67,4 +80,4 @@ def build_run_model(config, channels: int) -> VAE:
         raise ConfigError(f"--model {config.model}: {e}") from None
 
 
-__all__ = ["build_run_model", "MODELS", "ENCODERS", "ModelSpec", "VAE", "VAEOutput", "build_model"]
+__all__ = ["accepted_shapes", "build_run_model", "MODELS", "ENCODERS", "ModelSpec", "VAE", "VAEOutput", "build_model"]

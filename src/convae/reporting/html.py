@@ -33,8 +33,8 @@ EVAL_PICTURES = [("samples.png", "Samples from the prior"), ("reconstructions.pn
                  ("traversals.png", "Latent traversals (most active dimensions)"),
                  ("latent_pca.png", "Latent space: PCA of test-set means, by label"),
                  ("artifacts.png", "Checkerboard artifacts: mean sample and spectra")]
-SETTINGS = ["model", "encoder", "epochs", "max_steps", "batch_size", "lr", "lr_schedule", "seed", "dtype", "precision",
-            "binarize", "resize", "image_size", "data_dir", "train_limit", "test_limit"]
+SETTINGS = ["model", "encoder", "likelihood", "epochs", "max_steps", "batch_size", "lr", "lr_schedule", "seed", "dtype",
+            "precision", "binarize", "data", "data_dir", "image_size", "channels", "resize", "train_limit", "test_limit"]
 
 
 class ReportError(ValueError):

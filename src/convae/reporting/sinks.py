@@ -21,8 +21,8 @@ import torch
 from ..files import atomic_write_jsonl, read_jsonl
 
 # The hyperparameters shown in TensorBoard's HParams tab (the settings that tell runs apart).
-HPARAMS = ("model", "encoder", "batch_size", "lr", "lr_schedule", "epochs", "seed", "precision", "binarize",
-           "dtype", "image_size")
+HPARAMS = ("model", "encoder", "likelihood", "batch_size", "lr", "lr_schedule", "epochs", "seed", "precision",
+           "binarize", "dtype", "data", "image_size", "channels")
 HPARAM_METRICS = ("test_neg_elbo", "test_L_KL", "test_L_likelihood")
 
 
@@ -71,8 +71,9 @@ class RunLogger:
         atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
         if self.tb is not None:
             step = record["step"]
-            for key in ("test_neg_elbo", "test_L_likelihood", "test_L_KL", "entropy_floor"):
-                self.tb.add_scalar(f"test/{key.removeprefix('test_')}", record[key], step)
+            for key in ("test_neg_elbo", "test_L_likelihood", "test_L_KL", "entropy_floor", "test_bits_per_dim"):
+                if record.get(key) is not None:  # the floor and bits/dim exist for some likelihoods only
+                    self.tb.add_scalar(f"test/{key.removeprefix('test_')}", record[key], step)
             for key in ("L_tot", "L_likelihood", "L_KL"):
                 self.tb.add_scalar(f"monitor/{key}", record[key], step)
             self.tb.add_scalar("train/epoch_loss", record["train_loss"], step)

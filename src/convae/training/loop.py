@@ -305,7 +305,7 @@ class Trainer:
     def load(self, data: ImageData | None) -> None:
         """The run's data on the device, or (larger than ``--resident-max-bytes``) streamed from its cache."""
         config = self.config
-        data = data if data is not None else load_for_config(config, progress=self.runtime.is_writer)
+        data = data if data is not None else load_for_config(config, progress=self.runtime.is_writer and not config.quiet)
         data = data.subset(config.train_limit, config.test_limit)
         streamed = data.train_images.numel() > resident_limit(self.device, config.resident_max_bytes)
         self.data = data.to(self.device, resident=not streamed)
