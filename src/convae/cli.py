@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
-from .files import atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json
 from .reporting.html import ReportError
 from .runtime import DEFAULT_TIMEOUT_S, DistributedError, is_peer_failure
 from .training.checkpoint import CheckpointError, list_checkpoints
@@ -349,6 +353,79 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .inference import load
+
+    model = load(args.run, args.device)
+    images = model.sample(args.n, seed=args.seed)
+    write_images(images, Path(args.out))
+    print(f"{args.n} samples: {args.out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .inference import load
+
+    model = load(args.run, args.device)
+    if args.data:
+        data = load_data(args.data, image_size=model.config.image_size, channels=str(model.channels),
+                         resize=model.config.resize, progress=False)
+    else:
+        data = model.run.data()
+    split = data.test_images if args.split == "test" else data.train_images
+    labels = data.test_labels if args.split == "test" else data.train_labels
+    mus, sigmas = [], []
+    for start in range(0, len(split), 1000):
+        mu, sigma = model.encode(split[start:start + 1000])
+        mus.append(mu), sigmas.append(sigma)
+    out = Path(args.out)
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=torch.cat(mus).numpy(), sigma=torch.cat(sigmas).numpy(), labels=labels.cpu().numpy())
+    atomic_write_bytes(out, buffer.getvalue())
+    print(f"{len(split)} {args.split} images encoded ({model.latent_dim} dimensions): {out} (mu, sigma, labels)")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .inference import load
+
+    model = load(args.run, args.device)
+    try:
+        with np.load(args.latents, allow_pickle=False) as f:
+            key = "z" if "z" in f.files else "mu" if "mu" in f.files else None
+            if key is None:
+                raise ConfigError(f"{args.latents}: holds no 'z' or 'mu' array (found {', '.join(f.files)})")
+            z = f[key]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{args.latents}: not a readable .npz file ({type(e).__name__}: {str(e)[:100]})") from None
+    images = model.decode(z)
+    write_images(images, Path(args.out))
+    print(f"{len(images)} images decoded from {args.latents}['{key}']: {args.out}")
+    return 0
+
+
+def write_images(images: torch.Tensor, out: Path) -> None:
+    """To ``.npz`` (uint8 N x C x H x W, as `convae train --data` reads them) or to a picture (.png/.jpg)."""
+    suffix = out.suffix.lower()
+    if suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, images=(images.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        atomic_write_bytes(out, buffer.getvalue())
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        from .visualisation import tile
+        from PIL import Image
+
+        grid = tile(images, columns=max(1, int(len(images) ** 0.5 + 0.999)))
+        array = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
+        array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG" if suffix == ".png" else "JPEG")
+        atomic_write_bytes(out, buffer.getvalue())
+    else:
+        raise ConfigError(f"--out {out}: give a .npz (arrays) or .png/.jpg (a grid) file name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="convae", description="Convolutional variational autoencoders on images. "
                            "`convae train` reproduces the seed tutorial's experiment on the embedded MNIST.")
@@ -391,6 +468,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --eval: also the importance-weighted bound with K samples")
     p.add_argument("--device", choices=DEVICES, default="auto", help="device for --eval (default auto)")
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("sample", help="draw images from a trained model's prior",
+                       description="Draw N images from the prior of the run's model (mean images of p(x|z)).")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("-n", type=int, default=64, help="how many (default 64)")
+    p.add_argument("--out", required=True, help="grid.png (a picture) or samples.npz (uint8 N x C x H x W)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("encode", help="encode a data set with a trained model: latent means and sigmas",
+                       description="Encode images with the run's encoder and write mu, sigma and labels to an .npz.")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("--data", metavar="SOURCE", help="as convae train --data (default: the run's own data)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    p.set_defaults(handler=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode latents (an .npz with z or mu) into images",
+                       description="Decode latents from an .npz (array 'z', or 'mu' as `convae encode` writes).")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("latents", help="an .npz holding 'z' or 'mu' (N x latent_dim)")
+    p.add_argument("--out", required=True, help="images.npz (uint8 N x C x H x W) or grid.png")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    p.set_defaults(handler=cmd_decode)
 
     p = sub.add_parser("compare", help="train several models under one budget (or take finished runs) and tabulate",
                        description="Train each model for the same number of epochs (or take finished runs), then "

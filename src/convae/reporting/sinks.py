@@ -12,6 +12,7 @@ to be written again): ``steps.jsonl`` and ``metrics.jsonl`` are rewritten to ste
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -111,6 +112,4 @@ def _tensorboard_writer(folder: Path, purge_step: int | None):
 
 
 def _json_line(record: dict) -> str:
-    import json
-
     return json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()}) + "\n"

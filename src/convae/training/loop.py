@@ -276,6 +276,7 @@ class Trainer:
                          "model_parameters": sum(p.numel() for p in self.model.parameters()),
                          "steps_per_epoch": self.steps_per_epoch, "command": argv,
                          "data": {**self.data.details, "name": self.data.name, "shape": list(self.data.shape),
+                                  "levels": self.data.levels,
                                   "train_images": len(self.data.train_images), "test_images": len(self.data.test_images),
                                   "classes": self.data.classes, "likelihood": self.model.likelihood.name,
                                   "training_images_bytes": self.data.train_images.numel(),

@@ -1,0 +1,94 @@
+"""Using a trained model: ``convae.load(RUN)`` and what it returns.
+
+``TrainedModel`` wraps a run's VAE in eval mode on its device and takes what a user has — uint8 or float arrays
+or tensors, one image or a batch, H x W, C x H x W, N x H x W or N x C x H x W — and prepares it as the run's own
+training did (values in [0, 1], the run's resize, the 8-bit levels of a discrete likelihood) before it reaches
+the model. Outputs are float tensors on the CPU: images in [0, 1] as N x C x H x W, latents as N x latent_dim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+from .data import to_float
+from .evaluation.runs import Run, open_run
+
+
+class TrainedModel:
+    def __init__(self, run: Run):
+        self.run, self.model, self.config = run, run.model, run.config
+        self.param = next(self.model.parameters())
+        data = run.settings.get("data", {})
+        self.channels = data.get("shape", [1])[0]
+        # what the stored bytes were divided by in training (the embedded MNIST stores k/256)
+        self.levels = data.get("levels", 256.0 if run.config.source == "mnist" else 255.0)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.param.device
+
+    def prepare(self, images) -> torch.Tensor:
+        """Images as a user has them -> the model's input, N x C x size x size floats on the model's device."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.dim() == 2 or (x.dim() == 3 and x.shape[0] in (1, 3) and self.channels == x.shape[0]):
+            x = x.unsqueeze(0)  # one image
+        if x.dim() == 3:
+            x = x.unsqueeze(1)  # N x H x W
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ConfigError(f"images of shape {tuple(x.shape)}: this model takes {self.channels}-channel images "
+                              "(H x W, C x H x W, N x H x W or N x C x H x W)")
+        if x.dtype == torch.uint8:
+            return to_float(x.to(self.device), self.levels, self.config.image_size, self.param.dtype,
+                            self.config.resize_mode, self.config.quantize)
+        if not x.is_floating_point():
+            raise ConfigError(f"images of dtype {x.dtype}: give uint8 (0..255) or floats in [0, 1]")
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ConfigError("float images must lie in [0, 1]")
+        x = x.to(self.device, self.param.dtype)
+        if x.shape[-1] != self.config.image_size:  # the same resize as training, on the values given
+            x = to_float(x, 1.0, self.config.image_size, self.param.dtype, self.config.resize_mode,
+                         self.config.quantize)
+        return x
+
+    @torch.no_grad()
+    def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior q(z | x): its means and standard deviations."""
+        mu, sigma = self.model.encoder(self.prepare(images))
+        return mu.float().cpu(), sigma.float().cpu()
+
+    @torch.no_grad()
+    def decode(self, z) -> torch.Tensor:
+        """Mean images of p(x | z) for latents ``z`` (N x latent_dim, or one vector)."""
+        z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z)
+        z = z.reshape(1, -1) if z.dim() == 1 else z
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ConfigError(f"latents of shape {tuple(z.shape)}: this model takes N x {self.latent_dim}")
+        z = z.to(self.device, self.param.dtype)
+        return self.model.likelihood.mean(self.model.decoder(z)).float().cpu()
+
+    @torch.no_grad()
+    def reconstruct(self, images) -> torch.Tensor:
+        """Decode the posterior means: the model's reconstruction without sampling noise."""
+        mu, _ = self.model.encoder(self.prepare(images))
+        return self.model.likelihood.mean(self.model.decoder(mu)).float().cpu()
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """``n`` mean images of p(x | z) with z drawn from the prior (seeded when ``seed`` is given)."""
+        if n <= 0:
+            raise ConfigError(f"-n: must be a positive integer, got {n}")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        return self.model.sample(n, generator=generator).float().cpu()
+
+
+def load(run_dir: str | Path, device: str = "auto") -> TrainedModel:
+    """The model of the run in ``run_dir`` at its newest checkpoint, ready for inference."""
+    return TrainedModel(open_run(run_dir, device))

@@ -1,0 +1,79 @@
+"""After training: convae.load and the sample / encode / decode commands."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import convae
+from convae.cli import main
+from convae.config import ConfigError, TrainConfig
+from convae.training import train
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("inference") / "run"
+    config = TrainConfig(epochs=1, batch_size=32, quiet=True, device="cpu", out=str(out), eval_batch_size=64,
+                         tensorboard=False, report=False)
+    train(config, data=tiny_data, log=lambda s: None)
+    return out
+
+
+def test_load_takes_images_as_users_have_them(run_dir, tiny_data):
+    model = convae.load(run_dir, device="cpu")
+    assert not model.model.training and model.latent_dim == 100
+    uint8 = tiny_data.test_images[:5]                      # N x 1 x 28 x 28 uint8, resized as in training
+    mu, sigma = model.encode(uint8)
+    assert mu.shape == sigma.shape == (5, 100) and bool((sigma > 0).all())
+    as_float = uint8.float() / 255
+    torch.testing.assert_close(model.encode(as_float.numpy())[0], mu)   # floats in [0, 1], from NumPy
+    torch.testing.assert_close(model.encode(uint8[:, 0])[0], mu)        # N x H x W
+    torch.testing.assert_close(model.encode(uint8[0, 0])[0], mu[:1])     # one H x W image
+    images = model.decode(mu)
+    assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+    torch.testing.assert_close(model.reconstruct(uint8), images)
+    samples = model.sample(7, seed=3)
+    assert samples.shape == (7, 1, 32, 32) and torch.equal(samples, model.sample(7, seed=3))
+    with pytest.raises(ConfigError, match="this model takes 1-channel images"):
+        model.encode(np.zeros((2, 3, 32, 32), np.uint8))
+    with pytest.raises(ConfigError, match=r"float images must lie in \[0, 1\]"):
+        model.encode(np.full((2, 32, 32), 2.0, np.float32))
+    with pytest.raises(ConfigError, match="this model takes N x 100"):
+        model.decode(np.zeros((2, 7)))
+
+
+def test_the_readme_api_example_runs(run_dir, monkeypatch):
+    block = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    example = block.replace('"runs/notebook"', repr(str(run_dir.parent / "notebook")))
+    monkeypatch.chdir(run_dir.parent)
+    namespace = {}
+    exec(compile(example.replace("epochs=2", "epochs=1, train_limit=64, test_limit=64, quiet=True"),
+                 "README", "exec"), namespace)
+    assert namespace["z_mu"].shape[1] == namespace["model"].latent_dim
+
+
+def test_sample_encode_decode_commands(run_dir, tmp_path, capsys, idx_dir):
+    assert main(["sample", str(run_dir), "-n", "9", "--out", str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[0] > 3 * 32
+    assert main(["sample", str(run_dir), "-n", "4", "--out", str(tmp_path / "s.npz"), "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (4, 1, 32, 32)
+
+    assert main(["encode", str(run_dir), "--data", str(idx_dir), "--out", str(tmp_path / "z.npz"),
+                 "--device", "cpu"]) == 0
+    z = np.load(tmp_path / "z.npz")
+    assert z["mu"].shape == (64, 100) and z["sigma"].shape == (64, 100) and z["labels"].shape == (64,)
+    assert main(["decode", str(run_dir), str(tmp_path / "z.npz"), "--out", str(tmp_path / "d.npz"),
+                 "--device", "cpu"]) == 0
+    decoded = np.load(tmp_path / "d.npz")["images"]
+    assert decoded.shape == (64, 1, 32, 32) and decoded.dtype == np.uint8
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--out", str(tmp_path / "x.txt"), "--device", "cpu"]) == 2
+    assert "give a .npz (arrays) or .png/.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "x.txt").exists()
