@@ -77,3 +77,26 @@ def test_sample_encode_decode_commands(run_dir, tmp_path, capsys, idx_dir):
     assert main(["sample", str(run_dir), "--out", str(tmp_path / "x.txt"), "--device", "cpu"]) == 2
     assert "give a .npz (arrays) or .png/.jpg" in capsys.readouterr().err
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_latent_usage_tells_a_collapsed_posterior_from_a_used_one(run_dir, tiny_data):
+    from convae.evaluation.latents import latent_usage, posterior_parameters
+    from convae.evaluation.elbo import EvalImages
+
+    n, d = 300, 10
+    collapsed = latent_usage(torch.zeros(n, d, dtype=torch.float64), torch.ones(n, d, dtype=torch.float64))
+    assert collapsed["active_units"] == 0 and all(abs(k) < 1e-6 for k in collapsed["kl_per_dim"])
+    assert abs(collapsed["mutual_information"]) < 1e-9  # every q(z|x) is the same: nothing about x in z
+
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(n, d, generator=generator, dtype=torch.float64) * 3
+    sigma = torch.full((n, d), 0.1, dtype=torch.float64)
+    used = latent_usage(mu, sigma)
+    assert used["active_units"] == d
+    assert used["mutual_information"] == pytest.approx(used["mutual_information_max"], abs=0.05)  # z pins down x
+    kl = 0.5 * (mu.square() + 0.01 - torch.log(torch.tensor(1e-8 + 0.01)) - 1).mean(0)
+    assert used["kl_per_dim"] == pytest.approx(kl.tolist())
+
+    model = convae.load(run_dir, device="cpu").model
+    trained = latent_usage(*posterior_parameters(model, EvalImages(tiny_data.test_images, 255.0, 32)))
+    assert trained["active_units"] > 0 and trained["mutual_information"] > 0.5

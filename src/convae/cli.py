@@ -287,6 +287,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  IW bound    -log p(x) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
               f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
                                                  if "iw_bits_per_dim" in result else ""))
+    print(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance > "
+          f"{result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
+          f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), KL per "
+          f"dimension up to {max(result['kl_per_dim']):.2f} nats")
     if "factor_recovery" in result:
         print("  factors     " + ", ".join(f"{k} {v:.3f}" for k, v in result["factor_recovery"].items())
               + "  (linear read-out from the latent means)")

@@ -12,6 +12,7 @@ from ..visualisation import latent_scatter, loss_curves, rows_grid, spectrum_pan
 from .artifacts import checkerboard_scores, flat_response, power_spectrum
 from ..data import shapes_factors
 from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
+from .latents import latent_usage, posterior_parameters
 from .likelihood import importance_weighted_nll
 from .runs import Run
 
@@ -95,6 +96,7 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error})
         if run.model.likelihood.discrete:
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
+    result.update(latent_usage(*posterior_parameters(run.model, test_set)))
     factors = shapes_factors(data)
     if factors is not None:  # generated shapes: how much of each known factor a linear read-out recovers
         from .factors import factor_recovery
