@@ -100,3 +100,42 @@ def test_latent_usage_tells_a_collapsed_posterior_from_a_used_one(run_dir, tiny_
     model = convae.load(run_dir, device="cpu").model
     trained = latent_usage(*posterior_parameters(model, EvalImages(tiny_data.test_images, 255.0, 32)))
     assert trained["active_units"] > 0 and trained["mutual_information"] > 0.5
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "safetensors", "onnx"])
+def test_exported_encoder_and_decoder_match_eager_pytorch(run_dir, tmp_path, fmt):
+    import json
+
+    from convae.models import build_model
+
+    model = convae.load(run_dir, device="cpu")
+    assert main(["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    description = json.loads((tmp_path / fmt / "model.json").read_text())
+    assert description["latent_dim"] == 100 and description["image_shape"] == [1, 32, 32]
+    x = torch.rand(5, 1, 32, 32)
+    z = torch.randn(3, 100)
+    with torch.no_grad():
+        mu, sigma = model.model.encoder(x)
+        images = model.model.likelihood.mean(model.model.decoder(z))
+    if fmt == "torchscript":
+        encoder, decoder = (torch.jit.load(tmp_path / fmt / f"{n}.pt") for n in ("encoder", "decoder"))
+        got_mu, got_sigma = encoder(x)
+        got_images = decoder(z)
+    elif fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        fresh = build_model("seed").eval()
+        fresh.encoder.load_state_dict(load_file(tmp_path / fmt / "encoder.safetensors"))
+        fresh.decoder.load_state_dict(load_file(tmp_path / fmt / "decoder.safetensors"))
+        with torch.no_grad():
+            got_mu, got_sigma = fresh.encoder(x)
+            got_images = torch.sigmoid(fresh.decoder(z))
+    else:
+        ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+        encoder = ort.InferenceSession(str(tmp_path / fmt / "encoder.onnx"))
+        decoder = ort.InferenceSession(str(tmp_path / fmt / "decoder.onnx"))
+        got_mu, got_sigma = (torch.from_numpy(a) for a in encoder.run(None, {"images": x.numpy()}))
+        got_images = torch.from_numpy(decoder.run(None, {"z": z.numpy()})[0])
+    torch.testing.assert_close(got_mu, mu, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_sigma, sigma, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_images, images, rtol=1e-4, atol=1e-5)

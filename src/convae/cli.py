@@ -409,6 +409,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .inference import load
+
+    model = load(args.run, "cpu")
+    out = Path(args.out) if args.out else model.run.path / "export"
+    for path in export(model, args.format, out):
+        print(path)
+    return 0
+
+
 def write_images(images: torch.Tensor, out: Path) -> None:
     """To ``.npz`` (uint8 N x C x H x W, as `convae train --data` reads them) or to a picture (.png/.jpg)."""
     suffix = out.suffix.lower()
@@ -498,6 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="images.npz (uint8 N x C x H x W) or grid.png")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_decode)
+
+    p = sub.add_parser("export", help="write a trained encoder and decoder as ONNX, TorchScript or safetensors",
+                       description="Write the run's encoder (images -> mu, sigma) and decoder (z -> images) for use "
+                                   "without convae, with model.json describing inputs and outputs.")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default RUN/export)")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("compare", help="train several models under one budget (or take finished runs) and tabulate",
                        description="Train each model for the same number of epochs (or take finished runs), then "

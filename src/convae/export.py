@@ -1,0 +1,79 @@
+"""``convae export RUN``: the trained encoder and decoder as files that need neither convae nor its code.
+
+- ``onnx``: ``encoder.onnx`` (x -> mu, sigma) and ``decoder.onnx`` (z -> images), batch size free;
+- ``torchscript``: ``encoder.pt`` and ``decoder.pt`` (``torch.jit.load``);
+- ``safetensors``: the two modules' weights (to load into convae's models, or your own copy of them).
+
+The decoder returns mean images in [0, 1] (the likelihood's mean of its output), the encoder takes float images
+N x C x H x W in [0, 1] at the model's size (what ``convae.load(...).prepare`` makes of raw images). ``model.json``
+beside them says so, with the shapes and the run they came from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save as save_safetensors
+
+from . import __version__
+from .config import ConfigError
+from .files import atomic_write_bytes, atomic_write_text
+from .inference import TrainedModel
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+
+
+class ImageDecoder(nn.Module):
+    """z -> mean images of p(x | z)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.decoder, self.likelihood = vae.decoder, vae.likelihood
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.mean(self.decoder(z))
+
+
+def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+    vae = model.model.cpu().float().eval()
+    size, channels = model.config.image_size, model.channels
+    example_x = torch.rand(2, channels, size, size)
+    example_z = torch.randn(2, vae.latent_dim)
+    modules = {"encoder": (vae.encoder, example_x, ["images"], ["mu", "sigma"]),
+               "decoder": (ImageDecoder(vae), example_z, ["z"], ["images"])}
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (module, example, inputs, outputs) in modules.items():
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # the tracers warn about Python control flow they record as constants
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                torch.onnx.export(module, (example,), buffer, input_names=inputs, output_names=outputs,
+                                  dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, dynamo=False)
+                path = out / f"{name}.onnx"
+            elif fmt == "torchscript":
+                torch.jit.save(torch.jit.trace(module, (example,)), buffer)
+                path = out / f"{name}.pt"
+            else:
+                raw = vae.encoder if name == "encoder" else vae.decoder  # convae's own module names
+                state = {k: v.detach().contiguous() for k, v in raw.state_dict().items()}
+                buffer.write(save_safetensors(state, metadata={"convae": __version__, "module": name}))
+                path = out / f"{name}.safetensors"
+        atomic_write_bytes(path, buffer.getvalue())
+        written.append(path)
+    description = {"format": fmt, "convae": __version__, "run": str(model.run.path), "step": model.run.step,
+                   "model": model.config.model, "encoder": model.config.encoder, "likelihood": vae.likelihood.name,
+                   "latent_dim": vae.latent_dim, "image_shape": [channels, size, size],
+                   "encoder_input": f"float32 images N x {channels} x {size} x {size} in [0, 1]",
+                   "encoder_outputs": ["mu (N x latent_dim)", "sigma (N x latent_dim)"],
+                   "decoder_input": "float32 z, N x latent_dim (z ~ N(0, I) for samples)",
+                   "decoder_output": f"mean images N x {channels} x {size} x {size} in [0, 1]"}
+    atomic_write_text(out / "model.json", json.dumps(description, indent=2) + "\n")
+    return written + [out / "model.json"]
