@@ -79,6 +79,9 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(tmp_path, idx_dir, capsy
     code, _, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2")
     assert code == 2 and "not a convae checkpoint" in err
     code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "empty"))
+    assert code == 2 and "empty: no such folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "empty"))
     assert code == 2 and "no config.json there" in err
 
 
@@ -161,9 +164,34 @@ def test_auto_resume_restarts_a_run_that_never_reached_a_checkpoint(tmp_path, id
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")  # a job killed while starting up
-    assert run_cli(capsys, *small(idx_dir, run, "--epochs", "1"))[0] == 2  # without --auto-resume: refused
+    code, _, err = run_cli(capsys, "train", "--resume", str(run))
+    assert code == 2 and "never reached its first checkpoint; start it again with --out" in err
     code, out, err = run_cli(capsys, *small(idx_dir, run, "--epochs", "1", "--auto-resume"))
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 1
     code, _, err = run_cli(capsys, "train", "--auto-resume", "--epochs", "1")
     assert code == 2 and "--auto-resume: needs --out DIR" in err
+
+
+def test_resuming_a_finished_run_says_so_and_how_to_extend_it(tmp_path, idx_dir, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, run, "--epochs", "1"))[0] == 0
+    before = (run / "log.txt").read_text()
+    code, _, err = run_cli(capsys, "train", "--resume", str(run))
+    assert code == 2 and "already complete at step 8 (epoch 1 of 1); extend it with --epochs N" in err
+    code, out, _ = run_cli(capsys, *small(idx_dir, run, "--epochs", "1", "--auto-resume"))  # a re-queued job
+    assert code == 0 and "already complete at step 8; nothing to do" in out
+    assert (run / "log.txt").read_text() == before  # nothing written
+    assert run_cli(capsys, "train", "--resume", str(run), "--epochs", "2")[0] == 0
+
+
+def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, idx_dir, capsys, monkeypatch):
+    import convae.training.loop as loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "load_for_config", interrupted)
+    code, _, err = run_cli(capsys, *small(idx_dir, tmp_path / "run"))
+    assert code == 130 and err == "convae train: interrupted\n"
+    assert not (tmp_path / "run").exists()

@@ -133,8 +133,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 def _resumed_config(run_dir: Path, given: dict, preset: str | None, strict: bool) -> TrainConfig:
     config_file = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such folder")
     if not config_file.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.json there (not a convae run folder)")
+    if not list_checkpoints(run_dir / "checkpoints"):
+        raise ConfigError(f"--resume {run_dir}: the run never reached its first checkpoint; start it again with "
+                          f"--out {run_dir} (or --auto-resume --out {run_dir})")
     try:
         saved = json.loads(config_file.read_text())["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -167,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         runtime.agree_on_errors(error)
         config, resume = runtime.broadcast(found)
         try:
-            result = train(config, resume=resume, auto_resume=args.auto_resume and not resume, argv=sys.argv,
+            result = train(config, resume=resume, auto_resume=args.auto_resume, argv=sys.argv,
                            runtime=runtime)
         except TrainingInterrupted as e:
             runtime.is_writer and print(f"convae: {e}", file=sys.stderr)
@@ -545,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handler (loading data, evaluating, benchmarking)
+        if _speaks():
+            print(f"convae {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ConfigError, DataError, CheckpointError, ReportError) as e:
         if _speaks():
             print(f"convae {args.command}: error: {e}", file=sys.stderr)

@@ -134,9 +134,9 @@ def describe_environment(device: torch.device) -> dict:
             "threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
-def new_run_dir(out: str | None, reuse_unstarted: bool = False) -> Path:
-    """A fresh run folder. ``reuse_unstarted``: a convae folder that never reached its first checkpoint (a job
-    killed while starting up) may be started again."""
+def new_run_dir(out: str | None) -> Path:
+    """A fresh run folder. A convae folder that never reached its first checkpoint (a run stopped while it started
+    up) is started again: nothing in it can be resumed."""
     if out is None:
         base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
         path, k = base, 1
@@ -145,7 +145,7 @@ def new_run_dir(out: str | None, reuse_unstarted: bool = False) -> Path:
             path = base.with_name(f"{base.name}-{k}")
         return path
     path = Path(out)
-    unstarted = reuse_unstarted and (path / "config.json").is_file() and not list_checkpoints(path / "checkpoints")
+    unstarted = (path / "config.json").is_file() and not list_checkpoints(path / "checkpoints")
     if path.exists() and not unstarted and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"--out {path}: already exists and is not empty (use --resume {path} to continue that run)")
     return path
@@ -184,8 +184,11 @@ def find_start(config: TrainConfig, resume: bool, auto_resume: bool) -> Start:
     if auto_resume and config.out is not None:
         resume = bool(list_checkpoints(Path(config.out) / "checkpoints"))
     if not resume:
-        return Start(new_run_dir(config.out, reuse_unstarted=auto_resume))
+        return Start(new_run_dir(config.out))
     run_dir = Path(config.out)
+    if not list_checkpoints(run_dir / "checkpoints"):
+        raise ConfigError(f"--resume {run_dir}: the run never reached its first checkpoint; start it again with "
+                          f"--out {run_dir} (or --auto-resume --out {run_dir})")
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint.meta.get("model") != config.model:
         raise ConfigError(f"--resume {run_dir}: checkpoint is of model {checkpoint.meta.get('model')!r}, "
@@ -269,6 +272,11 @@ class Trainer:
             seed_rank(config.seed, runtime.rank)
         self.run_dir = start.run_dir
         config.out = str(self.run_dir)
+        self.complete = start.checkpoint is not None and self.step >= self.last_step
+        if self.complete and not auto_resume:
+            raise ConfigError(f"--resume {self.run_dir}: the run is already complete at step {self.step} (epoch "
+                              f"{math.ceil(self.step / self.steps_per_epoch)} of {config.epochs}); extend it with "
+                              f"--epochs N (more than {config.epochs}) or --max-steps N (more than {self.step})")
 
         # -- the run folder (rank 0) ------------------------------------------------------------------------------
         self.settings = {"config": config.to_dict(), "environment": describe_environment(device),
@@ -283,10 +291,12 @@ class Trainer:
                                   "streamed": self.streamed is not None},
                          "distributed": {**runtime.describe(device), "batch_per_rank": config.batch_size // runtime.world_size,
                                          "batchnorm": runtime.batchnorm_mode(device), "cuda_graphs": graphs}}
-        if runtime.is_writer:
+        writes = runtime.is_writer and not self.complete
+        if writes:
             (self.run_dir / "images").mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.settings)
-        self.logger = RunLogger(self.run_dir, active=runtime.is_writer, echo=log, tensorboard=config.tensorboard,
+        self.log = log
+        self.logger = RunLogger(self.run_dir, active=writes, echo=log, tensorboard=config.tensorboard,
                                 resume_step=self.step if start.checkpoint is not None else None,
                                 hparams=config.to_dict(), metrics=start.metrics)
         self.announce(start)
@@ -356,6 +366,10 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        if self.complete:  # a re-queued job that had finished: nothing to do, nothing to write
+            if self.runtime.is_writer:
+                self.log(f"{self.run_dir} is already complete at step {self.step}; nothing to do")
+            return TrainResult(self.run_dir, self.logger.metrics, self.model)
         self.model.train()
         with StopSignals() as signals:
             try:
@@ -376,12 +390,13 @@ class Trainer:
             self.loss_sum.zero_()
         order = epoch_order(len(self.data.train_images), epoch, config,
                             self.device if self.streamed is None else torch.device("cpu"))
-        bar = tqdm(total=self.steps_per_epoch, initial=first_index, desc=f"epoch {epoch}/{config.epochs}",
-                   unit="batch", disable=not self.show_bar, leave=False, dynamic_ncols=True)
+        last_epoch = math.ceil(self.last_step / self.steps_per_epoch)
+        bar = tqdm(total=self.steps_per_epoch * batch, initial=first_index * batch, desc=f"epoch {epoch}/{last_epoch}",
+                   unit="img", unit_scale=False, disable=not self.show_bar, leave=False, dynamic_ncols=True)
         self.epoch_started, steps_run = time.perf_counter(), 0
         self.window = Window(self.device, self.step, self.epoch_started)
         for i in range(first_index, self.steps_per_epoch):
-            lr = learning_rate(config, self.step, self.total_steps)
+            lr = learning_rate(config, self.step, self.last_step)
             if self.streamed is not None and i + 1 < self.steps_per_epoch:
                 self.streamed.prefetch(self.runtime.shard(order[(i + 1) * batch:(i + 2) * batch]))
             terms = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr)
@@ -396,7 +411,7 @@ class Trainer:
                 record = self.window.close(self.runtime, self.step, epoch, lr, batch)
                 self.logger.log_steps(record)
                 bar.set_postfix(loss=f"{record['loss']:.2f}", img_s=f"{record['img_per_s']:.0f}")
-                bar.update(i + 1 - bar.n)
+                bar.update((i + 1) * batch - bar.n)
             stop, save_now = self.control_point(signals)
             if stop or self.step == self.last_step:
                 break
