@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from convae.cli import main
 from convae.config import TrainConfig
