@@ -465,14 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("artifacts", cmd_artifacts, "checkerboard ('dots') scores and spectra of a run")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("run", help="a run folder written by convae train")
-        p.add_argument("--model", help="refuse the run unless it is of this model")
-        p.add_argument("--device", choices=DEVICES, default="auto")
+        p.add_argument("--model", metavar="NAME", dest="model",
+                       help="a check, not a choice: refuse the run unless it is of model NAME")
+        p.add_argument("--device", choices=DEVICES, default="auto", help="where to evaluate (default auto)")
         p.add_argument("--json", action="store_true", help="print the numbers as JSON")
         if name == "eval":
             p.add_argument("--iw-samples", type=int, default=0, metavar="K",
                            help="also the importance-weighted bound on -log p(x) with K samples (e.g. 1000)")
             p.add_argument("--test-limit", type=int, help="only the first N test images")
-            p.add_argument("--no-pictures", action="store_true")
+            p.add_argument("--no-pictures", action="store_true", help="numbers only: draw no pictures in RUN/eval")
         else:
             p.add_argument("--images", type=int, default=2000, help="samples and test images to score (default 2000)")
         p.set_defaults(handler=handler)
