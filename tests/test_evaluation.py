@@ -82,3 +82,18 @@ def test_eval_refuses_missing_and_foreign_runs(trained_run, tmp_path, capsys):
         open_run(foreign, "cpu")
     assert main(["compare", "--runs", str(foreign), "--out", str(tmp_path / "cmp")]) == 2
     assert "checkpoint of model 'seed'" in capsys.readouterr().err
+
+
+def test_compare_table_names_runs_shows_fractional_epochs_and_warns_of_unequal_budgets():
+    from convae.evaluation.compare import format_table
+
+    row = dict(model="seed", test_neg_elbo=200.0, iw_nll=None, iw_samples=0, entropy_floor=96.9, dots_samples=1.0,
+               dots_samples_of_mean=2.0, dots_reconstructions=1.0, parameters=10, mflops_per_image=1.0,
+               seconds_per_epoch=None, batch_size=32)
+    table = format_table([{**row, "run": "runs/a", "epochs": 0.08, "steps": 150},
+                          {**row, "run": "runs/b", "epochs": 1, "steps": 1875}])
+    assert "| seed (a) | 0.08 |" in table and "| seed (b) | 1 |" in table
+    assert "IW bound" not in table  # K = 0: no bound, no column
+    assert "different budgets (a: 150 steps of 32; b: 1875 steps of 32)" in table
+    same = format_table([{**row, "run": "runs/a", "epochs": 1, "steps": 1875, "iw_samples": 100, "iw_nll": 90.0}])
+    assert "IW bound (K=100)" in same and "| 90.00 |" in same and "different budgets" not in same

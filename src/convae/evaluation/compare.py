@@ -57,8 +57,10 @@ def compare(args) -> dict:
         ev = evaluate_run(run, iw_samples=args.iw_samples, pictures=False)
         art = artifact_scores(run, n=2000, picture=False)
         ends = [m for m in run.metrics if not m.get("partial_epoch")]
+        steps_per_epoch = run.settings.get("steps_per_epoch") or 1
         rows.append({
-            "model": run.config.model, "run": str(run.path), "epochs": len(ends),
+            "model": run.config.model, "run": str(run.path), "epochs": round(run.step / steps_per_epoch, 2),
+            "steps": run.step, "batch_size": run.config.batch_size,
             "test_neg_elbo": ev["test_neg_elbo"], "iw_nll": ev.get("iw_nll"), "iw_samples": args.iw_samples,
             "entropy_floor": ev["entropy_floor"],
             "dots_samples": art["samples"]["score"], "dots_samples_of_mean": art["samples"]["score_of_mean"],
@@ -84,15 +86,23 @@ def format_table(rows: list[dict]) -> str:
         return "-" if v is None else format(v, fmt)
 
     k = rows[0]["iw_samples"] if rows else 0
-    lines = [f"| model | epochs | test -ELBO | IW bound (K={k}) | dots, samples | dots, samples (mean) | "
-             "dots, recon. | params | MFLOP/img | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    iw = [f"IW bound (K={k})"] if k else []  # no column for a bound that was not computed
+    header = ["model (run)", "epochs", "test -ELBO", *iw, "dots, samples", "dots, samples (mean)", "dots, recon.",
+              "params", "MFLOP/img", "s/epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['epochs']} | {f(r['test_neg_elbo'], '.2f')} | {f(r['iw_nll'], '.2f')} | "
-                     f"{f(r['dots_samples'], '.2f')} | {f(r['dots_samples_of_mean'], '.2f')} | "
-                     f"{f(r['dots_reconstructions'], '.2f')} | {r['parameters']:,} | {f(r['mflops_per_image'], '.1f')} | "
-                     f"{f(r['seconds_per_epoch'], '.1f')} |")
+        cells = [f"{r['model']} ({Path(r['run']).name})", f"{r['epochs']:g}", f(r["test_neg_elbo"], ".2f"),
+                 *([f(r["iw_nll"], ".2f")] if k else []), f(r["dots_samples"], ".2f"),
+                 f(r["dots_samples_of_mean"], ".2f"), f(r["dots_reconstructions"], ".2f"), f"{r['parameters']:,}",
+                 f(r["mflops_per_image"], ".1f"), f(r["seconds_per_epoch"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
     if rows:
-        lines.append(f"\nnats per image on the test set; entropy floor {rows[0]['entropy_floor']:.2f}. "
-                     "dots = checkerboard score (1.0 = like the data).")
+        floor = rows[0]["entropy_floor"]
+        lines.append("\nnats per image on the test set" + (f"; entropy floor {floor:.2f}" if floor is not None else "")
+                     + ". dots = checkerboard score (1.0 = like the data).")
+        budgets = {(r["steps"], r["batch_size"]) for r in rows}
+        if len(budgets) > 1:
+            lines.append("Note: these runs had different budgets (" + "; ".join(
+                f"{Path(r['run']).name}: {r['steps']} steps of {r['batch_size']}" for r in rows)
+                + "), so the table does not compare like with like.")
     return "\n".join(lines)
