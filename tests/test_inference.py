@@ -109,6 +109,8 @@ def test_exported_encoder_and_decoder_match_eager_pytorch(run_dir, tmp_path, fmt
     from convae.models import build_model
 
     model = convae.load(run_dir, device="cpu")
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
     assert main(["export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
     description = json.loads((tmp_path / fmt / "model.json").read_text())
     assert description["latent_dim"] == 100 and description["image_shape"] == [1, 32, 32]

@@ -42,6 +42,11 @@ class ImageDecoder(nn.Module):
 def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401  (torch's exporter needs it to write the file)
+        except ImportError:
+            raise ConfigError("--format onnx: needs the onnx package (pip install onnx, or convae[onnx])") from None
     vae = model.model.cpu().float().eval()
     size, channels = model.config.image_size, model.channels
     example_x = torch.rand(2, channels, size, size)
