@@ -175,10 +175,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = train(config, resume=resume, auto_resume=args.auto_resume, argv=sys.argv,
                            runtime=runtime)
         except TrainingInterrupted as e:
-            runtime.is_writer and print(f"convae: {e}", file=sys.stderr)
+            if runtime.is_writer:
+                print(f"convae: {e}", file=sys.stderr)
             return EXIT_INTERRUPTED
         except NonFiniteLoss as e:
-            runtime.is_writer and print(f"convae: error: {e}", file=sys.stderr)
+            if runtime.is_writer:
+                print(f"convae: error: {e}", file=sys.stderr)
             return EXIT_FAILED
         except RuntimeError as e:
             if not (runtime.distributed and is_peer_failure(e)):
@@ -188,7 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"the newest checkpoint in {config.out} is kept (torchrun --max-restarts and --auto-resume "
                   "continue from it)", file=sys.stderr)
             return EXIT_FAILED
-        runtime.is_writer and print(f"done: {result.run_dir}")
+        if runtime.is_writer:
+            print(f"done: {result.run_dir}")
         return 0
     finally:
         runtime.close()

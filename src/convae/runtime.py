@@ -120,9 +120,9 @@ class Runtime:
 
     def describe(self, device: torch.device) -> dict:
         """What config.json and metrics.jsonl record about the group."""
-        devices = self.all_gather(str(device))
-        return {"world_size": self.world_size, "backend": self.backend, "rank_devices": devices,
-                "nodes": len({h for h in self.all_gather(os.uname().nodename)})}
+        places = self.all_gather((str(device), os.uname().nodename))
+        return {"world_size": self.world_size, "backend": self.backend, "rank_devices": [d for d, _ in places],
+                "nodes": len({node for _, node in places})}
 
     # -- splitting work -------------------------------------------------------------------------------------------
 

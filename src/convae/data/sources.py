@@ -99,6 +99,14 @@ def _held_out(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
+def _open(cache: PreparedCache, progress: bool):
+    """The cache if it is whole and matches; None (saying why, when it exists but cannot be trusted) if not."""
+    cached = cache.open()
+    if cached is None and progress and cache.why != "not built yet":
+        print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again", file=sys.stderr)
+    return cached
+
+
 def _from_cache(cached, name: str, source: str, kind: str, cache: PreparedCache) -> ImageData:
     images, labels, meta = cached
     n_train = meta["n_train"]
@@ -133,10 +141,8 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
     key = cache_key({"kind": "folder", "path": str(folder.resolve()), "files": files_fingerprint(every, folder)},
                     settings)
     cache = PreparedCache(cache_dir, folder.name or "folder", key)
-    cached = cache.open()
+    cached = _open(cache, progress)
     if cached is None:
-        if progress and cache.why != "not built yet":
-            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again", file=sys.stderr)
         modes = [image_mode(p) for p in every]
         gray = sum(m in GRAY_MODES for m in modes)
         channels = _channel_count(settings["channels"], colour=gray < len(modes))
@@ -182,10 +188,8 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
     key = cache_key({"kind": "arrays", "path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns},
                     settings)
     cache = PreparedCache(cache_dir, path.stem, key)
-    cached = cache.open()
+    cached = _open(cache, progress)
     if cached is None:
-        if progress and cache.why != "not built yet":
-            print(f"convae: cache {cache.meta_path} is {cache.why}; preparing the images again", file=sys.stderr)
         parts = read_arrays(path)
         stored = {a.shape[1] for a, _ in parts.values()}
         channels = _channel_count(settings["channels"], colour=3 in stored)
@@ -235,7 +239,7 @@ def _generated_shapes(source: str, settings: dict, cache_dir: Path, progress: bo
     n_test = max(10, n_train // 10)
     settings = {**settings, "channels": "3", "test_fraction": None}
     cache = PreparedCache(cache_dir, source.replace(":", "-"), cache_key({"kind": "shapes", "n": n_train}, settings))
-    cached = cache.open()
+    cached = _open(cache, progress)
     if cached is None:
         size = settings["image_size"]
         factors = np.concatenate([draw_factors(n_train, seed=1), draw_factors(n_test, seed=2)])
