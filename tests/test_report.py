@@ -26,7 +26,8 @@ def tiny(out, **kw) -> TrainConfig:
 def events(run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0,
+                                                                  "histograms": 0})
     accumulator.Reload()
     return accumulator
 
@@ -54,6 +55,9 @@ def test_steps_and_tensorboard_continue_a_resumed_run_without_gaps_or_repeats(tm
     assert [e.value for e in tb.Scalars("test/neg_elbo")] == pytest.approx([m["test_neg_elbo"] for m in metrics])
     images = tb.Tags()["images"]
     assert {"reconstructions", "samples"} <= set(images)
+    assert [e.step for e in tb.Histograms("test/kl_per_dim")] == [m["step"] for m in metrics]
+    for m in metrics:  # per-dimension KL in metrics.jsonl: one value per latent dimension, summing to L_KL
+        assert len(m["test_kl_per_dim"]) == 100 and sum(m["test_kl_per_dim"]) == pytest.approx(m["test_L_KL"], rel=1e-5)
     assert [e.step for e in tb.Images("samples")] == [m["step"] for m in metrics]
     assert tb.Images("samples")[0].width > 8 * 32
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(tb.PluginTagToContent("hparams"))

@@ -9,7 +9,7 @@ import torch
 from ..config import TrainConfig
 from ..data import fixed_binarization, to_float
 from ..models import VAE
-from ..objectives import bernoulli_entropy_floor, per_image_neg_elbo
+from ..objectives import KL_LOG_EPS, bernoulli_entropy_floor, per_image_neg_elbo
 from ..runtime import Runtime
 
 
@@ -50,6 +50,7 @@ class ElboResult:
     likelihood: float    # mean Bernoulli NLL term
     kl: float            # mean KL term
     n_images: int
+    kl_per_dim: list[float] | None = None  # mean KL of each latent dimension (they sum to ``kl``)
 
 
 def batch_generator(device: torch.device, seed: int, start: int) -> torch.Generator:
@@ -69,6 +70,7 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
     model.eval()
     p = next(model.parameters())
     sums = torch.zeros(3, dtype=torch.float64, device=p.device)
+    kl_dims = torch.zeros(model.latent_dim, dtype=torch.float64, device=p.device)
     try:
         for start in range(runtime.rank * batch_size, len(data), runtime.world_size * batch_size):
             x = data.floats(start, start + batch_size, p.dtype, p.device)
@@ -76,10 +78,12 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
                 out = model(x, generator=batch_generator(p.device, seed, start))
             terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma, model.likelihood)
             sums += torch.stack([t.double().sum() for t in terms])
+            var = out.sigma.double().square()
+            kl_dims += (0.5 * (out.mu.double().square() + var - torch.log(KL_LOG_EPS + var) - 1)).sum(0)
     finally:
         model.train(was_training)
     total, likelihood, kl = (runtime.all_reduce(sums) / len(data)).tolist()
-    return ElboResult(total, likelihood, kl, len(data))
+    return ElboResult(total, likelihood, kl, len(data), (runtime.all_reduce(kl_dims) / len(data)).tolist())
 
 
 def entropy_floor(data: EvalImages) -> float:

@@ -80,6 +80,8 @@ class RunLogger:
             self.tb.add_scalar("train/epoch_loss", record["train_loss"], step)
             for key in HPARAM_METRICS:
                 self.tb.add_scalar(f"hparam/{key}", record[key], step)
+            if record.get("test_kl_per_dim"):  # which latent dimensions carry information, epoch by epoch
+                self.tb.add_histogram("test/kl_per_dim", np.asarray(record["test_kl_per_dim"]), step)
             for name, image in (images or {}).items():
                 self.tb.add_image(name, image.float().clamp(0, 1).cpu(), step)
             self.tb.flush()

@@ -523,6 +523,7 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
         "epoch": epoch, "step": step, "partial_epoch": partial,
         "L_tot": on_monitor.neg_elbo, "L_likelihood": on_monitor.likelihood, "L_KL": on_monitor.kl,
         "test_neg_elbo": on_test.neg_elbo, "test_L_likelihood": on_test.likelihood, "test_L_KL": on_test.kl,
+        "test_kl_per_dim": on_test.kl_per_dim,
         "entropy_floor": floor, "train_loss": train_loss, "lr": lr,
         "train_seconds": train_seconds, "epoch_seconds": seconds, "img_per_s": images / max(seconds, 1e-9),
         "eval_seconds": time.perf_counter() - started,
