@@ -34,3 +34,28 @@ def idx_dir(tmp_path, tiny_data):
     write_idx(folder / "t10k-images-idx3-ubyte", tiny_data.test_images.numpy())
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", tiny_data.test_labels.numpy())
     return folder
+
+
+@pytest.fixture()
+def sigterm_at_step(monkeypatch):
+    """``sigterm_at_step(k)``: training sends itself SIGTERM as it starts step k (0-based); ``.undo()`` stops it."""
+    import os
+    import signal
+
+    import convae.training.loop as loop
+
+    original = loop.learning_rate
+
+    class Arm:
+        def __call__(self, k):
+            def learning_rate(config, step, total):
+                if step == k:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return original(config, step, total)
+
+            monkeypatch.setattr(loop, "learning_rate", learning_rate)
+
+        def undo(self):
+            monkeypatch.setattr(loop, "learning_rate", original)
+
+    return Arm()

@@ -133,22 +133,13 @@ def test_fast_preset_and_binarized_protocol_run_from_the_command_line(tmp_path, 
     assert code == 0 and "binarized" in stdout and "K = 3" in stdout
 
 
-def test_auto_resume_starts_then_continues_a_run_with_the_same_command(tmp_path, idx_dir, capsys, monkeypatch):
+def test_auto_resume_starts_then_continues_a_run_with_the_same_command(tmp_path, idx_dir, capsys, sigterm_at_step):
     """A re-queued job repeats its command: the first attempt starts the run, a later one continues it."""
-    import convae.training.loop as loop
-
     command = small(idx_dir, tmp_path / "run", "--epochs", "2", "--auto-resume", "--checkpoint-every", "3")
     assert run_cli(capsys, *small(idx_dir, tmp_path / "whole", "--epochs", "2"))[0] == 0
-    original = loop.learning_rate
-
-    def sigterm_at_step_5(config, step, total):
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(config, step, total)
-
-    monkeypatch.setattr(loop, "learning_rate", sigterm_at_step_5)
+    sigterm_at_step(5)
     assert run_cli(capsys, *command)[0] == 130
-    monkeypatch.setattr(loop, "learning_rate", original)
+    sigterm_at_step.undo()
     code, out, err = run_cli(capsys, *command)
     assert code == 0, err
     assert f"resuming {tmp_path / 'run'} at step 6 (epoch 1)" in out

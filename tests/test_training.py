@@ -1,6 +1,4 @@
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -62,21 +60,14 @@ def test_resume_after_max_steps_reproduces_an_uninterrupted_run_bit_for_bit(tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny_data, monkeypatch):
+def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny_data, sigterm_at_step):
     quiet = lambda s: None  # noqa: E731
     full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
-    original = loop.learning_rate
-
-    def signal_at_step_5(config, step, total):
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(config, step, total)
-
-    monkeypatch.setattr(loop, "learning_rate", signal_at_step_5)
+    sigterm_at_step(5)
     with pytest.raises(TrainingInterrupted, match=r"SIGTERM at step 6: checkpoint written; resume with: convae train --resume"):
         train(tiny(tmp_path / "cut"), data=tiny_data, log=quiet)
     assert [p.name for p in list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000006.json"]
-    monkeypatch.setattr(loop, "learning_rate", original)
+    sigterm_at_step.undo()
     resumed = train(tiny(tmp_path / "cut"), data=tiny_data, resume=True, log=quiet)
     assert deterministic(resumed.metrics) == deterministic(full.metrics)
 
