@@ -25,15 +25,21 @@ def tiny_data() -> ImageData:
                      torch.zeros(64, dtype=torch.long), levels=255.0)
 
 
+def idx_folder(folder, data: ImageData, n_train: int | None = None, n_test: int | None = None,
+               gzipped: tuple[str, ...] = ()):
+    """The four IDX files of (the first images of) ``data`` in a new ``folder``; the names in ``gzipped`` get .gz."""
+    folder.mkdir()
+    arrays = {"train-images-idx3-ubyte": data.train_images[:n_train, 0], "train-labels-idx1-ubyte":
+              data.train_labels[:n_train], "t10k-images-idx3-ubyte": data.test_images[:n_test, 0],
+              "t10k-labels-idx1-ubyte": data.test_labels[:n_test]}
+    for name, array in arrays.items():
+        write_idx(folder / (name + (".gz" if name in gzipped else "")), array.numpy().astype("uint8"))
+    return folder
+
+
 @pytest.fixture()
 def idx_dir(tmp_path, tiny_data):
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    write_idx(folder / "train-images-idx3-ubyte.gz", tiny_data.train_images.numpy())
-    write_idx(folder / "train-labels-idx1-ubyte", tiny_data.train_labels.numpy())
-    write_idx(folder / "t10k-images-idx3-ubyte", tiny_data.test_images.numpy())
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", tiny_data.test_labels.numpy())
-    return folder
+    return idx_folder(tmp_path / "idx", tiny_data, gzipped=("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
 
 
 @pytest.fixture()

@@ -186,3 +186,51 @@ def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, idx_dir, capsys
     code, _, err = run_cli(capsys, *small(idx_dir, tmp_path / "run"))
     assert code == 130 and err == "convae train: interrupted\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_frechet_reports_the_distance_and_its_floor(tmp_path, capsys):
+    out = tmp_path / "fc"
+    code, _, _ = run_cli(capsys, "train", "--model", "fc", "--epochs", "1", "--batch-size", "64", "--train-limit",
+                         "1024", "--test-limit", "300", "--device", "cpu", "--quiet", "--no-report",
+                         "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+    assert code == 0
+    code, stdout, _ = run_cli(capsys, "eval", str(out), "--frechet", "--no-pictures", "--json")
+    result = json.loads(stdout)
+    assert code == 0 and result["frechet_images"] == 300
+    assert 0 < result["frechet_distance_floor"] < result["frechet_distance"]
+    assert 0.1 < result["frechet_classifier_accuracy"] <= 1
+    assert list((tmp_path / "cache" / "classifiers").glob("*.json"))
+
+
+def test_eval_frechet_needs_labels(tmp_path, capsys, idx_dir):
+    out = tmp_path / "unlabelled"
+    assert run_cli(capsys, *small(idx_dir, out, "--epochs", "1"))[0] == 0
+    code, _, err = run_cli(capsys, "eval", str(out), "--frechet", "--no-pictures")
+    assert code == 2 and "--frechet:" in err and "no labels" in err
+
+
+def test_first_hour_wordings(tmp_path, idx_dir, capsys):
+    """Issue 12's rough edge 8: each message names the subcommand, the option or file, and the way out."""
+    code, _, err = run_cli(capsys, "train", "--batchsize", "16")
+    assert code == 2 and err.strip() == ("convae train: error: unrecognized arguments: --batchsize 16 "
+                                         "(did you mean --batch-size?)")
+    code, _, err = run_cli(capsys, "compare", "--models", "sead", "--out", str(tmp_path / "cmp"))
+    assert code == 2 and "--models: unknown model 'sead'" in err and not (tmp_path / "cmp").exists()
+    code, _, err = run_cli(capsys, "eval", str(next(idx_dir.iterdir())))
+    assert code == 2 and "is a file; give the run folder" in err
+
+    out = tmp_path / "run"
+    assert run_cli(capsys, *small(idx_dir, out, "--epochs", "2"))[0] == 0
+    newest, older = sorted((out / "checkpoints").glob("*.json"))[::-1]
+    newest.with_suffix(".safetensors").write_bytes(b"damaged")
+    code, _, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "3")
+    assert code == 2 and f"{older.name}, is kept beside it" in err and newest.name in err
+    newest.rename(tmp_path / newest.name)  # as the message says: move the damaged pair out
+    newest.with_suffix(".safetensors").rename(tmp_path / newest.with_suffix(".safetensors").name)
+    assert run_cli(capsys, "train", "--resume", str(out), "--epochs", "3")[0] == 0
+
+    unstarted = tmp_path / "unstarted"
+    unstarted.mkdir()
+    (unstarted / "config.json").write_text((out / "config.json").read_text())
+    code, _, err = run_cli(capsys, "eval", str(unstarted))
+    assert code == 2 and "has no checkpoint yet" in err

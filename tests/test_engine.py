@@ -68,9 +68,9 @@ def test_fast_transposed_convs_give_the_plain_loss_and_gradients():
     losses = []
     for model in (fast, plain):
         torch.manual_seed(3)
-        loss = engine.forward_loss(model, x, "fp32")
-        loss[0].backward()
-        losses.append(loss)
+        loss, terms = engine.forward_loss(model, x, "fp32")
+        loss.backward()
+        losses.append(terms)
     assert torch.allclose(losses[0], losses[1], rtol=1e-12)
     for a, b in zip(fast.parameters(), plain.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12)
@@ -103,4 +103,22 @@ def test_cuda_graph_step_matches_eager_step_in_expectation(tiny_data):
         images = tiny_data.train_images.to(device)
         step = engine.make_train_step(model, optimizer, images, 255.0, config, torch.float32, "fp32", device)
         losses[graphs] = [step(torch.arange(32, device=device) + 32 * (k % 8), 1e-3)[0].item() for k in range(40)]
+    assert abs(sum(losses[True][-8:]) - sum(losses[False][-8:])) / sum(losses[False][-8:]) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("objective", [dict(kl_warmup=30, free_bits=0.05), dict(iw_train=3, beta=0.5)])
+def test_cuda_graph_step_follows_the_kl_weight_and_matches_eager(tiny_data, objective):
+    """The KL weight is an input of the recorded graph: a graphed run must see it change, as the eager run does."""
+    losses = {}
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        config = TrainConfig(model="resize", device="cuda", cuda_graphs=graphs, **objective)
+        device = torch.device("cuda")
+        model = build_model("resize").to(device)
+        optimizer = engine.make_optimizer(model, config, device, capturable=graphs)
+        images = tiny_data.train_images.to(device)
+        step = engine.make_train_step(model, optimizer, images, 255.0, config, torch.float32, "fp32", device)
+        losses[graphs] = [step(torch.arange(32, device=device) + 32 * (k % 8), 1e-3, k)[0].item() for k in range(40)]
+        assert step.kl_weight.item() == config.beta * min(1.0, 39 / config.kl_warmup if config.kl_warmup else 1.0)
     assert abs(sum(losses[True][-8:]) - sum(losses[False][-8:])) / sum(losses[False][-8:]) < 0.05

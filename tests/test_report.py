@@ -74,7 +74,8 @@ def test_report_names_what_is_missing_then_shows_the_evaluation(tmp_path, idx_di
     run = train(tiny(tmp_path / "run", epochs=2, data_dir=str(idx_dir)), log=lambda s: None).run_dir
     page = (run / "report.html").read_text()  # refreshed by training at every epoch end
     assert "Not evaluated yet" in page and f"convae eval {run} --iw-samples 1000" in page
-    assert page.count("<svg") == 3 and not re.search(r"(src|href)=[\"']?(https?:|//)", page)
+    assert page.count("<svg") == 4 and not re.search(r"(src|href)=[\"']?(https?:|//)", page)
+    assert "KL per latent dimension on the test set" in page
 
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert main(["artifacts", str(run), "--device", "cpu", "--images", "64"]) == 0
@@ -127,7 +128,7 @@ def test_report_opens_in_a_real_browser_offline(tmp_path, tiny_data):
             page.wait_for_load_state("load")
             sizes = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
             assert sizes and all(done and width > 0 for done, width in sizes), sizes
-            assert page.locator("svg").count() == 3
+            assert page.locator("svg").count() == 4
 
             grid, slider = page.locator("#grid0"), page.locator("#slider0")
             last = grid.get_attribute("src")

@@ -74,14 +74,14 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
     calls = {"n": 0}
-    original = engine.neg_elbo
+    original = engine.training_loss
 
     def poisoned(*args):
         calls["n"] += 1
-        loss = original(*args)
-        return loss._replace(total=loss.total * float("nan")) if calls["n"] == 11 else loss
+        loss, terms = original(*args)
+        return (loss * float("nan"), terms * float("nan")) if calls["n"] == 11 else (loss, terms)
 
-    monkeypatch.setattr(engine, "neg_elbo", poisoned)
+    monkeypatch.setattr(engine, "training_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"loss is not finite at step 11 \(epoch 2\).*step-00000008.json"):
         train(tiny(tmp_path / "nan"), data=tiny_data, log=lambda s: None)
     assert [p.name for p in list_checkpoints(tmp_path / "nan" / "checkpoints")] == ["step-00000008.json"]
@@ -127,7 +127,7 @@ def test_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
     optimizer.step()
     optimizer.param_groups[0]["lr"].fill_(0.005)
     save_checkpoint(tmp_path, model=model, optimizer=optimizer, rank_states=[{"rng.cpu": torch.get_rng_state()}],
-                    meta={"step": 1})
+                    meta={"model": "linear", "step": 1, "epoch": 1, "train_seconds": 0.0})
     fresh = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
     restore(latest_checkpoint(tmp_path), model, fresh)
     lr = fresh.param_groups[0]["lr"]
@@ -180,3 +180,57 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tmp_path, tiny_data):
     assert deterministic(ends) == deterministic(full.metrics)
     a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("options", [dict(ema=0.9, kl_warmup=10, free_bits=0.05, beta=0.8),
+                                     dict(ema=0.95, iw_train=3, model="resize", encoder="conv")])
+def test_literature_options_resume_bit_for_bit_and_are_recorded(tmp_path, tiny_data, options):
+    """KL warm-up, free bits, beta, IWAE and weight averaging all live in the checkpoint or in the step count:
+    a run cut by --max-steps and resumed ends exactly where an uninterrupted one does, averaged weights included."""
+    quiet = lambda s: None  # noqa: E731
+    full = train(tiny(tmp_path / "full", epochs=2, **options), data=tiny_data, log=quiet)
+    train(tiny(tmp_path / "split", epochs=2, max_steps=11, **options), data=tiny_data, log=quiet)
+    resumed = train(tiny(tmp_path / "split", epochs=2, **options), data=tiny_data, resume=True, log=quiet)
+    ends = [m for m in resumed.metrics if not m["partial_epoch"]]
+    assert deterministic(ends) == deterministic(full.metrics)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "split")
+    assert any(k.startswith("ema.") for k in a) and all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())["config"]
+    assert {k: saved[k] for k in options} == options
+
+
+def test_evaluation_uses_the_averaged_weights(tmp_path, tiny_data):
+    from convae.evaluation.runs import open_run
+
+    train(tiny(tmp_path / "ema", epochs=1, ema=0.5), data=tiny_data, log=lambda s: None)
+    weights = final_weights(tmp_path / "ema")
+    model = open_run(tmp_path / "ema", "cpu").model
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), weights["ema." + name])
+    assert not all(torch.equal(weights["ema." + n], weights["model." + n]) for n, _ in model.named_parameters())
+
+
+def test_weight_average_ramps_its_decay_and_swaps_weights_back():
+    from convae.training.averaging import WeightAverage
+
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+        layer.bias.fill_(0.0)
+    average = WeightAverage(layer, decay=0.99)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average.update()  # decay min(0.99, 1/10) = 0.1: 0.1 * 0 + 0.9 * 1
+    assert torch.allclose(average.average[0], torch.full((1, 2), 0.9))
+    with average.applied():
+        assert torch.allclose(layer.weight, torch.full((1, 2), 0.9))
+    assert torch.equal(layer.weight, torch.ones(1, 2))
+
+
+def test_iw_training_is_refused_under_torchrun_and_options_are_checked():
+    with pytest.raises(ConfigError, match="--free-bits"):
+        TrainConfig(free_bits=0.5, iw_train=4).validate()
+    for bad, flag in ((dict(beta=0), "--beta"), (dict(kl_warmup=-1), "--kl-warmup"), (dict(iw_train=0), "--iw-train"),
+                      (dict(ema=1.0), "--ema"), (dict(grad_clip=-1.0), "--grad-clip"), (dict(free_bits=-1), "--free-bits")):
+        with pytest.raises(ConfigError, match=flag):
+            TrainConfig(**bad).validate()

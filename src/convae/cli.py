@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,12 @@ import torch
 
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
+from .faults import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY,
+                     FileSystemFault, OutOfMemory, RunBusy, RunLock, debug, describe_os_error, is_out_of_memory)
 from .files import atomic_write_bytes, atomic_write_json
 from .reporting.html import ReportError
 from .runtime import DEFAULT_TIMEOUT_S, DistributedError, is_peer_failure
 from .training.checkpoint import CheckpointError, list_checkpoints
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,7 +42,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                                    "defaults, or with --resume the run's own settings.")
     # Defaults are None so we can tell which options the user typed (they override a preset or a resumed run).
     p.add_argument("--model", help="model name (see `convae models`); default: seed")
-    p.add_argument("--encoder", choices=["mlp", "conv"], help="encoder; default: the model's own")
+    p.add_argument("--encoder", choices=["mlp", "conv", "resnet"], help="encoder; default: the model's own")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: " + "; ".join(
         f"{k} = {v}" for k, v in PRESETS.items()))
     p.add_argument("--epochs", type=int, help="epochs to train (default 100)")
@@ -53,6 +52,19 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=["constant", "onecycle"],
                    help="onecycle: linear warm-up to --lr, then cosine down to lr/100 (default constant)")
     p.add_argument("--warmup-fraction", type=float, help="share of all steps spent warming up (onecycle; default 0.25)")
+    p.add_argument("--beta", type=float, help="weight of the KL term (default 1: the ELBO; the logged -ELBO stays "
+                                              "unweighted)")
+    p.add_argument("--kl-warmup", type=int, metavar="STEPS",
+                   help="raise the KL weight linearly from 0 to --beta over STEPS steps (default 0: no warm-up)")
+    p.add_argument("--free-bits", type=float, metavar="NATS",
+                   help="don't penalise a latent dimension's batch-mean KL below NATS (default 0)")
+    p.add_argument("--iw-train", type=int, metavar="K",
+                   help="train on the importance-weighted bound with K samples (IWAE; default 1 = the ELBO)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="rescale each step's gradient to at most this L2 norm (default: no clipping)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999) and evaluate, sample and "
+                        "export with it")
     p.add_argument("--seed", type=int, help="seed for initialisation, shuffling and sampling (default 0)")
     p.add_argument("--dtype", choices=DTYPES, help="parameter dtype; float64 is the seed's arithmetic (default float32)")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the model, loss stays float32 (default fp32)")
@@ -83,6 +95,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--resident-max-bytes", type=int, metavar="BYTES",
                    help="training images larger than this stream from the memory-mapped cache instead of living on "
                         "the device (default: half the GPU's free memory, or half the RAM)")
+    p.add_argument("--eval-batch-size", type=int, help="images per batch when evaluating the test set (default 500)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, help="evaluate on only the first N test images")
     p.add_argument("--out", help="run folder (default runs/<date-time>); must not hold a run already")
@@ -142,18 +155,28 @@ def _resumed_config(run_dir: Path, given: dict, preset: str | None, strict: bool
                           f"--out {run_dir} (or --auto-resume --out {run_dir})")
     try:
         saved = json.loads(config_file.read_text())["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{config_file}: unreadable ({e})") from None
+        if not isinstance(saved, dict):
+            raise TypeError(f"settings are a {type(saved).__name__}, not a mapping")
+    except (ValueError, KeyError, TypeError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise ConfigError(f"{config_file}: unreadable ({type(e).__name__}: {str(e)[:120]})") from None
     if not strict:  # auto-resume: a repeated option is fine, a changed one is not
         preset_values = PRESETS.get(preset, {}) if preset else {}
         given = {k: v for k, v in given.items() if k == "out" or k in RESUMABLE_OVERRIDES or saved.get(k) != v}
         preset = preset if any(saved.get(k) != v for k, v in preset_values.items()) else None
     fixed = sorted(set(given) - RESUMABLE_OVERRIDES - {"out"})
-    if fixed or preset or ("out" in given and Path(given["out"]) != run_dir):
-        names = ", ".join("--" + n.replace("_", "-") for n in fixed) or "--preset/--out"
+    if "out" in given and Path(given["out"]) != run_dir:
+        raise ConfigError(f"--out {given['out']}: a resumed run stays in its own folder {run_dir} (drop --out, or "
+                          f"start a new run without --resume)")
+    if fixed or preset:
+        names = ", ".join("--" + n.replace("_", "-") for n in fixed) or f"--preset {preset}"
         raise ConfigError(f"{names}: cannot change when resuming {run_dir} (only "
                           f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE_OVERRIDES))} can)")
-    return TrainConfig.from_dict({**saved, **given, "out": str(run_dir)})
+    try:
+        return TrainConfig.from_dict({**saved, **given, "out": str(run_dir)}).validate()
+    except ConfigError as e:
+        raise ConfigError(f"{config_file}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{config_file}: a setting convae did not write ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -242,15 +265,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .benchmarking.flops import forward_flops_per_image
     from .evaluation.report import decoder_flatness
-    from .models import MODELS, accepted_shapes, build_model
+    from .models import MODELS, accepted_likelihoods, accepted_shapes, build_model
 
     rows = []
     for name, spec in MODELS.items():
         model = build_model(name, args.encoder)
         rows.append({"model": name, "encoder": args.encoder or spec.encoder, "latent_dim": spec.latent_dim,
                      "accepts": accepted_shapes(name),
-                     "likelihoods": ["bernoulli", "continuous-bernoulli"] if name == "seed" else
-                                    ["bernoulli", "continuous-bernoulli", "logistic", "gaussian"],
+                     "likelihoods": accepted_likelihoods(name),
                      "parameters": sum(p.numel() for p in model.parameters()),
                      "decoder_parameters": sum(p.numel() for p in model.decoder.parameters()),
                      "forward_mflops_per_image": forward_flops_per_image(model) / 1e6,
@@ -280,8 +302,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.iw_samples < 0:
         raise ConfigError(f"--iw-samples: must be >= 0, got {args.iw_samples}")
     run = open_run(args.run, args.device, args.model)
-    result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit, pictures=not args.no_pictures,
-                          progress=not args.json and sys.stderr.isatty())
+    with RunLock(run.path, "convae eval"):  # it writes RUN/eval/: not while a training run writes the folder
+        result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit,
+                              pictures=not args.no_pictures, progress=not args.json and sys.stderr.isatty(),
+                              frechet=args.frechet)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -299,6 +323,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
           f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), KL per "
           f"dimension up to {max(result['kl_per_dim']):.2f} nats")
+    if "frechet_distance" in result:
+        print(f"  Fréchet    {result['frechet_distance']:.2f} samples vs test images (floor, training vs test images: "
+              f"{result['frechet_distance_floor']:.2f}; {result['frechet_images']} images, features of a classifier "
+              f"with {100 * result['frechet_classifier_accuracy']:.2f} % test accuracy)")
     if "factor_recovery" in result:
         print("  factors     " + ", ".join(f"{k} {v:.3f}" for k, v in result["factor_recovery"].items())
               + "  (linear read-out from the latent means)")
@@ -312,7 +340,8 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
     from .evaluation.runs import open_run
 
     run = open_run(args.run, args.device, args.model)
-    result = artifact_scores(run, n=args.images)
+    with RunLock(run.path, "convae artifacts"):
+        result = artifact_scores(run, n=args.images)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -460,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the models with parameters, FLOPs and a constant-input dots test",
                        description="List the models: parameters, FLOPs per image, the constant-input test of their "
                                    "upsampling (0 = no dots), and the image shapes and likelihoods each accepts.")
-    p.add_argument("--encoder", choices=["mlp", "conv"], help="count with this encoder instead of each model's own")
+    p.add_argument("--encoder", choices=["mlp", "conv", "resnet"], help="count with this encoder instead of each model's own")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models)
 
@@ -477,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also the importance-weighted bound on -log p(x) with K samples (e.g. 1000)")
             p.add_argument("--test-limit", type=int, help="only the first N test images")
             p.add_argument("--no-pictures", action="store_true", help="numbers only: draw no pictures in RUN/eval")
+            p.add_argument("--frechet", action="store_true",
+                           help="also the Fréchet distance of 10,000 samples to the test images, in the features of "
+                                "a classifier convae trains on the labelled training set (once; cached with its "
+                                "accuracy), and the same distance between training and test images as the floor")
         else:
             p.add_argument("--images", type=int, default=2000, help="samples and test images to score (default 2000)")
         p.set_defaults(handler=handler)
@@ -534,11 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", help="finished run folders to compare instead of training")
     p.add_argument("--epochs", type=int, default=1, help="epochs per model (default 1)")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--eval-batch-size", type=int, help="images per batch when evaluating the test set (default 500)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images")
     p.add_argument("--data", default="mnist", metavar="SOURCE", help="as convae train --data (default mnist)")
     p.add_argument("--image-size", type=int, default=32, help="default 32")
     p.add_argument("--likelihood", default="bernoulli", help="as convae train --likelihood (default bernoulli)")
-    p.add_argument("--encoder", choices=["mlp", "conv"], help="one encoder for every model (default: each its own)")
+    p.add_argument("--encoder", choices=["mlp", "conv", "resnet"], help="one encoder for every model (default: each its own)")
     p.add_argument("--iw-samples", type=int, default=100, help="K of the importance-weighted bound (default 100)")
     p.add_argument("--out", default="runs/compare", help="folder for the runs, the table and the panel")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
@@ -548,12 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unrecognized(parser, args, unknown)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a full disk or a closed pipe behind stdout shows here, not at exit
+        return code
     except KeyboardInterrupt:  # Ctrl-C outside training's own handler (loading data, evaluating, benchmarking)
         if _speaks():
             print(f"convae {args.command}: interrupted", file=sys.stderr)
@@ -565,3 +603,56 @@ def main(argv: list[str] | None = None) -> int:
     except DistributedError as e:  # each rank's own: say it wherever it happened
         print(f"convae {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except OutOfMemory as e:
+        return _fault(args, str(e), EXIT_OUT_OF_MEMORY)
+    except FileSystemFault as e:
+        return _fault(args, str(e), EXIT_FILESYSTEM)
+    except RunBusy as e:
+        return _fault(args, str(e), EXIT_BUSY)
+    except OSError as e:  # a write anywhere outside training's own handling (eval, report, bench, stdout)
+        return _fault(args, describe_os_error(e), EXIT_FILESYSTEM)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or ["MemoryError"])[0][:200]
+        return _fault(args, f"out of memory ({first}); try a smaller --batch-size, --eval-batch-size, "
+                            "--iw-samples or --image-size", EXIT_OUT_OF_MEMORY)
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
+    """argparse's "unrecognized arguments", said by the subcommand, with the nearest option it has."""
+    import difflib
+
+    command = getattr(args, "command", None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    target = sub.choices.get(command, parser) if (sub and command) else parser
+    options = [o for a in target._actions for o in a.option_strings]
+    hint = ""
+    flag = next((u.split("=")[0] for u in unknown if u.startswith("-")), None)
+    if flag:
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+    target.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+def _fault(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr for an expected fault (the traceback too under CONVAE_DEBUG=1), and its exit code."""
+    if debug():
+        traceback.print_exc()
+    if _speaks():
+        try:
+            print(f"convae {args.command}: error: {message}", file=sys.stderr)
+        except OSError:
+            pass
+    if code == EXIT_FILESYSTEM:
+        _silence_stdout()
+    return code
+
+
+def _silence_stdout() -> None:
+    """stdout could not be written (e.g. > /dev/full): point it at /dev/null so Python's exit does not try again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -48,6 +48,9 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         except ImportError:
             raise ConfigError("--format onnx: needs the onnx package (pip install onnx, or convae[onnx])") from None
     vae = model.model.cpu().float().eval()
+    if vae.autoregressive and fmt != "safetensors":
+        raise ConfigError(f"--format {fmt}: model {model.config.model!r} draws its images pixel by pixel, a loop a "
+                          "traced graph cannot hold; export --format safetensors (the weights) instead")
     size, channels = model.config.image_size, model.channels
     example_x = torch.rand(2, channels, size, size)
     example_z = torch.randn(2, vae.latent_dim)

@@ -72,13 +72,13 @@ class TrainedModel:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ConfigError(f"latents of shape {tuple(z.shape)}: this model takes N x {self.latent_dim}")
         z = z.to(self.device, self.param.dtype)
-        return self.model.likelihood.mean(self.model.decoder(z)).float().cpu()
+        return self.model.generate(z).float().cpu()
 
     @torch.no_grad()
     def reconstruct(self, images) -> torch.Tensor:
         """Decode the posterior means: the model's reconstruction without sampling noise."""
         mu, _ = self.model.encoder(self.prepare(images))
-        return self.model.likelihood.mean(self.model.decoder(mu)).float().cpu()
+        return self.model.generate(mu).float().cpu()
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:

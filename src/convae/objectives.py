@@ -9,6 +9,7 @@ use binary_cross_entropy_with_logits: the seed's values and gradients, without t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -61,6 +62,11 @@ class Likelihood:
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def draw(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One value per pixel for an autoregressive decoder: a sample where the likelihood is a Bernoulli, the
+        mean elsewhere."""
+        return self.mean(params)
+
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale halves of a two-parameter output (channel c's scale is channel C + c)."""
         c = params.shape[1] // 2
@@ -76,6 +82,9 @@ class Bernoulli(Likelihood):
 
     def mean(self, params):
         return torch.sigmoid(params)
+
+    def draw(self, params, generator=None):
+        return torch.bernoulli(torch.sigmoid(params.float()), generator=generator).to(params.dtype)
 
 
 class ContinuousBernoulli(Likelihood):
@@ -187,3 +196,92 @@ def bernoulli_entropy_floor(x: torch.Tensor) -> torch.Tensor:
     x = x.double()
     h = -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x))
     return h.flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training objectives beyond the seed's plain ELBO: the levers the literature trains with. The figures logged
+# and evaluated stay the true -ELBO (or, under --iw-train, the IW bound); only the differentiated loss changes.
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def kl_per_dimension(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """N x D: each latent dimension's KL to N(0, 1), the seed's formula (``gaussian_kl`` is its row sum)."""
+    mu, sigma = _at_least_float32(mu), _at_least_float32(sigma)
+    var = sigma * sigma
+    return 0.5 * (mu * mu + var - torch.log(KL_LOG_EPS + var) - 1)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a training step minimises.
+
+    beta:       the KL term's weight (beta-VAE; 1 is the ELBO).
+    kl_warmup:  steps over which that weight rises linearly from 0 to beta (Sønderby et al. 2016).
+    free_bits:  nats per latent dimension below which its batch-mean KL is not penalised (Kingma et al. 2016).
+    iw_samples: K > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2016); K = 1 is the ELBO.
+    """
+
+    beta: float = 1.0
+    kl_warmup: int = 0
+    free_bits: float = 0.0
+    iw_samples: int = 1
+
+    @property
+    def plain(self) -> bool:
+        """The seed's objective exactly (the step then runs the seed's arithmetic, bit for bit)."""
+        return self.beta == 1.0 and self.kl_warmup == 0 and self.free_bits == 0.0 and self.iw_samples == 1
+
+    def kl_weight(self, step: int) -> float:
+        """The KL weight at ``step`` (0-based): beta * min(1, step / kl_warmup)."""
+        if self.kl_warmup <= 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_warmup)
+
+
+def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch.Tensor | float = 1.0,
+                  precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to differentiate, the stacked figures to log [L_tot, L_likelihood, L_KL]) for one batch.
+
+    ``model`` is the VAE or its DDP wrapper (whose forward is what DDP must see). The logged L_tot is the -ELBO,
+    or under ``iw_samples`` > 1 the batch's IW bound; L_likelihood and L_KL are the ELBO's two terms.
+    """
+    vae = getattr(model, "module", model)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if objective.iw_samples == 1:
+        with autocast:
+            out = model(x)
+        if objective.plain:
+            terms = torch.stack(neg_elbo(out.logits, x, out.mu, out.sigma, vae.likelihood))
+            return terms[0], terms
+        nll = vae.likelihood.nll(out.logits, x).mean()
+        kl_dims = kl_per_dimension(out.mu, out.sigma).to(nll.dtype)
+        kl = kl_dims.sum(1).mean()
+        penalised = kl_dims.mean(0).clamp(min=objective.free_bits).sum() if objective.free_bits else kl
+        return nll + kl_weight * penalised, torch.stack([nll + kl, nll, kl])
+    # IWAE: K samples of z per image through the decoder at once; the DDP wrapper is bypassed here (its forward
+    # is the one-sample pass), so IW training is single-process or needs its own gradient all-reduce.
+    k = objective.iw_samples
+    with autocast:
+        mu, sigma = vae.encoder(x)
+        eps = torch.randn((*mu.shape[:1], k, mu.shape[1]), device=mu.device, dtype=mu.dtype)
+        log_px_z, log_pz, log_qz = log_weight_terms(vae, x, mu, sigma, eps)
+    log_w = log_px_z + kl_weight * (log_pz - log_qz)
+    bound = -(torch.logsumexp(log_w, dim=1) - math.log(k)).mean()
+    exact_bound = -(torch.logsumexp(log_px_z + log_pz - log_qz, dim=1) - math.log(k)).mean()
+    kl = gaussian_kl(mu, sigma).mean()
+    return bound, torch.stack([exact_bound, -log_px_z.mean(), kl]).detach()
+
+
+def log_weight_terms(vae, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
+                     eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p(x | z_k), log p(z_k), log q(z_k | x), each N x K, for z_k = mu + sigma * eps_k (eps: N x K x D):
+    the pieces of the importance weights, for training (IWAE) and for the evaluation bound alike."""
+    n, k, d = eps.shape
+    z = mu[:, None] + sigma[:, None] * eps
+    targets = x[:, None].expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
+    log_px_z = -vae.likelihood.nll(vae.decode(z.reshape(n * k, d), targets), targets).view(n, k)
+    z, eps, sigma = (_at_least_float32(t) for t in (z, eps, sigma))
+    log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
+    log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]
+    return log_px_z, log_pz, log_qz

@@ -46,6 +46,18 @@ class ImageData:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.train_images, self.test_images))
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the images and labels (both splits) and their levels: what a resumed run must train on."""
+        import hashlib
+
+        import numpy as np
+
+        h = hashlib.sha256(repr((self.levels, list(self.train_images.shape), list(self.test_images.shape))).encode())
+        for t in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            for start in range(0, len(t), 4096):  # in slices: a memory-mapped set is never read whole
+                h.update(np.ascontiguousarray(t[start:start + 4096].cpu().numpy()).tobytes())
+        return h.hexdigest()
+
     def to(self, device: torch.device | str, resident: bool = True) -> "ImageData":
         """On ``device``; with ``resident=False`` the training images stay where they are (a memory map) and
         batches are copied to the device as they are needed."""

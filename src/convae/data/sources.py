@@ -63,6 +63,11 @@ def load_data(source: str | Path | None = None, *, image_size: int = 32, channel
                  str(cache_dir) if cache_dir else None, progress)
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """Where prepared data (and evaluation's feature classifiers) are kept: ``--cache-dir``, or runs/.convae-cache."""
+    return Path(cache_dir) if cache_dir else Path("runs") / ".convae-cache"
+
+
 @functools.lru_cache(maxsize=4)
 def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cache_dir, progress) -> ImageData:
     if kind in ("mnist", "idx"):
@@ -72,7 +77,7 @@ def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cach
             data = _three_channels(data)
         return data
     check_size(image_size)
-    cache_dir = Path(cache_dir) if cache_dir else Path("runs") / ".convae-cache"
+    cache_dir = cache_root(cache_dir)
     settings = {"image_size": image_size, "channels": channels, "resize": resize, "test_fraction": test_fraction,
                 "split_seed": SPLIT_SEED}
     if kind == "folder":

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..benchmarking.flops import forward_flops_per_image
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data import load_for_config
 from ..models import build_run_model
 from ..files import atomic_write_json, atomic_write_text
@@ -24,7 +24,7 @@ def _panel_column(run) -> torch.Tensor:
     p = next(run.model.parameters())
     generator = torch.Generator(device=p.device).manual_seed(0)
     x = run.test_set(run.data()).floats(0, 4, p.dtype, p.device)
-    recon = run.model.likelihood.mean(run.model(x, generator=generator).logits)
+    recon = run.model.reconstruct(x, generator)
     return torch.cat([run.model.sample(6, generator=generator), recon]).cpu()
 
 
@@ -34,6 +34,11 @@ def compare(args) -> dict:
         run_dirs = [Path(r) for r in args.runs]
     else:
         # every setting checked before the first model trains
+        from ..models import MODELS
+
+        unknown = [name for name in args.models if name not in MODELS]
+        if unknown:
+            raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
         configs = [TrainConfig(model=name, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                                train_limit=args.train_limit, out=str(out / name), quiet=True, data=args.data,
                                image_size=args.image_size, likelihood=args.likelihood, encoder=args.encoder).validate()

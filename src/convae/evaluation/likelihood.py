@@ -15,10 +15,8 @@ import torch
 from tqdm import tqdm
 
 from ..models import VAE
+from ..objectives import log_weight_terms
 from .elbo import EvalImages
-
-LOG_2PI = math.log(2 * math.pi)
-
 
 @dataclass
 class IWResult:
@@ -37,12 +35,7 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
     for start in range(0, k, chunk):
         kc = min(chunk, k - start)
         eps = torch.randn((n, kc, d), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu[:, None] + sigma[:, None] * eps
-        logits = model.decoder(z.reshape(n * kc, d))
-        targets = x[:, None].expand(n, kc, *x.shape[1:]).reshape(n * kc, *x.shape[1:])
-        log_px_z = -model.likelihood.nll(logits, targets).view(n, kc)
-        log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
-        log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]
+        log_px_z, log_pz, log_qz = log_weight_terms(model, x, mu, sigma, eps)
         out.append(log_px_z.double() + log_pz.double() - log_qz.double())
     return torch.cat(out, dim=1)
 

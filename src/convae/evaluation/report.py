@@ -10,7 +10,7 @@ from ..files import atomic_write_json
 from ..objectives import bits_per_dim
 from ..visualisation import latent_scatter, loss_curves, rows_grid, spectrum_panel
 from .artifacts import checkerboard_scores, flat_response, power_spectrum
-from ..data import shapes_factors
+from ..data import cache_root, shapes_factors
 from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from .latents import latent_usage, posterior_parameters
 from .likelihood import importance_weighted_nll
@@ -19,6 +19,27 @@ from .runs import Run
 # The seed decoder's last layer has stride 4; the others upsample x2 three times, and a x2 pattern also has its
 # energy at multiples of N/4, so one set of alias frequencies serves every decoder.
 ALIAS_STRIDE = 4
+
+
+def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False) -> dict:
+    """Fréchet distance of the run's samples to the test images, and its floor (training vs test images), in the
+    feature space of the classifier cached for this data (trained on first use, on the labelled images the run
+    trained on)."""
+    from ..config import ConfigError
+    from .frechet import cached_classifier, sample_quality
+
+    if data.classes is None and int(data.train_labels.max()) == int(data.train_labels.min()):
+        raise ConfigError(f"--frechet: {run.config.source} has no labels to train the feature classifier on")
+    device = next(run.model.parameters()).device
+    data = data.subset(run.config.train_limit, None)  # the training set the run saw
+    gray_train = EvalImages(data.train_images, data.levels, run.config.image_size, run.config.resize_mode,
+                            run.config.quantize)
+    classifier = cached_classifier(cache_root(run.config.cache_dir), gray_train, data.train_labels, test_set,
+                                   data.test_labels, binarize=run.config.binarize, device=device, progress=progress)
+    train_set = evaluation_images(data.train_images, data.levels, run.config)
+    scores = sample_quality(run.model, classifier.model, test_set, train_set, binary=run.config.binarize == "dynamic")
+    return {**scores, "frechet_classifier_accuracy": classifier.accuracy,
+            "frechet_classifier": str(classifier.path)}
 
 
 @torch.no_grad()
@@ -45,13 +66,13 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     save(rows_grid, "samples.png", list(samples.view(8, 8, *samples.shape[1:])), title=f"samples from the prior: {name}")
 
     x = test_set.floats(0, 10, p.dtype, p.device)
-    recon = model.likelihood.mean(model(x, generator=generator).logits)
+    recon = model.reconstruct(x, generator)
     save(rows_grid, "reconstructions.png", [x, recon], labels=["input", "recon."], title=f"test reconstructions: {name}")
 
     mu = latent_means(model, test_set)
     a, b = mu[:8], mu[8:16]
     t = torch.linspace(0, 1, 10, device=p.device, dtype=p.dtype)
-    rows = [model.likelihood.mean(model.decoder(a[i] + t[:, None] * (b[i] - a[i]))) for i in range(len(a))]
+    rows = [model.generate(a[i] + t[:, None] * (b[i] - a[i]), generator) for i in range(len(a))]
     save(rows_grid, "interpolations.png", rows, title=f"latent interpolations between test images: {name}")
 
     active = mu.var(0).argsort(descending=True)[:8]
@@ -61,7 +82,7 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     for d in active.tolist():
         z = base.repeat(len(values), 1)
         z[:, d] = values
-        rows.append(model.likelihood.mean(model.decoder(z)))
+        rows.append(model.generate(z, generator))
     save(rows_grid, "traversals.png", rows, labels=[f"z{d}" for d in active.tolist()],
          title=f"traversals -3..3 of the most active latent dimensions: {name}")
 
@@ -75,7 +96,7 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
 
 
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, frechet: bool = False) -> dict:
     data = run.data(test_limit)
     test_set = run.test_set(data)
     elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
@@ -105,6 +126,8 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         train_set = evaluation_images(data.train_images[:n], data.levels, run.config)
         result["factor_recovery"] = factor_recovery(run.model, train_set, test_set, factors[:n],
                                                     factors[n_train:n_train + len(test_set)])
+    if frechet:
+        result.update(frechet_scores(run, data, test_set, progress))
     if pictures:
         result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.path / "eval")
     (run.path / "eval").mkdir(exist_ok=True)
@@ -122,7 +145,7 @@ def artifact_scores(run: Run, *, n: int = 2000, test_limit: int | None = None, p
     real = test_set.floats(0, n, p.dtype, p.device)
     generator = torch.Generator(device=p.device).manual_seed(0)
     samples = torch.cat([model.sample(min(500, n - s), generator=generator) for s in range(0, n, 500)])
-    recon = torch.cat([model.likelihood.mean(model(real[s:s + 500], generator=generator).logits)
+    recon = torch.cat([model.reconstruct(real[s:s + 500], generator)
                        for s in range(0, n, 500)])
     # the dots are a spatial pattern: score colour images by their luminance
     samples, recon, real = (t.mean(1, keepdim=True) for t in (samples, recon, real))
@@ -150,4 +173,5 @@ def decoder_flatness(model_name: str) -> float | None:
     if not hasattr(decoder, "upsampling_stack"):
         return None  # fully connected: nothing upsamples
     stack, channels = decoder.upsampling_stack()
-    return flat_response(stack, (channels, 16, 16), border=16)
+    # zero padding reaches further into the picture through a residual decoder's extra convolutions
+    return flat_response(stack, (channels, 16, 16), border=getattr(decoder, "padding_reach", 16))

@@ -13,7 +13,8 @@ from ..data import ImageData, load_for_config
 from ..files import read_jsonl
 from ..models import VAE, build_run_model
 from ..runtime import resolve_device
-from ..training.checkpoint import CheckpointError, latest_checkpoint, restore
+from ..training.averaging import use_averaged_weights
+from ..training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, restore
 from .elbo import EvalImages, evaluation_images
 
 
@@ -37,6 +38,8 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     """Load ``path``'s config and newest checkpoint; a missing folder, a foreign checkpoint or a model that isn't
     the expected one is a one-line error naming the folder."""
     path = Path(path)
+    if path.is_file():
+        raise ConfigError(f"{path}: is a file; give the run folder (the one holding config.json)")
     if not path.is_dir():
         raise ConfigError(f"{path}: no such run folder")
     config_file = path / "config.json"
@@ -45,10 +48,15 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     try:
         settings = json.loads(config_file.read_text())
         config = TrainConfig.from_dict(settings["config"]).validate()
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{config_file}: unreadable ({type(e).__name__}: {e})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{config_file}: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise ConfigError(f"{config_file}: unreadable ({type(e).__name__}: {str(e)[:120]})") from None
     if expect_model is not None and config.model != expect_model:
         raise ConfigError(f"{path}: a run of model {config.model!r}, not {expect_model!r}")
+    if not list_checkpoints(path / "checkpoints"):
+        raise CheckpointError(f"{path}: has no checkpoint yet (the run never reached its first one): nothing to "
+                              "evaluate")
     checkpoint = latest_checkpoint(path / "checkpoints")
     if checkpoint.meta.get("model") != config.model:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
@@ -56,6 +64,8 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     dev = resolve_device(device)
     model = build_run_model(config, settings.get("data", {}).get("shape", [1])[0])
     restore(checkpoint, model, None)
+    if config.ema:
+        use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=dev, dtype=dtype).eval()
     return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"))

@@ -11,12 +11,14 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .autoregressive import PixelDecoder
 from .decoders import FCDecoder, ResizeDecoder, SeedDecoder, SubPixelDecoder
 from .encoders import ConvEncoder, MLPEncoder
+from .residual import ResNetDecoder, ResNetEncoder
 from ..objectives import make_likelihood
 from .vae import VAE, VAEOutput, keras_init
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
+ENCODERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder, "resnet": ResNetEncoder}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ MODELS: dict[str, ModelSpec] = {
     "fc": ModelSpec(FCDecoder, 20, "mlp", "the fully connected VAE the seed compares with (dim_z 20)"),
     "resize": ModelSpec(ResizeDecoder, 100, "mlp", "resize-convolution decoder: nearest x2 upsampling + 3x3 conv"),
     "subpixel": ModelSpec(SubPixelDecoder, 100, "mlp", "sub-pixel convolution decoder (PixelShuffle, ICNR init)"),
+    "resnet": ModelSpec(ResNetDecoder, 64, "resnet", "residual encoder and resize-convolution decoder (one stochastic layer)"),
+    "pixel": ModelSpec(PixelDecoder, 32, "resnet", "residual encoder; residual decoder + PixelCNN head (autoregressive p(x|z))"),
 }
 
 
@@ -50,8 +54,9 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
                 spec.decoder(latent_dim=spec.latent_dim, image_size=image_size,
                              out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x)
     model.apply(keras_init)
-    if hasattr(model.decoder, "special_init"):  # e.g. ICNR for sub-pixel convolutions, after the default init
-        model.decoder.special_init()
+    for module in model.modules():  # e.g. ICNR for sub-pixel convolutions, after the default init
+        if hasattr(module, "special_init"):
+            module.special_init()
     return model
 
 
@@ -68,6 +73,20 @@ def accepted_shapes(name: str) -> list[str]:
     return shapes
 
 
+def accepted_likelihoods(name: str) -> list[str]:
+    """The likelihoods p(x | z) model ``name`` can draw (by building it at 1 x 32 x 32)."""
+    from ..objectives import LIKELIHOODS
+
+    accepted = []
+    for likelihood in LIKELIHOODS:
+        try:
+            build_model(name, likelihood=likelihood)
+            accepted.append(likelihood)
+        except ValueError:
+            pass
+    return accepted
+
+
 def build_run_model(config, channels: int) -> VAE:
     """The model a run's settings describe, for images with ``channels`` channels; a shape or likelihood the
     model cannot take is a ConfigError naming the model."""
@@ -80,4 +99,4 @@ def build_run_model(config, channels: int) -> VAE:
         raise ConfigError(f"--model {config.model}: {e}") from None
 
 
-__all__ = ["accepted_shapes", "build_run_model", "MODELS", "ENCODERS", "ModelSpec", "VAE", "VAEOutput", "build_model"]
+__all__ = ["accepted_likelihoods", "accepted_shapes", "build_run_model", "MODELS", "ENCODERS", "ModelSpec", "VAE", "VAEOutput", "build_model"]

@@ -33,14 +33,40 @@ class VAE(nn.Module):
         if eps is None:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + sigma * eps
-        return VAEOutput(self.decoder(z), mu, sigma, z)
+        return VAEOutput(self.decode(z, x), mu, sigma, z)
+
+    @property
+    def autoregressive(self) -> bool:
+        """Whether p(x | z) reads x itself (a PixelCNN head): scoring x is one pass, drawing a picture is not."""
+        return getattr(self.decoder, "autoregressive", False)
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The parameters of p(x | z) for the images ``x`` being scored (only an autoregressive decoder reads x)."""
+        return self.decoder(z, x) if self.autoregressive else self.decoder(z)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The picture for each z: the mean of p(x | z) (no pixel noise: the usual way to show samples); for an
+        autoregressive decoder, whose mean has no closed form, an image drawn pixel by pixel."""
+        if not self.autoregressive:
+            return self.likelihood.mean(self.decoder(z))
+        return self.decoder.generate(z, lambda params: self.likelihood.draw(params, generator))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images of p(x | z) for z ~ N(0, I) (no pixel noise: the usual way to show samples)."""
+        """Pictures (``generate``) for z ~ N(0, I)."""
         p = next(self.parameters())
         z = torch.randn((n, self.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
-        return self.likelihood.mean(self.decoder(z))
+        return self.generate(z, generator)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pictures (``generate``) for one z ~ q(z | x) per image."""
+        if not self.autoregressive:
+            return self.likelihood.mean(self(x, generator=generator).logits)
+        mu, sigma = self.encoder(x)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return self.generate(mu + sigma * eps, generator)
 
 
 def keras_init(module: nn.Module) -> None:

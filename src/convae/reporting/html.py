@@ -164,6 +164,24 @@ def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     plots.append(("The two terms of the test −ELBO", _svg(fig)))
+
+    last = [(run, run.metrics[-1]["test_kl_per_dim"]) for run in runs
+            if run.metrics and run.metrics[-1].get("test_kl_per_dim")]
+    if last:
+        fig, ax = plt.subplots(figsize=(6.4, 2.6))
+        width = 0.8 / len(last)
+        for k, (run, kl) in enumerate(last):
+            order = sorted(kl, reverse=True)
+            ax.bar([d + k * width for d in range(len(order))], order, width=width, color=COLOURS[k % len(COLOURS)],
+                   label=f"{run.name} (epoch {run.metrics[-1]['epoch']})")
+        ax.axhline(0.01, color="0.5", lw=0.8, ls="--")
+        ax.set_xlabel("latent dimensions, sorted by KL")
+        ax.set_ylabel("test KL, nats", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, frameon=False)
+        fig.tight_layout()
+        plots.append(("KL per latent dimension on the test set at the last epoch (dimensions near 0 are unused: "
+                      "posterior collapse)", _svg(fig)))
     return plots
 
 

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .. import __version__
 from ..files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "convae-checkpoint"
@@ -63,18 +64,21 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    rank_states: list[dict[str, torch.Tensor]], meta: dict, keep: int = 2) -> Path:
+                    rank_states: list[dict[str, torch.Tensor]], meta: dict, keep: int = 2,
+                    shared: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the checkpoint for ``meta["step"]`` and delete all but the newest ``keep``.
 
     ``rank_states[r]`` holds what differs between the processes of a torchrun group (each one's RNG states and
     running sums, named like ``rng.cpu`` or ``extra.epoch_loss_sum``): rank 0's under those names, as a
     single-process run writes them, rank r's under ``rank{r}.``; ``meta["world_size"]`` says how many there are.
+    ``shared``: more tensors the same on every rank, under their own names (e.g. ``ema.*``, the averaged weights).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     optimizer_tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optimizer_tensors)
+    tensors.update({k: v.detach().contiguous() for k, v in (shared or {}).items()})
     for rank, state in enumerate(rank_states):
         prefix = f"rank{rank}." if rank else ""
         tensors.update({prefix + k: v.detach().contiguous() for k, v in state.items()})
@@ -83,14 +87,41 @@ def save_checkpoint(folder: str | Path, *, model: torch.nn.Module, optimizer: to
 
     stem = f"step-{meta['step']:08d}"
     atomic_write_bytes(folder / f"{stem}.safetensors", blob)
-    full_meta = {"format": FORMAT, "version": VERSION, **meta, "optimizer": optimizer_meta,
+    full_meta = {"format": FORMAT, "version": VERSION, "convae": __version__, **meta, "optimizer": optimizer_meta,
                  "tensors_file": f"{stem}.safetensors", "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    full_meta["meta_sha256"] = meta_digest(full_meta)
     atomic_write_json(folder / f"{stem}.json", full_meta)
 
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".safetensors").unlink(missing_ok=True)
     return folder / f"{stem}.json"
+
+
+def meta_digest(meta: dict) -> str:
+    """SHA-256 of a checkpoint's JSON content (all but this digest): the JSON file checks itself, as the tensors'
+    SHA-256 inside it checks the tensors file."""
+    content = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _check_meta(meta: dict, json_path: Path) -> None:
+    """The fields training reads, with the types it needs (checkpoints from before ``meta_sha256`` have no digest:
+    this is what stands between a hand edit and a crash)."""
+    def integer(value, least):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    checks = {"step": integer(meta.get("step"), 0), "epoch": integer(meta.get("epoch"), 0),
+              "world_size": integer(meta.get("world_size", 1), 1), "model": isinstance(meta.get("model"), str),
+              "train_seconds": isinstance(meta.get("train_seconds"), (int, float))
+              and not isinstance(meta.get("train_seconds"), bool) and meta.get("train_seconds") >= 0,
+              "optimizer": isinstance(meta.get("optimizer"), dict)
+              and isinstance(meta["optimizer"].get("param_groups"), list)
+              and all(isinstance(g, dict) for g in meta["optimizer"]["param_groups"])
+              and isinstance(meta["optimizer"].get("scalars", {}), dict)}
+    for field, fine in checks.items():
+        if not fine:
+            raise CheckpointError(f"{json_path}: field {field!r} is {meta.get(field)!r}, not a value convae wrote")
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -110,8 +141,16 @@ def load_checkpoint(json_path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{json_path}: not a readable checkpoint ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{json_path}: not a convae checkpoint")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{json_path}: checkpoint version {meta.get('version')} is not {VERSION}")
+    version = meta.get("version")
+    if isinstance(version, int) and version > VERSION:
+        raise CheckpointError(f"{json_path}: written by a newer convae ({meta.get('convae', 'unknown version')}, "
+                              f"checkpoint format {version}); this convae {__version__} reads format {VERSION}: "
+                              "upgrade convae to resume or evaluate it")
+    if version != VERSION:
+        raise CheckpointError(f"{json_path}: checkpoint format {version!r} is not {VERSION}")
+    if "meta_sha256" in meta and meta_digest(meta) != meta["meta_sha256"]:
+        raise CheckpointError(f"{json_path}: corrupt (its content does not match its own SHA-256)")
+    _check_meta(meta, json_path)
     tensor_path = json_path.parent / str(meta.get("tensors_file", ""))
     try:
         blob = tensor_path.read_bytes()
@@ -130,7 +169,15 @@ def latest_checkpoint(folder: str | Path) -> Checkpoint:
     found = list_checkpoints(folder)
     if not found:
         raise CheckpointError(f"{folder}: no checkpoint to resume from")
-    return load_checkpoint(found[-1])
+    try:
+        return load_checkpoint(found[-1])
+    except CheckpointError as e:
+        if len(found) < 2:
+            raise
+        older, newest = found[-2], found[-1]
+        raise CheckpointError(f"{e}; the checkpoint before it, {older.name}, is kept beside it: to continue from "
+                              f"there, move {newest.name} and {newest.with_suffix('.safetensors').name} out of "
+                              f"{Path(folder)}") from None
 
 
 def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
@@ -144,7 +191,11 @@ def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.opt
         raise CheckpointError(f"{checkpoint.path}: does not fit this model ({first[1].strip() if len(first) > 1 else first[0]})") from None
     if optimizer is not None:
         tensor_lr = [isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups]
-        optimizer.load_state_dict(_join_optimizer_state(tensors, checkpoint.meta["optimizer"]))
+        try:
+            optimizer.load_state_dict(_join_optimizer_state(tensors, checkpoint.meta["optimizer"]))
+        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"{checkpoint.path}: its optimizer state does not fit this model "
+                                  f"({type(e).__name__}: {str(e)[:120]})") from None
         for group, was_tensor in zip(optimizer.param_groups, tensor_lr):
             if was_tensor and not isinstance(group["lr"], torch.Tensor):
                 group["lr"] = torch.tensor(group["lr"], device=group["params"][0].device)
@@ -153,4 +204,8 @@ def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.opt
 def section(checkpoint: Checkpoint, prefix: str, rank: int = 0) -> dict[str, torch.Tensor]:
     """The tensors saved under ``prefix.`` (e.g. "rng", "extra") for ``rank``, with the prefix removed."""
     prefix = f"rank{rank}.{prefix}." if rank else prefix + "."
-    return {k[len(prefix):]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
+    found = {k[len(prefix):]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
+    if not found:
+        raise CheckpointError(f"{checkpoint.path}: has no {prefix[:-1]!r} state (world size "
+                              f"{checkpoint.meta.get('world_size', 1)})")
+    return found

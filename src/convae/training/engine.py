@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..config import TrainConfig
 from ..data import to_float
-from ..objectives import neg_elbo
+from ..objectives import Objective, training_loss
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -56,12 +56,15 @@ def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: 
     return x
 
 
-def forward_loss(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
-    """The batch's loss terms, stacked: [L_tot, L_likelihood, L_KL]; the step differentiates the first.
-    ``model`` may be the DDP wrapper; the likelihood is the VAE's own."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        out = model(x)
-    return torch.stack(neg_elbo(out.logits, x, out.mu, out.sigma, getattr(model, "module", model).likelihood))
+def objective_of(config: TrainConfig) -> Objective:
+    return Objective(config.beta, config.kl_warmup, config.free_bits, config.iw_train)
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, precision: str, objective: Objective = Objective(),
+                 kl_weight: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to differentiate, the batch's figures [L_tot, L_likelihood, L_KL]). ``model`` may be the DDP
+    wrapper; the likelihood is the VAE's own."""
+    return training_loss(model, x, objective, kl_weight, precision)
 
 
 class EagerStep:
@@ -70,6 +73,10 @@ class EagerStep:
     def __init__(self, model, optimizer, images, levels, config, dtype, precision):
         self.model, self.optimizer, self.images = model, optimizer, images
         self.levels, self.config, self.dtype, self.precision = levels, config, dtype, precision
+        self.objective = objective_of(config)
+        # an input of the step like the learning rate: a device tensor, so a CUDA graph reads the current value
+        self.kl_weight = torch.tensor(self.objective.kl_weight(0), device=next(model.parameters()).device,
+                                      dtype=torch.float32)
         self.forward_loss = forward_loss
         if config.compile:
             self.forward_loss = torch.compile(forward_loss)
@@ -82,28 +89,43 @@ class EagerStep:
             else:
                 group["lr"] = lr
 
-    def __call__(self, index: torch.Tensor, lr: float) -> torch.Tensor:
+    def clip_gradients(self) -> None:
+        """--grad-clip: rescale the gradient to at most that L2 norm (no host sync: graph-safe)."""
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip, foreach=True)
+
+    def _set_inputs(self, lr: float, step: int) -> None:
         self._set_lr(lr)
+        if not self.objective.plain:
+            self.kl_weight.fill_(self.objective.kl_weight(step))
+
+    def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_loss(self.model, x, self.precision, self.objective, self.kl_weight)
+
+    def __call__(self, index: torch.Tensor, lr: float, step: int = 0) -> torch.Tensor:
+        """One optimizer step on the images ``index``; ``step`` (0-based) sets the KL weight's warm-up."""
+        self._set_inputs(lr, step)
         x = make_batch(self.images[index], self.levels, self.config, self.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         if not self._checked_compile:
-            loss = self._first_compiled_call(x)
+            loss, terms = self._first_compiled_call(x)
         else:
-            loss = self.forward_loss(self.model, x, self.precision)
-        loss[0].backward()
+            loss, terms = self._loss(x)
+        loss.backward()
+        self.clip_gradients()
         self.optimizer.step()
-        return loss.detach()
+        return terms.detach()
 
-    def _first_compiled_call(self, x: torch.Tensor) -> torch.Tensor:
+    def _first_compiled_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._checked_compile = True
         try:
-            return self.forward_loss(self.model, x, self.precision)
+            return self._loss(x)
         except Exception as e:  # a missing C++ compiler, an unsupported backend, ...
             print(f"convae: --compile: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "running eager", file=sys.stderr)
             self.forward_loss = forward_loss
             self.optimizer.zero_grad(set_to_none=True)
-            return forward_loss(self.model, x, self.precision)
+            return self._loss(x)
 
 
 class CudaGraphStep(EagerStep):
@@ -122,10 +144,11 @@ class CudaGraphStep(EagerStep):
 
     def _body(self) -> torch.Tensor:
         x = make_batch(self.images[self.static_index], self.levels, self.config, self.dtype)
-        loss = forward_loss(self.model, x, self.precision)
-        loss[0].backward()
+        loss, terms = forward_loss(self.model, x, self.precision, self.objective, self.kl_weight)
+        loss.backward()
+        self.clip_gradients()
         self.optimizer.step()
-        return loss.detach()
+        return terms.detach()
 
     def _capture(self, index: torch.Tensor) -> None:
         self.static_index = index.clone()
@@ -152,8 +175,8 @@ class CudaGraphStep(EagerStep):
                     if isinstance(value, torch.Tensor):
                         value.copy_(saved_optimizer[p][key]) if p in saved_optimizer else value.zero_()
 
-    def __call__(self, index: torch.Tensor, lr: float) -> torch.Tensor:
-        self._set_lr(lr)
+    def __call__(self, index: torch.Tensor, lr: float, step: int = 0) -> torch.Tensor:
+        self._set_inputs(lr, step)
         if self.graph is None:
             self._capture(index)
         self.static_index.copy_(index)

@@ -12,9 +12,11 @@ DDP averages the gradients, and rank 0 alone prints and writes; see docs/distrib
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +31,8 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import ConfigError, TrainConfig
 from ..data import DataError, ImageData, StreamedImages, load_for_config, resident_limit
+from ..faults import (FileSystemFault, OutOfMemory, RunBusy, RunLock, available_memory, describe_os_error,
+                      format_bytes, is_out_of_memory)
 from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from ..files import atomic_write_json, read_jsonl
 from ..models import VAE, build_run_model
@@ -39,6 +43,7 @@ from ..reporting.sinks import RunLogger
 from ..visualisation import seed_grid, tile
 from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints, restore,
                          save_checkpoint, section)
+from .averaging import WeightAverage
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
 
 
@@ -180,6 +185,21 @@ class Start:
     metrics: list[dict] = field(default_factory=list)
 
 
+def check_same_data(run_dir: Path, fingerprint: str, data: ImageData) -> None:
+    """A resumed run must see the data it started with: the fingerprint in its config.json (runs from before
+    fingerprints were recorded are not checked)."""
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text()).get("data", {})
+    except (OSError, ValueError):
+        return
+    if recorded.get("fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"--resume {run_dir}: the data differ from the run's ({recorded.get('name')}, "
+                          f"{recorded.get('train_images')} + {recorded.get('test_images')} images, fingerprint "
+                          f"{recorded['fingerprint'][:12]}; now {data.name}, {len(data.train_images)} + "
+                          f"{len(data.test_images)} images, {fingerprint[:12]}); resume with the data it started "
+                          "with, or start a new run")
+
+
 def find_start(config: TrainConfig, resume: bool, auto_resume: bool) -> Start:
     if auto_resume and config.out is not None:
         resume = bool(list_checkpoints(Path(config.out) / "checkpoints"))
@@ -225,8 +245,21 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, runtime: Runtime, *, data: ImageData | None, resume: bool,
                  auto_resume: bool, log, argv):
+        self.lock, self.log = None, log
+        try:
+            self.setup(config, runtime, data, resume, auto_resume, argv)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def setup(self, config: TrainConfig, runtime: Runtime, data: ImageData | None, resume: bool, auto_resume: bool,
+              argv) -> None:
         self.config, self.runtime = config, runtime
         runtime.check_batch(config.batch_size)
+        if runtime.distributed and config.iw_train > 1:
+            raise ConfigError("--iw-train: K > 1 runs in one process (its K-sample pass bypasses DDP's forward); "
+                              "drop it under torchrun")
         device = self.device = resolve_device(config.device, runtime.local_rank)
         if runtime.distributed and device.type == "mps":
             raise ConfigError("--device mps: torchrun runs need CPU (gloo) or CUDA (NCCL) devices")
@@ -241,7 +274,10 @@ class Trainer:
             try:
                 self.load(data)
                 start = find_start(config, resume, auto_resume)
-            except (ConfigError, DataError, CheckpointError) as e:
+                if start.checkpoint is not None:
+                    self.lock = RunLock(start.run_dir, "convae train --resume").acquire()
+                    check_same_data(start.run_dir, self.fingerprint, self.data)
+            except (ConfigError, DataError, CheckpointError, RunBusy) as e:
                 error = e
         runtime.agree_on_errors(error)
         if not runtime.is_writer:
@@ -257,12 +293,14 @@ class Trainer:
         say_stderr = (lambda m: print(f"convae: {m}", file=sys.stderr)) if runtime.is_writer else (lambda m: None)
         self.precision = effective_precision(config, device, warn=say_stderr)
         torch.manual_seed(config.seed)
+        self.check_memory()
         self.model = build_run_model(config, self.data.shape[0]).to(device=device, dtype=self.dtype)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         step_module = runtime.wrap(self.model, device)
         graphs = uses_cuda_graphs(config, device, eager_only=runtime.distributed or self.streamed is not None)
         self.optimizer = make_optimizer(self.model, config, device, capturable=graphs)
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
 
         self.step, self.train_seconds = 0, 0.0
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this rank's losses this epoch
@@ -288,15 +326,14 @@ class Trainer:
                                   "train_images": len(self.data.train_images), "test_images": len(self.data.test_images),
                                   "classes": self.data.classes, "likelihood": self.model.likelihood.name,
                                   "training_images_bytes": self.data.train_images.numel(),
+                                  "fingerprint": self.fingerprint,
                                   "streamed": self.streamed is not None},
                          "distributed": {**runtime.describe(device), "batch_per_rank": config.batch_size // runtime.world_size,
                                          "batchnorm": runtime.batchnorm_mode(device), "cuda_graphs": graphs}}
         writes = runtime.is_writer and not self.complete
         if writes:
-            (self.run_dir / "images").mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "config.json", self.settings)
-        self.log = log
-        self.logger = RunLogger(self.run_dir, active=writes, echo=log, tensorboard=config.tensorboard,
+            self.create_run_folder()
+        self.logger = RunLogger(self.run_dir, active=writes, echo=self.log, tensorboard=config.tensorboard,
                                 resume_step=self.step if start.checkpoint is not None else None,
                                 hparams=config.to_dict(), metrics=start.metrics)
         self.announce(start)
@@ -313,11 +350,56 @@ class Trainer:
                                           eager_only=runtime.distributed or self.streamed is not None)
         self.last_save, self.stop = time.monotonic(), None
 
+    def check_memory(self) -> None:
+        """Refuse settings whose weights, gradients, Adam's moments (and average) and one batch's input cannot fit
+        in the memory left on the device; the model is built on PyTorch's meta device to count, allocating nothing.
+        Activations are not counted: an allocation that fails later is caught and reported the same way."""
+        config = self.config
+        try:
+            with torch.device("meta"):
+                probe = build_run_model(config, self.data.shape[0])
+        except ConfigError:
+            raise
+        except Exception:  # a layer that cannot be built on meta: leave it to the real allocation
+            return
+        parameters = sum(p.numel() for p in probe.parameters())
+        width = 8 if self.dtype == torch.float64 else 4
+        state = parameters * width * (5 if config.ema else 4)
+        batch = (config.batch_size // self.runtime.world_size) * config.iw_train
+        inputs = batch * self.data.shape[0] * config.image_size ** 2 * width
+        available = available_memory(self.device)
+        if available is not None and state + inputs > available:
+            raise OutOfMemory(
+                f"--model {config.model} at --image-size {config.image_size}: {parameters:,} parameters need "
+                f"{format_bytes(state)} for weights, gradients and optimizer state, and a batch of "
+                f"{config.batch_size} needs {format_bytes(inputs)} more, but {format_bytes(available)} is available "
+                f"on {self.device}; use a smaller --image-size or --batch-size, or another --model")
+
+    def create_run_folder(self) -> None:
+        """The folder, its lock, ``images/`` and ``config.json``; a fault here removes what this call made."""
+        made = not self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.lock is None:
+                self.lock = RunLock(self.run_dir, "convae train").acquire()
+            (self.run_dir / "images").mkdir(exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", self.settings)
+        except OSError as e:
+            if self.lock is not None:
+                self.lock.release()
+            if made:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise FileSystemFault(f"{describe_os_error(e)}; nothing was trained") from None
+        if self.lock.previous:
+            self.log(f"took over the lock of {self.run_dir} from process {self.lock.previous.get('pid')} on "
+                     f"{self.lock.previous.get('host')}, which ended without releasing it")
+
     def load(self, data: ImageData | None) -> None:
         """The run's data on the device, or (larger than ``--resident-max-bytes``) streamed from its cache."""
         config = self.config
         data = data if data is not None else load_for_config(config, progress=self.runtime.is_writer and not config.quiet)
         data = data.subset(config.train_limit, config.test_limit)
+        self.fingerprint = data.fingerprint() if self.runtime.is_writer else None
         streamed = data.train_images.numel() > resident_limit(self.device, config.resident_max_bytes)
         self.data = data.to(self.device, resident=not streamed)
         self.streamed = StreamedImages(self.data.train_images, self.device) if streamed else None
@@ -329,6 +411,8 @@ class Trainer:
     def restore(self, checkpoint: Checkpoint) -> None:
         """Model and optimizer as saved; this rank's RNG and running sums when the world size is the same."""
         restore(checkpoint, self.model, self.optimizer)
+        if self.average is not None:
+            self.average.load(checkpoint.tensors)
         self.step, self.train_seconds = checkpoint.meta["step"], checkpoint.meta["train_seconds"]
         saved_world, rank = checkpoint.meta.get("world_size", 1), self.runtime.rank
         sums = [section(checkpoint, "extra", r)["epoch_loss_sum"] for r in range(saved_world)]
@@ -367,6 +451,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         if self.complete:  # a re-queued job that had finished: nothing to do, nothing to write
+            if self.lock is not None:
+                self.lock.release()
             if self.runtime.is_writer:
                 self.log(f"{self.run_dir} is already complete at step {self.step}; nothing to do")
             return TrainResult(self.run_dir, self.logger.metrics, self.model)
@@ -375,10 +461,22 @@ class Trainer:
             try:
                 while self.step < self.last_step and self.stop is None:
                     self.run_epoch(signals)
+            except OSError as e:
+                raise FileSystemFault(f"{describe_os_error(e)}; training stopped at step {self.step}; "
+                                      f"{self.last_good()}") from None
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                first = (str(e).strip().splitlines() or ["MemoryError"])[0][:160]
+                raise OutOfMemory(f"out of memory at step {self.step + 1} ({first}); try a smaller --batch-size, "
+                                  f"--eval-batch-size or --iw-train; {self.last_good()}") from None
             finally:
-                self.logger.close()
+                with contextlib.suppress(OSError):  # the fault being reported may be the disk these flush to
+                    self.logger.close()
                 if self.streamed is not None:
                     self.streamed.close()
+                if self.lock is not None:
+                    self.lock.release()
         if self.stop is not None:
             raise TrainingInterrupted(self.run_dir, self.step, self.stop)
         return TrainResult(self.run_dir, self.logger.metrics, self.model)
@@ -399,7 +497,9 @@ class Trainer:
             lr = learning_rate(config, self.step, self.last_step)
             if self.streamed is not None and i + 1 < self.steps_per_epoch:
                 self.streamed.prefetch(self.runtime.shard(order[(i + 1) * batch:(i + 2) * batch]))
-            terms = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr)
+            terms = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr, self.step)
+            if self.average is not None:
+                self.average.update()
             loss = terms[0]
             self.loss_sum += loss
             self.window.sums += terms
@@ -442,6 +542,13 @@ class Trainer:
             self.stop = signals.received or "SIGTERM"  # a peer's signal
         return stop, save_now or timed
 
+    def last_good(self) -> str:
+        """Which checkpoint survives a fault, and the command that continues from it."""
+        found = list_checkpoints(self.run_dir / "checkpoints") if self.runtime.is_writer else []
+        if not found:
+            return "no checkpoint was written"
+        return f"last good checkpoint: {found[-1]}; once the cause is fixed: convae train --resume {self.run_dir}"
+
     def check_finite(self) -> None:
         bad = torch.where(self.first_bad >= 0, self.first_bad, torch.iinfo(torch.long).max)
         bad = int(self.runtime.all_reduce(bad.clone(), "min").item())
@@ -464,6 +571,7 @@ class Trainer:
         if self.runtime.is_writer:
             save_checkpoint(self.run_dir / "checkpoints", model=self.model, optimizer=self.optimizer,
                             rank_states=rank_states, keep=self.config.keep_checkpoints,
+                            shared=self.average.state() if self.average is not None else None,
                             meta={"model": self.config.model, "step": self.step,
                                   "epoch": math.ceil(self.step / self.steps_per_epoch),
                                   "train_seconds": self.train_seconds + elapsed})
@@ -473,10 +581,11 @@ class Trainer:
         self.runtime.broadcast_buffers(self.model)
         steps_in_epoch = self.step - (epoch - 1) * self.steps_per_epoch
         train_loss = (self.runtime.all_reduce(self.loss_sum.clone()) / self.runtime.world_size / steps_in_epoch).item()
-        record, pictures = end_of_epoch(
-            self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set, epoch=epoch,
-            step=self.step, partial=partial, train_loss=train_loss, floor=self.floor, precision=self.precision, lr=lr,
-            train_seconds=self.train_seconds, seconds=seconds, images=images, runtime=self.runtime)
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            record, pictures = end_of_epoch(
+                self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set, epoch=epoch,
+                step=self.step, partial=partial, train_loss=train_loss, floor=self.floor, precision=self.precision,
+                lr=lr, train_seconds=self.train_seconds, seconds=seconds, images=images, runtime=self.runtime)
         d = self.settings["distributed"]
         record.update(world_size=d["world_size"], backend=d["backend"], rank_devices=d["rank_devices"])
         self.logger.log_epoch(record, pictures)
@@ -513,7 +622,7 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
             p = next(model.parameters())
             x = monitor.floats(0, 9, p.dtype, p.device)
             generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
-            reconstruction = model.likelihood.mean(model(x, generator=generator).logits)
+            reconstruction = model.reconstruct(x, generator)
             pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9),
                         "samples": tile(model.sample(64, generator=generator), 8)}
         model.train()
