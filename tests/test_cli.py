@@ -191,7 +191,7 @@ def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, idx_dir, capsys
 def test_eval_frechet_reports_the_distance_and_its_floor(tmp_path, capsys):
     out = tmp_path / "fc"
     code, _, _ = run_cli(capsys, "train", "--model", "fc", "--epochs", "1", "--batch-size", "64", "--train-limit",
-                         "1024", "--test-limit", "300", "--device", "cpu", "--quiet", "--no-report",
+                         "512", "--test-limit", "300", "--device", "cpu", "--quiet", "--no-report",
                          "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
     assert code == 0
     code, stdout, _ = run_cli(capsys, "eval", str(out), "--frechet", "--no-pictures", "--json")

@@ -183,7 +183,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("options", [dict(ema=0.9, kl_warmup=10, free_bits=0.05, beta=0.8),
-                                     dict(ema=0.95, iw_train=3, model="resize", encoder="conv")])
+                                     dict(ema=0.95, iw_train=3, model="fc")])
 def test_literature_options_resume_bit_for_bit_and_are_recorded(tmp_path, tiny_data, options):
     """KL warm-up, free bits, beta, IWAE and weight averaging all live in the checkpoint or in the step count:
     a run cut by --max-steps and resumed ends exactly where an uninterrupted one does, averaged weights included."""
