@@ -16,7 +16,8 @@ import torch
 from .config import DEVICES, DTYPES, PRECISIONS, PRESETS, ConfigError, TrainConfig
 from .data import DataError
 from .faults import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY,
-                     FileSystemFault, OutOfMemory, RunBusy, RunLock, debug, describe_os_error, is_out_of_memory)
+                     FileSystemFault, OutOfMemory, RunBusy, RunLock, debug, describe_os_error, first_line,
+                     is_out_of_memory)
 from .files import atomic_write_bytes, atomic_write_json
 from .reporting.html import ReportError
 from .runtime import DEFAULT_TIMEOUT_S, DistributedError, is_peer_failure
@@ -208,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RuntimeError as e:
             if not (runtime.distributed and is_peer_failure(e)):
                 raise
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = first_line(e)
             print(f"convae train: error: rank {runtime.rank}: lost a peer of the process group ({first}); "
                   f"the newest checkpoint in {config.out} is kept (torchrun --max-restarts and --auto-resume "
                   "continue from it)", file=sys.stderr)
@@ -614,8 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
             raise
-        first = (str(e).strip().splitlines() or ["MemoryError"])[0][:200]
-        return _fault(args, f"out of memory ({first}); try a smaller --batch-size, --eval-batch-size, "
+        return _fault(args, f"out of memory ({first_line(e)}); try a smaller --batch-size, --eval-batch-size, "
                             "--iw-samples or --image-size", EXIT_OUT_OF_MEMORY)
 
 

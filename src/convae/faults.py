@@ -53,6 +53,11 @@ class RunBusy(Exception):
     """Another live process is writing this run folder."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut at ``limit``."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def describe_os_error(e: OSError) -> str:
     """'PATH: reason (advice)' for an OSError raised by a file operation."""
     where = e.filename or "a file"

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .config import ConfigError
+from .faults import first_line
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -99,7 +100,7 @@ class Runtime:
             dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
                                     store=_attempt_store(world, timeout))
         except (RuntimeError, ValueError, OSError) as e:  # DistStoreError, DistNetworkError are RuntimeErrors
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            first = first_line(e, 300)
             raise DistributedError(f"rank {rank} of {world}: could not join the process group at {where} "
                                    f"(--dist-timeout {timeout_s:g} s): {type(e).__name__}: {first}") from None
         return cls(rank, world, local_rank, True, True, timeout_s)

@@ -32,7 +32,7 @@ from .. import __version__
 from ..config import ConfigError, TrainConfig
 from ..data import DataError, ImageData, StreamedImages, load_for_config, resident_limit
 from ..faults import (FileSystemFault, OutOfMemory, RunBusy, RunLock, available_memory, describe_os_error,
-                      format_bytes, is_out_of_memory)
+                      first_line, format_bytes, is_out_of_memory)
 from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from ..files import atomic_write_json, read_jsonl
 from ..models import VAE, build_run_model
@@ -467,8 +467,7 @@ class Trainer:
             except (RuntimeError, MemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
-                first = (str(e).strip().splitlines() or ["MemoryError"])[0][:160]
-                raise OutOfMemory(f"out of memory at step {self.step + 1} ({first}); try a smaller --batch-size, "
+                raise OutOfMemory(f"out of memory at step {self.step + 1} ({first_line(e, 160)}); try a smaller --batch-size, "
                                   f"--eval-batch-size or --iw-train; {self.last_good()}") from None
             finally:
                 with contextlib.suppress(OSError):  # the fault being reported may be the disk these flush to
