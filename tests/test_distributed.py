@@ -161,7 +161,9 @@ def run_torchrun(args, *, extra=(), timeout=240, cwd=None):
 
 
 def train_args(idx_dir, out, *more):
-    return ["train", "--data-dir", str(idx_dir), "--device", "cpu", "--quiet", "--out", str(out), *more]
+    """(rank 0's report and TensorBoard files are tested elsewhere; they only slow these runs down)"""
+    return ["train", "--data-dir", str(idx_dir), "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard",
+            "--out", str(out), *more]
 
 
 def metrics_of(run):

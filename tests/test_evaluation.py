@@ -27,7 +27,7 @@ def test_iw_bound_with_k1_is_the_elbo_in_expectation(trained_run, tiny_data):
     test = EvalImages(tiny_data.test_images, tiny_data.levels, 32)
     x = test.floats(0, 16, torch.float32, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
-    n = 800
+    n = 400
     with torch.no_grad():
         # single-sample log weights: their mean estimates the ELBO with a Monte Carlo KL ...
         w = log_weights(run.model, x, n, generator)

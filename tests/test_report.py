@@ -72,7 +72,7 @@ def test_no_tensorboard_writes_no_event_files(tmp_path, tiny_data):
 
 def test_report_names_what_is_missing_then_shows_the_evaluation(tmp_path, idx_dir, capsys):
     run = train(tiny(tmp_path / "run", epochs=2, data_dir=str(idx_dir)), log=lambda s: None).run_dir
-    page = (run / "report.html").read_text()  # refreshed by training at every epoch end
+    page = (run / "report.html").read_text()  # refreshed by training, always after the last epoch
     assert "Not evaluated yet" in page and f"convae eval {run} --iw-samples 1000" in page
     assert page.count("<svg") == 4 and not re.search(r"(src|href)=[\"']?(https?:|//)", page)
     assert "KL per latent dimension on the test set" in page

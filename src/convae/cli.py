@@ -44,6 +44,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     # Defaults are None so we can tell which options the user typed (they override a preset or a resumed run).
     p.add_argument("--model", help="model name (see `convae models`); default: seed")
     p.add_argument("--encoder", choices=["mlp", "conv", "resnet"], help="encoder; default: the model's own")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="condition encoder and decoder on the data's class labels (a conditional VAE: samples of a "
+                        "chosen class with `convae sample --label K`)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: " + "; ".join(
         f"{k} = {v}" for k, v in PRESETS.items()))
     p.add_argument("--epochs", type=int, help="epochs to train (default 100)")
@@ -117,7 +120,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
                    help="write no TensorBoard event files (RUN/tb)")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
-                   help="don't refresh RUN/report.html at every epoch end")
+                   help="don't refresh RUN/report.html at epoch ends")
     return p
 
 
@@ -314,10 +317,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     beside = (f"entropy floor {result['entropy_floor']:.2f}" if result["entropy_floor"] is not None else
               f"{result['test_bits_per_dim']:.4f} bits/dim" if "test_bits_per_dim" in result else
               f"{result['likelihood']} likelihood")
-    print(f"  test -ELBO  {result['test_neg_elbo']:.2f} nats/image = L_likelihood {result['test_L_likelihood']:.2f} "
+    given = " (given the label)" if result["conditional"] else ""
+    print(f"  test -ELBO{given}  {result['test_neg_elbo']:.2f} nats/image = L_likelihood {result['test_L_likelihood']:.2f} "
           f"+ L_KL {result['test_L_KL']:.2f}   ({beside}, {result['n_test_images']} images)")
     if "iw_nll" in result:
-        print(f"  IW bound    -log p(x) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
+        print(f"  IW bound    -log p(x{' | label' if result['conditional'] else ''}) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
               f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
                                                  if "iw_bits_per_dim" in result else ""))
     print(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance > "
@@ -399,14 +403,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .inference import load
 
     model = load(args.run, args.device)
-    images = model.sample(args.n, seed=args.seed)
+    try:
+        images = model.sample(args.n, label=args.label, seed=args.seed)
+    except ConfigError as e:
+        raise ConfigError(f"--label {args.label}: {e}" if args.label is not None else str(e)) from None
     write_images(images, Path(args.out))
-    print(f"{args.n} samples: {args.out}")
+    print(f"{args.n} samples" + (f" of class {args.label}" if args.label is not None else "") + f": {args.out}")
     return 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from .data import load_data
+    from .evaluation.runs import check_labels
     from .inference import load
 
     model = load(args.run, args.device)
@@ -417,9 +425,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
         data = model.run.data()
     split = data.test_images if args.split == "test" else data.train_images
     labels = data.test_labels if args.split == "test" else data.train_labels
+    check_labels(data, model.classes, model.run.path)
     mus, sigmas = [], []
     for start in range(0, len(split), 1000):
-        mu, sigma = model.encode(split[start:start + 1000])
+        mu, sigma = model.encode(split[start:start + 1000], labels[start:start + 1000] if model.classes else None)
         mus.append(mu), sigmas.append(sigma)
     out = Path(args.out)
     buffer = io.BytesIO()
@@ -439,9 +448,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
             if key is None:
                 raise ConfigError(f"{args.latents}: holds no 'z' or 'mu' array (found {', '.join(f.files)})")
             z = f[key]
+            labels = f["labels"] if model.classes and "labels" in f.files else None
     except (OSError, ValueError) as e:
         raise ConfigError(f"{args.latents}: not a readable .npz file ({type(e).__name__}: {str(e)[:100]})") from None
-    images = model.decode(z)
+    if args.label is not None:
+        try:
+            model.prepare_labels(args.label, 1)  # a class this model knows
+        except ConfigError as e:
+            raise ConfigError(f"--label {args.label}: {e}") from None
+        labels = args.label
+    elif model.classes and labels is None:
+        raise ConfigError(f"{args.latents}: the model is conditional: the file needs a 'labels' array (as `convae "
+                          "encode` writes), or give --label K")
+    try:
+        images = model.decode(z, labels)
+    except ConfigError as e:
+        raise ConfigError(f"{args.latents}: {e}") from None
     write_images(images, Path(args.out))
     print(f"{len(images)} images decoded from {args.latents}['{key}']: {args.out}")
     return 0
@@ -533,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="how many (default 64)")
     p.add_argument("--out", required=True, help="grid.png (a picture) or samples.npz (uint8 N x C x H x W)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--label", type=int, metavar="K",
+                   help="a model trained with --conditional: draw class K (default: classes drawn uniformly)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_sample)
 
@@ -550,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by convae train")
     p.add_argument("latents", help="an .npz holding 'z' or 'mu' (N x latent_dim)")
     p.add_argument("--out", required=True, help="images.npz (uint8 N x C x H x W) or grid.png")
+    p.add_argument("--label", type=int, metavar="K",
+                   help="a model trained with --conditional: decode every latent as class K (default: the file's "
+                        "'labels')")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_decode)
 

@@ -26,6 +26,7 @@ class TrainConfig:
 
     model: str = "seed"
     encoder: str | None = None           # None: the model's own (the seed's is "mlp")
+    conditional: bool = False            # condition encoder and decoder on the data's class labels (a CVAE)
     epochs: int = 100
     max_steps: int | None = None         # stop after this many steps in all, ending like an epoch
     batch_size: int = 32
@@ -69,7 +70,7 @@ class TrainConfig:
     dist_timeout: float = 300.0          # seconds a collective (or joining the group) may wait for a peer
     quiet: bool = False
     tensorboard: bool = True             # event files in RUN/tb (where the tensorboard package is installed)
-    report: bool = True                  # refresh RUN/report.html at every epoch end
+    report: bool = True                  # refresh RUN/report.html at epoch ends (throttled) and after the last
     out: str | None = None
     extra: dict = field(default_factory=dict)  # free-form notes, e.g. the preset a run came from
 

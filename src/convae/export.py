@@ -5,8 +5,9 @@
 - ``safetensors``: the two modules' weights (to load into convae's models, or your own copy of them).
 
 The decoder returns mean images in [0, 1] (the likelihood's mean of its output), the encoder takes float images
-N x C x H x W in [0, 1] at the model's size (what ``convae.load(...).prepare`` makes of raw images). ``model.json``
-beside them says so, with the shapes and the run they came from.
+N x C x H x W in [0, 1] at the model's size (what ``convae.load(...).prepare`` makes of raw images). A conditional
+model's encoder and decoder take a second input, the labels as one-hot rows N x classes. ``model.json`` beside them
+says so, with the shapes and the run they came from.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 
 
 class ImageDecoder(nn.Module):
-    """z -> mean images of p(x | z)."""
+    """z (and for a conditional model one-hot labels) -> mean images of p(x | z)."""
 
     def __init__(self, vae):
         super().__init__()
         self.decoder, self.likelihood = vae.decoder, vae.likelihood
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        if onehot is not None:
+            z = torch.cat([z, onehot], dim=1)
         return self.likelihood.mean(self.decoder(z))
 
 
@@ -52,22 +55,27 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         raise ConfigError(f"--format {fmt}: model {model.config.model!r} draws its images pixel by pixel, a loop a "
                           "traced graph cannot hold; export --format safetensors (the weights) instead")
     size, channels = model.config.image_size, model.channels
-    example_x = torch.rand(2, channels, size, size)
-    example_z = torch.randn(2, vae.latent_dim)
-    modules = {"encoder": (vae.encoder, example_x, ["images"], ["mu", "sigma"]),
-               "decoder": (ImageDecoder(vae), example_z, ["z"], ["images"])}
+    examples_x = (torch.rand(2, channels, size, size),)
+    examples_z = (torch.randn(2, vae.latent_dim),)
+    inputs_x, inputs_z = ["images"], ["z"]
+    if vae.classes:  # the labels travel as a second input, one-hot
+        onehot = vae.onehot(torch.tensor([0, vae.classes - 1]), 2)
+        examples_x, examples_z = examples_x + (onehot,), examples_z + (onehot,)
+        inputs_x, inputs_z = inputs_x + ["labels_onehot"], inputs_z + ["labels_onehot"]
+    modules = {"encoder": (vae.encoder, examples_x, inputs_x, ["mu", "sigma"]),
+               "decoder": (ImageDecoder(vae), examples_z, inputs_z, ["images"])}
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, (module, example, inputs, outputs) in modules.items():
+    for name, (module, examples, inputs, outputs) in modules.items():
         buffer = io.BytesIO()
         with warnings.catch_warnings():  # the tracers warn about Python control flow they record as constants
             warnings.simplefilter("ignore")
             if fmt == "onnx":
-                torch.onnx.export(module, (example,), buffer, input_names=inputs, output_names=outputs,
+                torch.onnx.export(module, examples, buffer, input_names=inputs, output_names=outputs,
                                   dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, dynamo=False)
                 path = out / f"{name}.onnx"
             elif fmt == "torchscript":
-                torch.jit.save(torch.jit.trace(module, (example,)), buffer)
+                torch.jit.save(torch.jit.trace(module, examples), buffer)
                 path = out / f"{name}.pt"
             else:
                 raw = vae.encoder if name == "encoder" else vae.decoder  # convae's own module names
@@ -79,9 +87,12 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
     description = {"format": fmt, "convae": __version__, "run": str(model.run.path), "step": model.run.step,
                    "model": model.config.model, "encoder": model.config.encoder, "likelihood": vae.likelihood.name,
                    "latent_dim": vae.latent_dim, "image_shape": [channels, size, size],
+                   "classes": vae.classes, "conditional": bool(vae.classes),
                    "encoder_input": f"float32 images N x {channels} x {size} x {size} in [0, 1]",
                    "encoder_outputs": ["mu (N x latent_dim)", "sigma (N x latent_dim)"],
                    "decoder_input": "float32 z, N x latent_dim (z ~ N(0, I) for samples)",
                    "decoder_output": f"mean images N x {channels} x {size} x {size} in [0, 1]"}
+    if vae.classes:
+        description["labels_input"] = f"float32 one-hot labels N x {vae.classes}, the second input of both"
     atomic_write_text(out / "model.json", json.dumps(description, indent=2) + "\n")
     return written + [out / "model.json"]

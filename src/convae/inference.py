@@ -4,6 +4,7 @@
 or tensors, one image or a batch, H x W, C x H x W, N x H x W or N x C x H x W — and prepares it as the run's own
 training did (values in [0, 1], the run's resize, the 8-bit levels of a discrete likelihood) before it reaches
 the model. Outputs are float tensors on the CPU: images in [0, 1] as N x C x H x W, latents as N x latent_dim.
+A model trained with ``--conditional`` takes the images' class labels too (one per image, or one for all).
 """
 
 from __future__ import annotations
@@ -30,6 +31,35 @@ class TrainedModel:
     @property
     def latent_dim(self) -> int:
         return self.model.latent_dim
+
+    @property
+    def classes(self) -> int:
+        """The number of classes a conditional model takes labels of; 0 for an unconditional one."""
+        return self.model.classes
+
+    def prepare_labels(self, labels, n: int) -> torch.Tensor | None:
+        """Labels as a user has them (one int for all ``n`` images, or one per image) -> a tensor on the device;
+        None for an unconditional model."""
+        if labels is None:
+            if self.classes:
+                raise ConfigError(f"this model is conditional on {self.classes} classes: give the labels "
+                                  f"(0..{self.classes - 1})")
+            return None
+        if not self.classes:
+            raise ConfigError(f"the model of {self.run.path} is not conditional (trained without --conditional): it "
+                              "takes no labels")
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ConfigError(f"labels of dtype {y.dtype}: give integers 0..{self.classes - 1}")
+        y = y.reshape(-1).long()
+        if len(y) == 1:
+            y = y.expand(n)
+        if len(y) != n:
+            raise ConfigError(f"{len(y)} labels for {n} images: give one label, or one per image")
+        if len(y) and (y.min() < 0 or y.max() >= self.classes):
+            raise ConfigError(f"labels must be classes 0..{self.classes - 1} of this model (got "
+                              f"{int(y.min() if y.min() < 0 else y.max())})")
+        return y.to(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -59,34 +89,39 @@ class TrainedModel:
         return x
 
     @torch.no_grad()
-    def encode(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior q(z | x): its means and standard deviations."""
-        mu, sigma = self.model.encoder(self.prepare(images))
+    def encode(self, images, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior q(z | x) (q(z | x, label) for a conditional model): its means and standard deviations."""
+        x = self.prepare(images)
+        mu, sigma = self.model.encode(x, self.prepare_labels(labels, len(x)))
         return mu.float().cpu(), sigma.float().cpu()
 
     @torch.no_grad()
-    def decode(self, z) -> torch.Tensor:
-        """Mean images of p(x | z) for latents ``z`` (N x latent_dim, or one vector)."""
+    def decode(self, z, labels=None) -> torch.Tensor:
+        """Mean images of p(x | z) (p(x | z, label)) for latents ``z`` (N x latent_dim, or one vector)."""
         z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z)
         z = z.reshape(1, -1) if z.dim() == 1 else z
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ConfigError(f"latents of shape {tuple(z.shape)}: this model takes N x {self.latent_dim}")
         z = z.to(self.device, self.param.dtype)
-        return self.model.generate(z).float().cpu()
+        return self.model.generate(z, labels=self.prepare_labels(labels, len(z))).float().cpu()
 
     @torch.no_grad()
-    def reconstruct(self, images) -> torch.Tensor:
+    def reconstruct(self, images, labels=None) -> torch.Tensor:
         """Decode the posterior means: the model's reconstruction without sampling noise."""
-        mu, _ = self.model.encoder(self.prepare(images))
-        return self.model.generate(mu).float().cpu()
+        x = self.prepare(images)
+        y = self.prepare_labels(labels, len(x))
+        mu, _ = self.model.encode(x, y)
+        return self.model.generate(mu, labels=y).float().cpu()
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """``n`` mean images of p(x | z) with z drawn from the prior (seeded when ``seed`` is given)."""
+    def sample(self, n: int, label=None, seed: int | None = None) -> torch.Tensor:
+        """``n`` mean images of p(x | z) with z drawn from the prior (seeded when ``seed`` is given); for a
+        conditional model of class ``label`` (one for all, or one per image), or of uniformly drawn classes."""
         if n <= 0:
             raise ConfigError(f"-n: must be a positive integer, got {n}")
+        labels = self.prepare_labels(label, n) if label is not None else None
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        return self.model.sample(n, generator=generator).float().cpu()
+        return self.model.sample(n, generator=generator, labels=labels).float().cpu()
 
 
 def load(run_dir: str | Path, device: str = "auto") -> TrainedModel:

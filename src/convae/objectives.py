@@ -240,17 +240,18 @@ class Objective:
 
 
 def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch.Tensor | float = 1.0,
-                  precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+                  precision: str = "fp32", labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to differentiate, the stacked figures to log [L_tot, L_likelihood, L_KL]) for one batch.
 
     ``model`` is the VAE or its DDP wrapper (whose forward is what DDP must see). The logged L_tot is the -ELBO,
-    or under ``iw_samples`` > 1 the batch's IW bound; L_likelihood and L_KL are the ELBO's two terms.
+    or under ``iw_samples`` > 1 the batch's IW bound; L_likelihood and L_KL are the ELBO's two terms. ``labels``:
+    the batch's classes, for a conditional model.
     """
     vae = getattr(model, "module", model)
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if objective.iw_samples == 1:
         with autocast:
-            out = model(x)
+            out = model(x, labels)
         if objective.plain:
             terms = torch.stack(neg_elbo(out.logits, x, out.mu, out.sigma, vae.likelihood))
             return terms[0], terms
@@ -263,9 +264,9 @@ def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch
     # is the one-sample pass), so IW training is single-process or needs its own gradient all-reduce.
     k = objective.iw_samples
     with autocast:
-        mu, sigma = vae.encoder(x)
+        mu, sigma = vae.encode(x, labels)
         eps = torch.randn((*mu.shape[:1], k, mu.shape[1]), device=mu.device, dtype=mu.dtype)
-        log_px_z, log_pz, log_qz = log_weight_terms(vae, x, mu, sigma, eps)
+        log_px_z, log_pz, log_qz = log_weight_terms(vae, x, mu, sigma, eps, labels)
     log_w = log_px_z + kl_weight * (log_pz - log_qz)
     bound = -(torch.logsumexp(log_w, dim=1) - math.log(k)).mean()
     exact_bound = -(torch.logsumexp(log_px_z + log_pz - log_qz, dim=1) - math.log(k)).mean()
@@ -273,14 +274,16 @@ def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch
     return bound, torch.stack([exact_bound, -log_px_z.mean(), kl]).detach()
 
 
-def log_weight_terms(vae, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
-                     eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def log_weight_terms(vae, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
+                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p(x | z_k), log p(z_k), log q(z_k | x), each N x K, for z_k = mu + sigma * eps_k (eps: N x K x D):
-    the pieces of the importance weights, for training (IWAE) and for the evaluation bound alike."""
+    the pieces of the importance weights, for training (IWAE) and for the evaluation bound alike (given the
+    ``labels`` for a conditional model)."""
     n, k, d = eps.shape
     z = mu[:, None] + sigma[:, None] * eps
     targets = x[:, None].expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
-    log_px_z = -vae.likelihood.nll(vae.decode(z.reshape(n * k, d), targets), targets).view(n, k)
+    repeated = None if labels is None else labels.reshape(-1, 1).expand(n, k).reshape(n * k)
+    log_px_z = -vae.likelihood.nll(vae.decode(z.reshape(n * k, d), targets, repeated), targets).view(n, k)
     z, eps, sigma = (_at_least_float32(t) for t in (z, eps, sigma))
     log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
     log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]

@@ -58,6 +58,16 @@ class ImageData:
                 h.update(np.ascontiguousarray(t[start:start + 4096].cpu().numpy()).tobytes())
         return h.hexdigest()
 
+    def class_count(self) -> int:
+        """How many classes the labels name (largest label + 1); 0 where the source has no labels (every label 0
+        and no class names). A negative label is a DataError."""
+        labels = torch.cat([self.train_labels.reshape(-1), self.test_labels.reshape(-1)])
+        if not len(labels) or (self.classes is None and not labels.any()):
+            return 0
+        if labels.min() < 0:
+            raise DataError(f"{self.name}: label {int(labels.min())} is negative; labels must be classes 0, 1, 2, ...")
+        return int(labels.max()) + 1
+
     def to(self, device: torch.device | str, resident: bool = True) -> "ImageData":
         """On ``device``; with ``resident=False`` the training images stay where they are (a memory map) and
         batches are copied to the device as they are needed."""

@@ -23,8 +23,9 @@ def _panel_column(run) -> torch.Tensor:
     """Six samples from the prior, then four test reconstructions."""
     p = next(run.model.parameters())
     generator = torch.Generator(device=p.device).manual_seed(0)
-    x = run.test_set(run.data()).floats(0, 4, p.dtype, p.device)
-    recon = run.model.reconstruct(x, generator)
+    test_set = run.test_set(run.data())
+    x = test_set.floats(0, 4, p.dtype, p.device)
+    recon = run.model.reconstruct(x, generator, labels=test_set.labels_of(0, 4, p.device))
     return torch.cat([run.model.sample(6, generator=generator), recon]).cpu()
 
 

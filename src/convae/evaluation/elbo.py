@@ -22,6 +22,7 @@ class EvalImages:
     image_size: int
     resize: str = "bilinear"
     quantize: bool = False
+    labels: torch.Tensor | None = None  # the classes, where the model is conditional on them
 
     def __len__(self) -> int:
         return len(self.images)
@@ -35,13 +36,20 @@ class EvalImages:
         return to_float(self.images[start:stop].to(device), self.levels, self.image_size, dtype, self.resize,
                         self.quantize)
 
+    def labels_of(self, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+        """The classes of images ``start:stop`` for a conditional model; None for an unconditional one."""
+        return None if self.labels is None else self.labels[start:stop].to(device)
 
-def evaluation_images(images: torch.Tensor, levels: float, config: TrainConfig) -> EvalImages:
-    """Images as they are, or for the binarized protocol one fixed Bernoulli draw of them (seed 0)."""
+
+def evaluation_images(images: torch.Tensor, levels: float, config: TrainConfig,
+                      labels: torch.Tensor | None = None) -> EvalImages:
+    """Images as they are, or for the binarized protocol one fixed Bernoulli draw of them (seed 0); with their
+    ``labels`` when the run is conditional on them."""
+    labels = labels if config.conditional else None
     if config.binarize == "dynamic":
         return EvalImages(fixed_binarization(images, levels, config.image_size, config.resize_mode), 1.0,
-                          config.image_size)
-    return EvalImages(images, levels, config.image_size, config.resize_mode, config.quantize)
+                          config.image_size, labels=labels)
+    return EvalImages(images, levels, config.image_size, config.resize_mode, config.quantize, labels)
 
 
 @dataclass
@@ -75,7 +83,8 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
         for start in range(runtime.rank * batch_size, len(data), runtime.world_size * batch_size):
             x = data.floats(start, start + batch_size, p.dtype, p.device)
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = model(x, generator=batch_generator(p.device, seed, start))
+                out = model(x, data.labels_of(start, start + batch_size, p.device),
+                            generator=batch_generator(p.device, seed, start))
             terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma, model.likelihood)
             sums += torch.stack([t.double().sum() for t in terms])
             var = out.sigma.double().square()

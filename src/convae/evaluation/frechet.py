@@ -163,11 +163,13 @@ def cached_classifier(cache_dir: Path, train: EvalImages, labels: torch.Tensor, 
 def sample_quality(model, classifier: FeatureClassifier, test: EvalImages, train: EvalImages, n: int = 10_000,
                    seed: int = 0, batch_size: int = 500, binary: bool = False) -> dict:
     """Fréchet distances: n samples vs n test images, and n training images vs the same test images (the floor).
-    ``binary``: the test images are binary, so a factorised model's mean images are drawn as binary pixels too."""
+    ``binary``: the test images are binary, so a factorised model's mean images are drawn as binary pixels too.
+    A conditional model draws its samples for the test images' labels (the same classes in the same shares)."""
     p = next(model.parameters())
     n = min(n, len(test), len(train))
     generator = torch.Generator(device=p.device).manual_seed(seed)
-    samples = torch.cat([model.sample(min(batch_size, n - s), generator=generator).float().cpu()
+    samples = torch.cat([model.sample(min(batch_size, n - s), generator=generator,
+                                      labels=test.labels_of(s, min(s + batch_size, n), p.device)).float().cpu()
                          for s in range(0, n, batch_size)])
     if binary and not model.autoregressive:  # an autoregressive model's samples are binary already
         samples = torch.bernoulli(samples, generator=torch.Generator().manual_seed(seed))

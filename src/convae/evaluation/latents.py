@@ -25,7 +25,8 @@ def posterior_parameters(model, data: EvalImages, batch_size: int = 500) -> tupl
     p = next(model.parameters())
     mus, sigmas = [], []
     for start in range(0, len(data), batch_size):
-        mu, sigma = model.encoder(data.floats(start, start + batch_size, p.dtype, p.device))
+        mu, sigma = model.encode(data.floats(start, start + batch_size, p.dtype, p.device),
+                                 data.labels_of(start, start + batch_size, p.device))
         mus.append(mu.double())
         sigmas.append(sigma.double())
     return torch.cat(mus), torch.cat(sigmas)

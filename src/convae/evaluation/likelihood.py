@@ -26,16 +26,18 @@ class IWResult:
     std_error: float      # of the mean over images
 
 
-def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, max_batch: int = 4096) -> torch.Tensor:
-    """N x K log importance weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x)."""
-    mu, sigma = model.encoder(x)
+def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, max_batch: int = 4096,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+    """N x K log importance weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x) (given the ``labels`` of a
+    conditional model)."""
+    mu, sigma = model.encode(x, labels)
     n, d = mu.shape
     chunk = max(1, max_batch // n)
     out = []
     for start in range(0, k, chunk):
         kc = min(chunk, k - start)
         eps = torch.randn((n, kc, d), generator=generator, device=mu.device, dtype=mu.dtype)
-        log_px_z, log_pz, log_qz = log_weight_terms(model, x, mu, sigma, eps)
+        log_px_z, log_pz, log_qz = log_weight_terms(model, x, mu, sigma, eps, labels)
         out.append(log_px_z.double() + log_pz.double() - log_qz.double())
     return torch.cat(out, dim=1)
 
@@ -53,7 +55,7 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
         for start in tqdm(range(0, len(data), batch_size), desc=f"IW bound, K={k}", unit="batch",
                           disable=not progress, leave=False):
             x = data.floats(start, start + batch_size, p.dtype, p.device)
-            w = log_weights(model, x, k, generator)
+            w = log_weights(model, x, k, generator, labels=data.labels_of(start, start + batch_size, p.device))
             bounds.append(torch.logsumexp(w, dim=1) - math.log(k))
     finally:
         model.train(was_training)

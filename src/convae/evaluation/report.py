@@ -45,13 +45,23 @@ def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False)
 @torch.no_grad()
 def latent_means(model, data: EvalImages, batch_size: int = 1000) -> torch.Tensor:
     p = next(model.parameters())
-    return torch.cat([model.encoder(data.floats(s, s + batch_size, p.dtype, p.device))[0]
+    return torch.cat([model.encode(data.floats(s, s + batch_size, p.dtype, p.device),
+                                   data.labels_of(s, s + batch_size, p.device))[0]
                       for s in range(0, len(data), batch_size)])
 
 
+def class_names(data, classes: int) -> list[str]:
+    """The names of a labelled source's classes (a folder's sub-folders), else the label numbers."""
+    names = data.classes or []
+    return [names[k] if k < len(names) else str(k) for k in range(classes)]
+
+
 @torch.no_grad()
-def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: Path) -> list[str]:
-    """Samples, reconstructions, interpolations, traversals, the latent PCA and the loss curves."""
+def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: Path,
+                  names: list[str] | None = None) -> list[str]:
+    """Samples, reconstructions, interpolations, traversals, the latent PCA and the loss curves; for a conditional
+    model also samples per class (one row each, named by ``names``). Interpolations and traversals of a
+    conditional model keep the label of the image they start from."""
     model, p = run.model, next(run.model.parameters())
     generator = torch.Generator(device=p.device).manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,15 +74,24 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
 
     samples = model.sample(64, generator=generator)
     save(rows_grid, "samples.png", list(samples.view(8, 8, *samples.shape[1:])), title=f"samples from the prior: {name}")
+    if model.classes:
+        shown = min(model.classes, 20)
+        rows = [model.sample(10, generator, labels=torch.full((10,), k, device=p.device)) for k in range(shown)]
+        save(rows_grid, "samples_by_class.png", rows, labels=(names or [str(k) for k in range(shown)])[:shown],
+             title=f"samples of each class (z from the prior, one row per label): {name}")
+
+    def label_of(i: int, n: int) -> torch.Tensor | None:
+        return None if test_set.labels is None else test_set.labels_of(i, i + 1, p.device).expand(n)
 
     x = test_set.floats(0, 10, p.dtype, p.device)
-    recon = model.reconstruct(x, generator)
+    recon = model.reconstruct(x, generator, labels=test_set.labels_of(0, 10, p.device))
     save(rows_grid, "reconstructions.png", [x, recon], labels=["input", "recon."], title=f"test reconstructions: {name}")
 
     mu = latent_means(model, test_set)
     a, b = mu[:8], mu[8:16]
     t = torch.linspace(0, 1, 10, device=p.device, dtype=p.dtype)
-    rows = [model.generate(a[i] + t[:, None] * (b[i] - a[i]), generator) for i in range(len(a))]
+    rows = [model.generate(a[i] + t[:, None] * (b[i] - a[i]), generator, labels=label_of(i, len(t)))
+            for i in range(len(a))]
     save(rows_grid, "interpolations.png", rows, title=f"latent interpolations between test images: {name}")
 
     active = mu.var(0).argsort(descending=True)[:8]
@@ -82,7 +101,7 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     for d in active.tolist():
         z = base.repeat(len(values), 1)
         z[:, d] = values
-        rows.append(model.generate(z, generator))
+        rows.append(model.generate(z, generator, labels=label_of(0, len(values))))
     save(rows_grid, "traversals.png", rows, labels=[f"z{d}" for d in active.tolist()],
          title=f"traversals -3..3 of the most active latent dimensions: {name}")
 
@@ -106,9 +125,13 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
                 f"{run.model.likelihood.name} likelihood on {'colour' if test_set.images.shape[1] == 3 else 'gray'} "
                 f"{run.config.image_size}x{run.config.image_size} images ({run.config.source}); "
                 "not comparable with published binarized-MNIST NLLs")
+    if run.model.classes:
+        protocol += (f"; conditional on the label ({run.model.classes} classes): the bounds are on log p(x | label), "
+                     "not comparable with an unconditional model's log p(x)")
     result = {"run": str(run.path), "model": run.config.model, "step": run.step, "protocol": protocol,
               "n_test_images": len(test_set), "test_neg_elbo": elbo.neg_elbo, "test_L_likelihood": elbo.likelihood,
               "test_L_KL": elbo.kl, "likelihood": run.model.likelihood.name,
+              "conditional": bool(run.model.classes),
               "entropy_floor": entropy_floor(test_set) if run.model.likelihood.entropy_floor else None}
     if run.model.likelihood.discrete:
         result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
@@ -129,7 +152,8 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     if frechet:
         result.update(frechet_scores(run, data, test_set, progress))
     if pictures:
-        result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.path / "eval")
+        result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.path / "eval",
+                                           class_names(data, run.model.classes))
     (run.path / "eval").mkdir(exist_ok=True)
     atomic_write_json(run.path / "eval" / "eval.json", result)  # always the numbers just printed
     return result
@@ -145,7 +169,7 @@ def artifact_scores(run: Run, *, n: int = 2000, test_limit: int | None = None, p
     real = test_set.floats(0, n, p.dtype, p.device)
     generator = torch.Generator(device=p.device).manual_seed(0)
     samples = torch.cat([model.sample(min(500, n - s), generator=generator) for s in range(0, n, 500)])
-    recon = torch.cat([model.reconstruct(real[s:s + 500], generator)
+    recon = torch.cat([model.reconstruct(real[s:s + 500], generator, labels=test_set.labels_of(s, min(s + 500, n), p.device))
                        for s in range(0, n, 500)])
     # the dots are a spatial pattern: score colour images by their luminance
     samples, recon, real = (t.mean(1, keepdim=True) for t in (samples, recon, real))

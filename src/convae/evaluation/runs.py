@@ -28,10 +28,19 @@ class Run:
     metrics: list[dict]
 
     def data(self, test_limit: int | None = None) -> ImageData:
-        return load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
+        data = load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
+        check_labels(data, self.model.classes, self.path)
+        return data
 
     def test_set(self, data: ImageData) -> EvalImages:
-        return evaluation_images(data.test_images, data.levels, self.config)
+        return evaluation_images(data.test_images, data.levels, self.config, data.test_labels)
+
+
+def check_labels(data: ImageData, classes: int, run_path: Path) -> None:
+    """A conditional model can only be given labels of the classes it was trained on."""
+    if classes and data.class_count() > classes:
+        raise ConfigError(f"{data.name}: labels up to {data.class_count() - 1}, but the model of {run_path} is "
+                          f"conditional on the classes 0..{classes - 1}")
 
 
 def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None) -> Run:
@@ -62,7 +71,8 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
                               f"but {config_file} says {config.model!r}")
     dev = resolve_device(device)
-    model = build_run_model(config, settings.get("data", {}).get("shape", [1])[0])
+    data = settings.get("data", {})
+    model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0))
     restore(checkpoint, model, None)
     if config.ema:
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with

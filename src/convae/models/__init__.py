@@ -40,9 +40,11 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def build_model(name: str = "seed", encoder: str | None = None, image_size: int = 32, channels: int = 1,
-                likelihood: str = "bernoulli", gaussian_sigma: float | None = None) -> VAE:
+                likelihood: str = "bernoulli", gaussian_sigma: float | None = None, classes: int = 0) -> VAE:
     """The VAE called ``name`` for ``channels`` x ``image_size`` x ``image_size`` images, optionally with another
-    encoder (``"mlp"`` or ``"conv"``) and another likelihood. A shape the model cannot draw is a ValueError."""
+    encoder (``"mlp"`` or ``"conv"``) and another likelihood; ``classes`` > 0: conditional on a label of that many
+    classes (the encoder reads it beside the image, the decoder beside z). A shape the model cannot draw is a
+    ValueError."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     spec = MODELS[name]
@@ -50,9 +52,9 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r} (choose from {', '.join(ENCODERS)})")
     p_x = make_likelihood(likelihood, gaussian_sigma)
-    model = VAE(ENCODERS[encoder](image_size=image_size, latent_dim=spec.latent_dim, channels=channels),
-                spec.decoder(latent_dim=spec.latent_dim, image_size=image_size,
-                             out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x)
+    model = VAE(ENCODERS[encoder](image_size=image_size, latent_dim=spec.latent_dim, channels=channels, classes=classes),
+                spec.decoder(latent_dim=spec.latent_dim + classes, image_size=image_size,
+                             out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x, classes)
     model.apply(keras_init)
     for module in model.modules():  # e.g. ICNR for sub-pixel convolutions, after the default init
         if hasattr(module, "special_init"):
@@ -87,14 +89,16 @@ def accepted_likelihoods(name: str) -> list[str]:
     return accepted
 
 
-def build_run_model(config, channels: int) -> VAE:
-    """The model a run's settings describe, for images with ``channels`` channels; a shape or likelihood the
-    model cannot take is a ConfigError naming the model."""
+def build_run_model(config, channels: int, classes: int = 0) -> VAE:
+    """The model a run's settings describe, for images with ``channels`` channels (and, with ``--conditional``,
+    labels of ``classes`` classes); a shape or likelihood the model cannot take is a ConfigError naming the model."""
     from ..config import ConfigError
 
+    if config.conditional and classes < 1:
+        raise ConfigError("--conditional: the number of classes is unknown (the data has no labels)")
     try:
         return build_model(config.model, config.encoder, config.image_size, channels, config.likelihood,
-                           config.gaussian_sigma)
+                           config.gaussian_sigma, classes if config.conditional else 0)
     except ValueError as e:
         raise ConfigError(f"--model {config.model}: {e}") from None
 

@@ -9,6 +9,15 @@ import torch.nn.functional as F
 SIGMA_FLOOR = 1e-6  # the seed: sigma = 1e-6 + softplus(.)
 
 
+def with_label_maps(x: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+    """A conditional encoder's input: the image with one constant map per class appended as channels (1 for the
+    image's class, 0 elsewhere); the image alone when there is no label."""
+    if onehot is None:
+        return x
+    maps = onehot.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+    return torch.cat([x, maps], dim=1)
+
+
 def gaussian_parameters(h: torch.Tensor, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split the last layer's 2 * latent_dim outputs into mu and a positive sigma, as the seed does."""
     mu, pre_sigma = h[:, :latent_dim], h[:, latent_dim:]
@@ -19,17 +28,20 @@ class MLPEncoder(nn.Module):
     """The seed's fully connected encoder: Linear-ELU-Dropout, Linear-tanh-Dropout, Linear."""
 
     def __init__(self, image_size: int = 32, latent_dim: int = 100, hidden: int = 500, dropout: float = 0.1,
-                 channels: int = 1):
+                 channels: int = 1, classes: int = 0):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * image_size * image_size, hidden), nn.ELU(), nn.Dropout(dropout),
+            nn.Linear(channels * image_size * image_size + classes, hidden), nn.ELU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
             nn.Linear(hidden, 2 * latent_dim),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``onehot``: the class of each image (N x classes) for a conditional encoder, appended to the pixels."""
+        if onehot is not None:
+            x = torch.cat([x.flatten(1), onehot.to(x.dtype)], dim=1)
         return gaussian_parameters(self.net(x), self.latent_dim)
 
 
@@ -41,12 +53,13 @@ class ConvEncoder(nn.Module):
     """
 
     def __init__(self, image_size: int = 32, latent_dim: int = 100, width: int = 32, dropout: float = 0.1,
-                 channels: int = 1):
+                 channels: int = 1, classes: int = 0):
         super().__init__()
         if image_size not in (32, 64):
             raise ValueError(f"the conv encoder takes 32x32 or 64x64 images, not {image_size}x{image_size}")
         self.latent_dim = latent_dim
         c = width
+        channels += classes  # a conditional encoder reads the label maps as channels
         extra = [nn.Conv2d(channels, c, 4, 2, 1), nn.ELU()] if image_size == 64 else []
         self.net = nn.Sequential(
             *extra,
@@ -57,5 +70,5 @@ class ConvEncoder(nn.Module):
             nn.Linear(4 * c * 4 * 4, 2 * latent_dim),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_parameters(self.net(x), self.latent_dim)
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_parameters(self.net(with_label_maps(x, onehot)), self.latent_dim)

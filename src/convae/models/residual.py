@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoders import gaussian_parameters
+from .encoders import gaussian_parameters, with_label_maps
 
 
 class ResidualBlock(nn.Module):
@@ -40,11 +40,12 @@ def _levels(image_size: int, what: str) -> int:
 class ResNetEncoder(nn.Module):
     """32x32 -> 16 -> 8 -> 4 with ``width``, 2 ``width``, 4 ``width`` channels; a linear head to (mu, sigma)."""
 
-    def __init__(self, image_size: int = 32, latent_dim: int = 64, width: int = 32, channels: int = 1):
+    def __init__(self, image_size: int = 32, latent_dim: int = 64, width: int = 32, channels: int = 1,
+                 classes: int = 0):
         super().__init__()
         self.latent_dim = latent_dim
         levels = _levels(image_size, "encoder")
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv2d(channels + classes, width, 3, padding=1)]
         c = width
         for i in range(levels):
             out = min(width * 2 ** (i + 1), 4 * width)
@@ -53,8 +54,8 @@ class ResNetEncoder(nn.Module):
         layers += [ResidualBlock(c), nn.ELU(), nn.Flatten(), nn.Linear(c * 16, 2 * latent_dim)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_parameters(self.net(x), self.latent_dim)
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_parameters(self.net(with_label_maps(x, onehot)), self.latent_dim)
 
 
 class ResNetDecoder(nn.Module):

@@ -28,7 +28,9 @@ from .. import __version__  # noqa: E402
 from ..files import atomic_write_text, read_jsonl  # noqa: E402
 
 COLOURS = plt.get_cmap("tab10").colors  # one colour per run, the same in every plot
-EVAL_PICTURES = [("samples.png", "Samples from the prior"), ("reconstructions.png", "Test reconstructions"),
+EVAL_PICTURES = [("samples.png", "Samples from the prior"),
+                 ("samples_by_class.png", "Samples of each class (conditional model)"),
+                 ("reconstructions.png", "Test reconstructions"),
                  ("interpolations.png", "Interpolations between test images"),
                  ("traversals.png", "Latent traversals (most active dimensions)"),
                  ("latent_pca.png", "Latent space: PCA of test-set means, by label"),

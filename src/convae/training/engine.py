@@ -61,17 +61,19 @@ def objective_of(config: TrainConfig) -> Objective:
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, precision: str, objective: Objective = Objective(),
-                 kl_weight: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 kl_weight: torch.Tensor | float = 1.0,
+                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to differentiate, the batch's figures [L_tot, L_likelihood, L_KL]). ``model`` may be the DDP
     wrapper; the likelihood is the VAE's own."""
-    return training_loss(model, x, objective, kl_weight, precision)
+    return training_loss(model, x, objective, kl_weight, precision, labels)
 
 
 class EagerStep:
     """The plain step: PyTorch ops launched one by one (optionally through torch.compile)."""
 
-    def __init__(self, model, optimizer, images, levels, config, dtype, precision):
+    def __init__(self, model, optimizer, images, levels, config, dtype, precision, labels=None):
         self.model, self.optimizer, self.images = model, optimizer, images
+        self.labels = labels  # the training labels on the device, for a conditional model
         self.levels, self.config, self.dtype, self.precision = levels, config, dtype, precision
         self.objective = objective_of(config)
         # an input of the step like the learning rate: a device tensor, so a CUDA graph reads the current value
@@ -99,8 +101,9 @@ class EagerStep:
         if not self.objective.plain:
             self.kl_weight.fill_(self.objective.kl_weight(step))
 
-    def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_loss(self.model, x, self.precision, self.objective, self.kl_weight)
+    def _loss(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = None if self.labels is None else self.labels[index]
+        return self.forward_loss(self.model, x, self.precision, self.objective, self.kl_weight, labels)
 
     def __call__(self, index: torch.Tensor, lr: float, step: int = 0) -> torch.Tensor:
         """One optimizer step on the images ``index``; ``step`` (0-based) sets the KL weight's warm-up."""
@@ -108,24 +111,24 @@ class EagerStep:
         x = make_batch(self.images[index], self.levels, self.config, self.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         if not self._checked_compile:
-            loss, terms = self._first_compiled_call(x)
+            loss, terms = self._first_compiled_call(x, index)
         else:
-            loss, terms = self._loss(x)
+            loss, terms = self._loss(x, index)
         loss.backward()
         self.clip_gradients()
         self.optimizer.step()
         return terms.detach()
 
-    def _first_compiled_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first_compiled_call(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._checked_compile = True
         try:
-            return self._loss(x)
+            return self._loss(x, index)
         except Exception as e:  # a missing C++ compiler, an unsupported backend, ...
             print(f"convae: --compile: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "running eager", file=sys.stderr)
             self.forward_loss = forward_loss
             self.optimizer.zero_grad(set_to_none=True)
-            return self._loss(x)
+            return self._loss(x, index)
 
 
 class CudaGraphStep(EagerStep):
@@ -139,12 +142,13 @@ class CudaGraphStep(EagerStep):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.forward_loss = forward_loss  # the graph replaces torch.compile (make_train_step warns)
         self.graph = None
         self.static_index = None
 
     def _body(self) -> torch.Tensor:
         x = make_batch(self.images[self.static_index], self.levels, self.config, self.dtype)
-        loss, terms = forward_loss(self.model, x, self.precision, self.objective, self.kl_weight)
+        loss, terms = self._loss(x, self.static_index)
         loss.backward()
         self.clip_gradients()
         self.optimizer.step()
@@ -191,11 +195,12 @@ def uses_cuda_graphs(config: TrainConfig, device: torch.device, eager_only: bool
 
 
 def make_train_step(model, optimizer, images, levels, config: TrainConfig, dtype, precision, device,
-                    eager_only: bool = False):
+                    eager_only: bool = False, labels: torch.Tensor | None = None):
     """``model`` is what the step calls: the VAE, or its DistributedDataParallel wrapper under torchrun;
-    ``images[index]`` gives a batch of uint8 images on the device (resident, or ``StreamedImages``)."""
+    ``images[index]`` gives a batch of uint8 images on the device (resident, or ``StreamedImages``);
+    ``labels[index]`` their classes on the device, for a conditional model."""
     if uses_cuda_graphs(config, device, eager_only):
         if config.compile:
             warnings.warn("--compile with CUDA graphs: using the graphs alone")
-        return CudaGraphStep(model, optimizer, images, levels, config, dtype, precision)
-    return EagerStep(model, optimizer, images, levels, config, dtype, precision)
+        return CudaGraphStep(model, optimizer, images, levels, config, dtype, precision, labels)
+    return EagerStep(model, optimizer, images, levels, config, dtype, precision, labels)

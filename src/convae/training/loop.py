@@ -294,7 +294,7 @@ class Trainer:
         self.precision = effective_precision(config, device, warn=say_stderr)
         torch.manual_seed(config.seed)
         self.check_memory()
-        self.model = build_run_model(config, self.data.shape[0]).to(device=device, dtype=self.dtype)
+        self.model = build_run_model(config, self.data.shape[0], self.classes).to(device=device, dtype=self.dtype)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         step_module = runtime.wrap(self.model, device)
@@ -324,7 +324,8 @@ class Trainer:
                          "data": {**self.data.details, "name": self.data.name, "shape": list(self.data.shape),
                                   "levels": self.data.levels,
                                   "train_images": len(self.data.train_images), "test_images": len(self.data.test_images),
-                                  "classes": self.data.classes, "likelihood": self.model.likelihood.name,
+                                  "classes": self.data.classes, "class_count": self.classes,
+                                  "likelihood": self.model.likelihood.name,
                                   "training_images_bytes": self.data.train_images.numel(),
                                   "fingerprint": self.fingerprint,
                                   "streamed": self.streamed is not None},
@@ -338,8 +339,9 @@ class Trainer:
                                 hparams=config.to_dict(), metrics=start.metrics)
         self.announce(start)
 
-        self.monitor = evaluation_images(self.data.train_images[:config.monitor_images], self.data.levels, config)
-        self.test_set = evaluation_images(self.data.test_images, self.data.levels, config)
+        self.monitor = evaluation_images(self.data.train_images[:config.monitor_images], self.data.levels, config,
+                                         self.data.train_labels[:config.monitor_images])
+        self.test_set = evaluation_images(self.data.test_images, self.data.levels, config, self.data.test_labels)
         # the least a Bernoulli decoder can score on these targets; for other likelihoods it means nothing
         self.floor = entropy_floor(self.test_set) if self.model.likelihood.entropy_floor else None
         self.show_bar = runtime.is_writer and not config.quiet and sys.stderr.isatty()
@@ -347,8 +349,10 @@ class Trainer:
         self.step_counter = torch.full((), self.step, dtype=torch.long, device=device)
         self.train_step = make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images,
                                           self.data.levels, config, self.dtype, self.precision, device,
-                                          eager_only=runtime.distributed or self.streamed is not None)
+                                          eager_only=runtime.distributed or self.streamed is not None,
+                                          labels=self.data.train_labels if config.conditional else None)
         self.last_save, self.stop = time.monotonic(), None
+        self.report_drawn, self.report_cost = 0.0, 0.0
 
     def check_memory(self) -> None:
         """Refuse settings whose weights, gradients, Adam's moments (and average) and one batch's input cannot fit
@@ -357,7 +361,7 @@ class Trainer:
         config = self.config
         try:
             with torch.device("meta"):
-                probe = build_run_model(config, self.data.shape[0])
+                probe = build_run_model(config, self.data.shape[0], self.classes)
         except ConfigError:
             raise
         except Exception:  # a layer that cannot be built on meta: leave it to the real allocation
@@ -400,6 +404,11 @@ class Trainer:
         data = data if data is not None else load_for_config(config, progress=self.runtime.is_writer and not config.quiet)
         data = data.subset(config.train_limit, config.test_limit)
         self.fingerprint = data.fingerprint() if self.runtime.is_writer else None
+        self.classes = data.class_count() if config.conditional else 0
+        if config.conditional and self.classes < 2:
+            found = "one class only" if self.classes == 1 else "no class labels (every image has label 0)"
+            raise ConfigError(f"--conditional: {config.source} has {found}; conditioning needs labelled data: MNIST, "
+                              "a folder with one sub-folder per class, or an .npz with labels")
         streamed = data.train_images.numel() > resident_limit(self.device, config.resident_max_bytes)
         self.data = data.to(self.device, resident=not streamed)
         self.streamed = StreamedImages(self.data.train_images, self.device) if streamed else None
@@ -598,7 +607,17 @@ class Trainer:
                  f"train loss {record['train_loss']:.2f}, {record['img_per_s']:.0f} img/s, "
                  f"{record['epoch_seconds']:.1f} s" + (" (stopped by --max-steps)" if partial else ""))
         if self.config.report and self.runtime.is_writer:
-            write_report([self.run_dir], self.run_dir / "report.html")
+            self.refresh_report(final=self.step == self.last_step)
+
+    def refresh_report(self, final: bool) -> None:
+        """RUN/report.html at an epoch end, unless the last refresh was recent: drawing its charts takes a second or
+        two, so it is redrawn once at least ten times that long has passed (at most a tenth of the run's time goes
+        to it, however short the epochs) and always after the last epoch."""
+        now = time.monotonic()
+        if not final and now - self.report_drawn < 10 * self.report_cost:
+            return
+        write_report([self.run_dir], self.run_dir / "report.html")
+        self.report_drawn, self.report_cost = time.monotonic(), time.monotonic() - now
 
 
 def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
@@ -621,7 +640,7 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
             p = next(model.parameters())
             x = monitor.floats(0, 9, p.dtype, p.device)
             generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
-            reconstruction = model.reconstruct(x, generator)
+            reconstruction = model.reconstruct(x, generator, labels=monitor.labels_of(0, 9, p.device))
             pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9),
                         "samples": tile(model.sample(64, generator=generator), 8)}
         model.train()
