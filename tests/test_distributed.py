@@ -52,19 +52,63 @@ def deterministic(metrics):
 # -- arithmetic, in-process workers ----------------------------------------------------------------------------
 
 
-def _train_worker(rank, port, out, data):
-    join_as(rank, 2, port)
+def _train_job(rank, out, data):
     config = TrainConfig(epochs=2, batch_size=32, quiet=True, device="cpu", out=str(out / "run"), eval_batch_size=24)
     result = train(config, data=data, log=lambda s: None)
     torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
 
 
-def test_two_ranks_end_with_identical_models_and_the_split_evaluation_is_the_single_process_one(tmp_path, tiny_data):
-    mp.spawn(_train_worker, args=(free_port(), tmp_path, tiny_data), nprocs=2)
-    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+def _streamed_job(rank, out, source):
+    config = TrainConfig(epochs=1, batch_size=16, quiet=True, device="cpu", out=str(out / "run"), data=source,
+                         model="resize", encoder="conv", resident_max_bytes=0, cache_dir=str(out / "cache"),
+                         tensorboard=False, report=False)
+    result = train(config, log=lambda s: None)
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
+
+
+def _gradient_job(rank, out, x, eps):
+    runtime = Runtime.from_environment(timeout_s=60)
+    torch.manual_seed(0)
+    model = build_model("seed").eval()  # dropout off, BatchNorm by running statistics: images are independent
+    ddp = runtime.wrap(model, torch.device("cpu"))
+    mine = runtime.shard(torch.arange(len(x)))
+    out_ = ddp(x[mine], eps=eps[mine])
+    neg_elbo(out_.logits, x[mine], out_.mu, out_.sigma).total.backward()
+    torch.save({n: p.grad.clone() for n, p in model.named_parameters()}, out / f"grad{rank}.pt")
+    runtime.close()
+
+
+def _arithmetic_worker(rank, jobs):
+    """Each job in its own process group (its own port), one after the other: one spawn, three checks."""
+    for job, port, args in jobs:
+        join_as(rank, 2, port)
+        job(rank, *args)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tiny_data):
+    """Two spawned processes that take one DDP gradient, train the seed model 2 epochs, and train on streamed
+    colour data; each job writes what its test checks into its own folder."""
+    import numpy as np
+
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("gradient", "train", "streamed")}
+    generator = torch.Generator().manual_seed(1)
+    x, eps = torch.rand(32, 1, 32, 32, generator=generator), torch.randn(32, 100, generator=generator)
+    np.save(folders["streamed"] / "x.npy", np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8))
+    jobs = [(_gradient_job, free_port(), (folders["gradient"], x, eps)),
+            (_train_job, free_port(), (folders["train"], tiny_data)),
+            (_streamed_job, free_port(), (folders["streamed"], str(folders["streamed"] / "x.npy")))]
+    mp.spawn(_arithmetic_worker, args=(jobs,), nprocs=2)
+    return {**folders, "x": x, "eps": eps}
+
+
+def test_two_ranks_end_with_identical_models_and_the_split_evaluation_is_the_single_process_one(two_processes,
+                                                                                                 tiny_data):
+    folder = two_processes["train"]
+    a, b = torch.load(folder / "rank0.pt"), torch.load(folder / "rank1.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # parameters and BatchNorm statistics
 
-    run = tmp_path / "run"
+    run = folder / "run"
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [8, 16] and metrics[-1]["world_size"] == 2
     assert metrics[-1]["backend"] == "gloo" and metrics[-1]["rank_devices"] == ["cpu", "cpu"]
@@ -82,53 +126,24 @@ def test_two_ranks_end_with_identical_models_and_the_split_evaluation_is_the_sin
     assert metrics[-1]["test_L_KL"] == pytest.approx(single.kl, rel=1e-12)
 
 
-def _streamed_worker(rank, port, out, source):
-    join_as(rank, 2, port)
-    config = TrainConfig(epochs=1, batch_size=16, quiet=True, device="cpu", out=str(out / "run"), data=source,
-                         model="resize", encoder="conv", resident_max_bytes=0, cache_dir=str(out / "cache"),
-                         tensorboard=False, report=False)
-    result = train(config, log=lambda s: None)
-    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
-
-
-def test_streamed_colour_data_trains_under_torchrun(tmp_path):
+def test_streamed_colour_data_trains_under_torchrun(two_processes):
     """Rank 0 prepares the cache, rank 1 opens it; both stream their slices from the memory map."""
-    import numpy as np
-
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8))
-    mp.spawn(_streamed_worker, args=(free_port(), tmp_path, str(tmp_path / "x.npy")), nprocs=2)
-    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    folder = two_processes["streamed"]
+    a, b = torch.load(folder / "rank0.pt"), torch.load(folder / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    settings = json.loads((tmp_path / "run" / "config.json").read_text())
+    settings = json.loads((folder / "run" / "config.json").read_text())
     assert settings["data"]["streamed"] and settings["data"]["shape"] == [3, 32, 32]
-    assert len(list((tmp_path / "cache").glob("*.images.npy"))) == 1
+    assert len(list((folder / "cache").glob("*.images.npy"))) == 1
 
 
-def _gradient_worker(rank, port, out, x, eps):
-    join_as(rank, 2, port)
-    runtime = Runtime.from_environment(timeout_s=60)
-    torch.manual_seed(0)
-    model = build_model("seed").eval()  # dropout off, BatchNorm by running statistics: images are independent
-    ddp = runtime.wrap(model, torch.device("cpu"))
-    mine = runtime.shard(torch.arange(len(x)))
-    out_ = ddp(x[mine], eps=eps[mine])
-    neg_elbo(out_.logits, x[mine], out_.mu, out_.sigma).total.backward()
-    torch.save({n: p.grad.clone() for n, p in model.named_parameters()}, out / f"grad{rank}.pt")
-    runtime.close()
-
-
-def test_a_two_rank_step_has_the_single_process_gradient_of_the_global_batch(tmp_path):
-    generator = torch.Generator().manual_seed(1)
-    x = torch.rand(32, 1, 32, 32, generator=generator)
-    eps = torch.randn(32, 100, generator=generator)
-    mp.spawn(_gradient_worker, args=(free_port(), tmp_path, x, eps), nprocs=2)
-
+def test_a_two_rank_step_has_the_single_process_gradient_of_the_global_batch(two_processes):
+    x, eps = two_processes["x"], two_processes["eps"]
     torch.manual_seed(0)
     model = build_model("seed").eval()
     out = model(x, eps=eps)
     neg_elbo(out.logits, x, out.mu, out.sigma).total.backward()
     for rank in (0, 1):
-        grads = torch.load(tmp_path / f"grad{rank}.pt")
+        grads = torch.load(two_processes["gradient"] / f"grad{rank}.pt")
         for name, p in model.named_parameters():
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=f"{name} on rank {rank}")
 
@@ -170,15 +185,27 @@ def metrics_of(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sigkill_of_a_worker_costs_only_the_steps_since_the_last_checkpoint(tmp_path, idx_dir):
-    common = ["--epochs", "3", "--checkpoint-every", "4", "--auto-resume"]
-    whole = run_torchrun(["-m", "convae", *train_args(idx_dir, tmp_path / "whole", *common)])
-    assert whole.returncode == 0, whole.stderr[-2000:]
+WHOLE_RUN = ["--epochs", "3", "--checkpoint-every", "4", "--auto-resume"]
 
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, tiny_data):
+    """A two-process torchrun run of 3 epochs (24 steps), uninterrupted; tests copy it before changing it."""
+    from conftest import idx_folder
+
+    folder = tmp_path_factory.mktemp("whole")
+    data = idx_folder(folder / "idx", tiny_data)
+    whole = run_torchrun(["-m", "convae", *train_args(data, folder / "run", *WHOLE_RUN)])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    return folder / "run", data
+
+
+def test_sigkill_of_a_worker_costs_only_the_steps_since_the_last_checkpoint(tmp_path, whole_run):
+    whole, data = whole_run
     env_kill = dict(KILL_RANK="1", KILL_STEP="14")  # mid-epoch 2; the newest checkpoint then is step 12
     os.environ.update(env_kill)
     try:
-        cut = run_torchrun([str(HELPERS / "kill_at_step.py"), *train_args(idx_dir, tmp_path / "cut", *common)],
+        cut = run_torchrun([str(HELPERS / "kill_at_step.py"), *train_args(data, tmp_path / "cut", *WHOLE_RUN)],
                            extra=["--max-restarts=1"])
     finally:
         for k in env_kill:
@@ -186,28 +213,27 @@ def test_sigkill_of_a_worker_costs_only_the_steps_since_the_last_checkpoint(tmp_
     assert cut.returncode == 0, cut.stderr[-2000:]
     log = (tmp_path / "cut" / "log.txt").read_text()
     assert "resuming" in log and "at step 12 (epoch 2), torchrun restart 1" in log
-    assert deterministic(metrics_of(tmp_path / "cut")) == deterministic(metrics_of(tmp_path / "whole"))
-    a = latest_checkpoint(tmp_path / "whole" / "checkpoints").tensors
+    assert deterministic(metrics_of(tmp_path / "cut")) == deterministic(metrics_of(whole))
+    a = latest_checkpoint(whole / "checkpoints").tensors
     b = latest_checkpoint(tmp_path / "cut" / "checkpoints").tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights, Adam, every rank's RNG
 
 
-def test_resume_with_another_world_size_continues_the_run(tmp_path, idx_dir):
+def test_resume_with_another_world_size_continues_the_run(tmp_path, whole_run):
     from convae.cli import main
 
     run = tmp_path / "run"
-    first = run_torchrun(["-m", "convae", *train_args(idx_dir, run, "--epochs", "3", "--max-steps", "12")])
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(whole_run[0], run)
     assert latest_checkpoint(run / "checkpoints").meta["world_size"] == 2
 
-    assert main(["train", "--resume", str(run), "--max-steps", "20", "--quiet"]) == 0  # 2 processes -> 1
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--quiet"]) == 0  # 2 processes -> 1
     assert "written by 2 process(es), now 1" in (run / "log.txt").read_text()
     assert latest_checkpoint(run / "checkpoints").meta["world_size"] == 1
 
-    last = run_torchrun(["-m", "convae", "train", "--resume", str(run), "--max-steps", "24", "--quiet"])  # 1 -> 2
+    last = run_torchrun(["-m", "convae", "train", "--resume", str(run), "--epochs", "5", "--quiet"])  # 1 -> 2
     assert last.returncode == 0, last.stderr[-2000:]
     metrics = metrics_of(run)
-    assert [(m["step"], m["world_size"]) for m in metrics] == [(8, 2), (12, 2), (16, 1), (20, 1), (24, 2)]
+    assert [(m["step"], m["world_size"]) for m in metrics] == [(8, 2), (16, 2), (24, 2), (32, 1), (40, 2)]
     assert all(torch.isfinite(torch.tensor(m["test_neg_elbo"])) for m in metrics)
 
 
