@@ -146,3 +146,18 @@ def test_a_conditional_model_refuses_data_with_more_classes(conditional_run, tmp
     assert main(["encode", str(conditional_run), "--data", "mnist", "--out", str(tmp_path / "z.npz"),
                  "--device", "cpu"]) == 2
     assert "labels up to 9, but the model of" in capsys.readouterr().err
+
+
+def test_a_conditional_run_on_generated_shapes_evaluates_every_measure(tmp_path, capsys):
+    """Shapes name their classes and have known factors: the factor read-out encodes the training images with
+    their labels too, and the per-class picture is labelled by name."""
+    run = tmp_path / "run"
+    assert main(["train", "--conditional", "--data", "shapes:60", "--model", "fc", "--epochs", "1", "--batch-size",
+                 "16", "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard", "--out", str(run),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((run / "config.json").read_text())["data"]["class_count"] == 3
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["conditional"] and set(result["factor_recovery"]) >= {"kind_accuracy", "x_r2"}
+    assert "samples_by_class.png" in result["pictures"]

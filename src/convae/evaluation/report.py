@@ -36,7 +36,7 @@ def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False)
                             run.config.quantize)
     classifier = cached_classifier(cache_root(run.config.cache_dir), gray_train, data.train_labels, test_set,
                                    data.test_labels, binarize=run.config.binarize, device=device, progress=progress)
-    train_set = evaluation_images(data.train_images, data.levels, run.config)
+    train_set = evaluation_images(data.train_images, data.levels, run.config, data.train_labels)
     scores = sample_quality(run.model, classifier.model, test_set, train_set, binary=run.config.binarize == "dynamic")
     return {**scores, "frechet_classifier_accuracy": classifier.accuracy,
             "frechet_classifier": str(classifier.path)}
@@ -88,11 +88,13 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     save(rows_grid, "reconstructions.png", [x, recon], labels=["input", "recon."], title=f"test reconstructions: {name}")
 
     mu = latent_means(model, test_set)
-    a, b = mu[:8], mu[8:16]
+    pairs = min(8, len(mu) // 2)  # fewer where the test set is small
+    a, b = mu[:pairs], mu[pairs:2 * pairs]
     t = torch.linspace(0, 1, 10, device=p.device, dtype=p.dtype)
     rows = [model.generate(a[i] + t[:, None] * (b[i] - a[i]), generator, labels=label_of(i, len(t)))
-            for i in range(len(a))]
-    save(rows_grid, "interpolations.png", rows, title=f"latent interpolations between test images: {name}")
+            for i in range(pairs)]
+    if rows:
+        save(rows_grid, "interpolations.png", rows, title=f"latent interpolations between test images: {name}")
 
     active = mu.var(0).argsort(descending=True)[:8]
     values = torch.linspace(-3, 3, 11, device=p.device, dtype=p.dtype)
@@ -146,7 +148,7 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         from .factors import factor_recovery
 
         n_train, n = len(data.train_images), min(len(data.train_images), 5000)
-        train_set = evaluation_images(data.train_images[:n], data.levels, run.config)
+        train_set = evaluation_images(data.train_images[:n], data.levels, run.config, data.train_labels[:n])
         result["factor_recovery"] = factor_recovery(run.model, train_set, test_set, factors[:n],
                                                     factors[n_train:n_train + len(test_set)])
     if frechet:
