@@ -161,3 +161,10 @@ def test_a_conditional_run_on_generated_shapes_evaluates_every_measure(tmp_path,
     result = json.loads(capsys.readouterr().out)
     assert result["conditional"] and set(result["factor_recovery"]) >= {"kind_accuracy", "x_r2"}
     assert "samples_by_class.png" in result["pictures"]
+    # a class by its name, as the data named it
+    model = convae.load(run, device="cpu")
+    assert model.class_names == ["circle", "square", "triangle"]
+    torch.testing.assert_close(model.sample(2, label="square", seed=0), model.sample(2, label=1, seed=0))
+    assert main(["sample", str(run), "--label", "star", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 2
+    assert "--label star: 'star' is not a class of this model (its classes: circle, square, triangle)" in \
+        capsys.readouterr().err

@@ -77,6 +77,8 @@ def test_sample_encode_decode_commands(run_dir, tmp_path, capsys, idx_dir):
     assert main(["sample", str(run_dir), "--out", str(tmp_path / "x.txt"), "--device", "cpu"]) == 2
     assert "give a .npz (arrays) or .png/.jpg" in capsys.readouterr().err
     assert not (tmp_path / "x.txt").exists()
+    assert main(["sample", str(run_dir), "--label", "3", "--out", str(tmp_path / "l.png"), "--device", "cpu"]) == 2
+    assert "--label 3: the model of" in (err := capsys.readouterr().err) and "is not conditional" in err
 
 
 def test_latent_usage_tells_a_collapsed_posterior_from_a_used_one(run_dir, tiny_data):

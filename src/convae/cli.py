@@ -555,8 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="how many (default 64)")
     p.add_argument("--out", required=True, help="grid.png (a picture) or samples.npz (uint8 N x C x H x W)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    p.add_argument("--label", type=int, metavar="K",
-                   help="a model trained with --conditional: draw class K (default: classes drawn uniformly)")
+    p.add_argument("--label", metavar="K",
+                   help="a model trained with --conditional: draw class K, a number or a class name (default: "
+                        "classes drawn uniformly)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_sample)
 
@@ -574,9 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by convae train")
     p.add_argument("latents", help="an .npz holding 'z' or 'mu' (N x latent_dim)")
     p.add_argument("--out", required=True, help="images.npz (uint8 N x C x H x W) or grid.png")
-    p.add_argument("--label", type=int, metavar="K",
-                   help="a model trained with --conditional: decode every latent as class K (default: the file's "
-                        "'labels')")
+    p.add_argument("--label", metavar="K",
+                   help="a model trained with --conditional: decode every latent as class K, a number or a class "
+                        "name (default: the file's 'labels')")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_decode)
 

@@ -37,9 +37,14 @@ class TrainedModel:
         """The number of classes a conditional model takes labels of; 0 for an unconditional one."""
         return self.model.classes
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes' names where the data named them (an image folder's sub-folders, the shapes' kinds)."""
+        return self.run.settings.get("data", {}).get("classes")
+
     def prepare_labels(self, labels, n: int) -> torch.Tensor | None:
-        """Labels as a user has them (one int for all ``n`` images, or one per image) -> a tensor on the device;
-        None for an unconditional model."""
+        """Labels as a user has them (one int or class name for all ``n`` images, or one per image) -> a tensor on
+        the device; None for an unconditional model."""
         if labels is None:
             if self.classes:
                 raise ConfigError(f"this model is conditional on {self.classes} classes: give the labels "
@@ -48,6 +53,8 @@ class TrainedModel:
         if not self.classes:
             raise ConfigError(f"the model of {self.run.path} is not conditional (trained without --conditional): it "
                               "takes no labels")
+        if isinstance(labels, str) or (isinstance(labels, (list, tuple)) and labels and isinstance(labels[0], str)):
+            labels = self.label_numbers([labels] if isinstance(labels, str) else list(labels))
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ConfigError(f"labels of dtype {y.dtype}: give integers 0..{self.classes - 1}")
@@ -87,6 +94,20 @@ class TrainedModel:
             x = to_float(x, 1.0, self.config.image_size, self.param.dtype, self.config.resize_mode,
                          self.config.quantize)
         return x
+
+    def label_numbers(self, names: list[str]) -> list[int]:
+        """Class names -> their label numbers (a number written as text is taken as it is)."""
+        known = self.class_names or []
+        numbers = []
+        for name in names:
+            if name in known:
+                numbers.append(known.index(name))
+            elif name.lstrip("-").isdigit():
+                numbers.append(int(name))
+            else:
+                raise ConfigError(f"{name!r} is not a class of this model (" + (
+                    f"its classes: {', '.join(known)}" if known else f"give a number 0..{self.classes - 1}") + ")")
+        return numbers
 
     @torch.no_grad()
     def encode(self, images, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
