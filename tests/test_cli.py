@@ -30,6 +30,8 @@ def small(idx_dir, out, *extra):
     (["--model", "nope"], "--model: unknown model 'nope' (choose from"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     (["--lr", "0"], "--lr: must be a positive number, got 0.0"),
+    (["--lr", "inf"], "--lr: must be a positive number, got inf"),
+    (["--grad-clip", "inf"], "--grad-clip: must be a positive number (a gradient norm), got inf"),
     (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
 ])
 def test_bad_options_get_one_line_exit_2_and_no_run_folder(tmp_path, idx_dir, capsys, argv, message):

@@ -13,10 +13,12 @@ import gzip
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -93,6 +95,7 @@ OPTION_VALUES = {
     "--checkpoint-every": st.sampled_from(["1", "3", "0"]),
     "--test-fraction": st.sampled_from(["0.1", "0", "1", "2"]),
     "--progress-every": st.sampled_from(["1", "0"]),
+    "--conditional": st.just(None),  # a flag: given without a value
 }
 
 
@@ -102,12 +105,14 @@ OPTION_VALUES = {
     lambda keys: st.fixed_dictionaries({k: OPTION_VALUES[k] for k in keys})))
 def test_train_options_fuzz(tmp_path_factory, capsys, tiny_data, options):
     work = tmp_path_factory.mktemp("fuzz-options")
-    idx = idx_folder(work / "idx", tiny_data, 96, 32)
+    labelled = replace(tiny_data, train_labels=torch.arange(len(tiny_data.train_images)) % 3,
+                       test_labels=torch.arange(len(tiny_data.test_images)) % 3)  # three classes, for --conditional
+    idx = idx_folder(work / "idx", labelled, 96, 32)
     out = work / "run"
     argv = ["train", "--data-dir", str(idx), "--out", str(out), "--device", "cpu", "--quiet", "--no-report",
             "--no-tensorboard", "--max-steps", "2", "--cache-dir", str(work / "cache")]
     for option, value in options.items():
-        argv += [option, value]
+        argv += [option] if value is None else [option, value]
     run_and_check(capsys, work, argv, out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -81,6 +82,11 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be a positive integer, got {value!r}")
 
+        def number(value, above: float = 0.0, inclusive: bool = False) -> bool:
+            """A finite real number above ``above`` (``inf`` passes ``> 0`` and would train on infinities)."""
+            return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and (value >= above if inclusive else value > above))
+
         for name in ("epochs", "batch_size", "image_size", "monitor_images", "eval_batch_size",
                      "progress_every", "keep_checkpoints"):
             positive(name, getattr(self, name))
@@ -89,21 +95,21 @@ class TrainConfig:
         positive("iw_train", self.iw_train)
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
             raise ConfigError(f"--kl-warmup: must be an integer >= 0 (steps), got {self.kl_warmup!r}")
-        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
+        if not number(self.beta):
             raise ConfigError(f"--beta: must be a positive number, got {self.beta!r}")
-        if not (isinstance(self.free_bits, (int, float)) and self.free_bits >= 0):
+        if not number(self.free_bits, inclusive=True):
             raise ConfigError(f"--free-bits: must be a number >= 0 (nats per latent dimension), got {self.free_bits!r}")
         if self.free_bits and self.iw_train > 1:
             raise ConfigError("--free-bits: not with --iw-train K > 1 (free bits clamp the ELBO's KL term, which the "
                               "importance-weighted bound does not have)")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+        if self.grad_clip is not None and not number(self.grad_clip):
             raise ConfigError(f"--grad-clip: must be a positive number (a gradient norm), got {self.grad_clip!r}")
         if self.ema is not None and not (isinstance(self.ema, (int, float)) and 0 < self.ema < 1):
             raise ConfigError(f"--ema: the decay must be between 0 and 1 (e.g. 0.999), got {self.ema!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+        if not number(self.lr):
             raise ConfigError(f"--lr: must be a positive number, got {self.lr!r}")
         for name, value in (("checkpoint_minutes", self.checkpoint_minutes), ("dist_timeout", self.dist_timeout)):
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            if value is not None and not number(value):
                 raise ConfigError(f"--{name.replace('_', '-')}: must be a positive number, got {value!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"--warmup-fraction: must be in [0, 1), got {self.warmup_fraction!r}")
@@ -115,7 +121,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: unknown value {value!r} (choose from {', '.join(allowed)})")
         if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
             raise ConfigError(f"--test-fraction: must be between 0 and 1, got {self.test_fraction!r}")
-        if self.gaussian_sigma is not None and not (isinstance(self.gaussian_sigma, (int, float)) and self.gaussian_sigma > 0):
+        if self.gaussian_sigma is not None and not number(self.gaussian_sigma):
             raise ConfigError(f"--gaussian-sigma: must be a positive number, got {self.gaussian_sigma!r}")
         if self.gaussian_sigma is not None and self.likelihood != "gaussian":
             raise ConfigError("--gaussian-sigma: only with --likelihood gaussian")
