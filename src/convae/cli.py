@@ -317,11 +317,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     beside = (f"entropy floor {result['entropy_floor']:.2f}" if result["entropy_floor"] is not None else
               f"{result['test_bits_per_dim']:.4f} bits/dim" if "test_bits_per_dim" in result else
               f"{result['likelihood']} likelihood")
-    given = " (given the label)" if result["conditional"] else ""
-    print(f"  test -ELBO{given}  {result['test_neg_elbo']:.2f} nats/image = L_likelihood {result['test_L_likelihood']:.2f} "
-          f"+ L_KL {result['test_L_KL']:.2f}   ({beside}, {result['n_test_images']} images)")
+    print(f"  test -ELBO{' (given the label)' if result['conditional'] else ''}  {result['test_neg_elbo']:.2f} "
+          f"nats/image = L_likelihood {result['test_L_likelihood']:.2f} + L_KL {result['test_L_KL']:.2f}   ({beside}, {result['n_test_images']} images)")
     if "iw_nll" in result:
-        print(f"  IW bound    -log p(x{' | label' if result['conditional'] else ''}) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
+        given = " | label" if result["conditional"] else ""
+        print(f"  IW bound    -log p(x{given}) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
               f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
                                                  if "iw_bits_per_dim" in result else ""))
     print(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance > "

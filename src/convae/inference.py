@@ -53,9 +53,14 @@ class TrainedModel:
         if not self.classes:
             raise ConfigError(f"the model of {self.run.path} is not conditional (trained without --conditional): it "
                               "takes no labels")
+        if isinstance(labels, np.ndarray) and labels.dtype.kind in "USO":  # names in an array
+            labels = labels.tolist()
         if isinstance(labels, str) or (isinstance(labels, (list, tuple)) and labels and isinstance(labels[0], str)):
             labels = self.label_numbers([labels] if isinstance(labels, str) else list(labels))
-        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        try:
+            y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        except (TypeError, ValueError):
+            raise ConfigError(f"labels: give integers 0..{self.classes - 1} or class names, not {labels!r:.60}") from None
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ConfigError(f"labels of dtype {y.dtype}: give integers 0..{self.classes - 1}")
         y = y.reshape(-1).long()
@@ -99,7 +104,7 @@ class TrainedModel:
         """Class names -> their label numbers (a number written as text is taken as it is)."""
         known = self.class_names or []
         numbers = []
-        for name in names:
+        for name in map(str, names):
             if name in known:
                 numbers.append(known.index(name))
             elif name.lstrip("-").isdigit():
