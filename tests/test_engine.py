@@ -6,6 +6,7 @@ from convae.benchmarking.bench import BenchSettings, format_table, run_bench
 from convae.cli import main
 from convae.config import TrainConfig
 from convae.models import build_model
+from convae.objectives import Objective, training_loss
 
 
 def test_bf16_autocast_loss_is_close_to_fp32():
@@ -14,9 +15,9 @@ def test_bf16_autocast_loss_is_close_to_fp32():
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         torch.manual_seed(1)
-        fp32 = engine.forward_loss(model, x, "fp32")[0]
+        fp32 = training_loss(model, x, Objective(), precision="fp32")[0]
         torch.manual_seed(1)
-        bf16 = engine.forward_loss(model, x, "bf16")[0]
+        bf16 = training_loss(model, x, Objective(), precision="bf16")[0]
     assert bf16.dtype == torch.float32  # the loss is kept in float32
     assert abs(bf16.item() - fp32.item()) / fp32.item() < 0.02
 
@@ -68,7 +69,7 @@ def test_fast_transposed_convs_give_the_plain_loss_and_gradients():
     losses = []
     for model in (fast, plain):
         torch.manual_seed(3)
-        loss, terms = engine.forward_loss(model, x, "fp32")
+        loss, terms = training_loss(model, x, Objective(), precision="fp32")
         loss.backward()
         losses.append(terms)
     assert torch.allclose(losses[0], losses[1], rtol=1e-12)

@@ -38,11 +38,18 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return nll.flatten(1).sum(1)
 
 
-def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per image: 0.5 * sum(mu^2 + sigma^2 - log(1e-8 + sigma^2) - 1), the seed's KL to N(0, I)."""
+def kl_per_dimension(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """N x D: each latent dimension's KL to N(0, 1), 0.5 * (mu^2 + sigma^2 - log(1e-8 + sigma^2) - 1), the seed's
+    formula (in float32 at least; float64 stays float64)."""
     mu, sigma = _at_least_float32(mu), _at_least_float32(sigma)
     var = sigma * sigma
-    return 0.5 * (mu * mu + var - torch.log(KL_LOG_EPS + var) - 1).sum(1)
+    return 0.5 * (mu * mu + var - torch.log(KL_LOG_EPS + var) - 1)
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per image: the seed's KL to N(0, I), summed over the latent dimensions (halving is exact in binary, so
+    this is the seed's 0.5 * sum(...) to the bit)."""
+    return kl_per_dimension(mu, sigma).sum(1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,13 +210,6 @@ def bernoulli_entropy_floor(x: torch.Tensor) -> torch.Tensor:
 # and evaluated stay the true -ELBO (or, under --iw-train, the IW bound); only the differentiated loss changes.
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-def kl_per_dimension(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """N x D: each latent dimension's KL to N(0, 1), the seed's formula (``gaussian_kl`` is its row sum)."""
-    mu, sigma = _at_least_float32(mu), _at_least_float32(sigma)
-    var = sigma * sigma
-    return 0.5 * (mu * mu + var - torch.log(KL_LOG_EPS + var) - 1)
 
 
 @dataclass(frozen=True)

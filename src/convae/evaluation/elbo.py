@@ -9,7 +9,7 @@ import torch
 from ..config import TrainConfig
 from ..data import fixed_binarization, to_float
 from ..models import VAE
-from ..objectives import KL_LOG_EPS, bernoulli_entropy_floor, per_image_neg_elbo
+from ..objectives import bernoulli_entropy_floor, kl_per_dimension, per_image_neg_elbo
 from ..runtime import Runtime
 
 
@@ -87,8 +87,7 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
                             generator=batch_generator(p.device, seed, start))
             terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma, model.likelihood)
             sums += torch.stack([t.double().sum() for t in terms])
-            var = out.sigma.double().square()
-            kl_dims += (0.5 * (out.mu.double().square() + var - torch.log(KL_LOG_EPS + var) - 1)).sum(0)
+            kl_dims += kl_per_dimension(out.mu.double(), out.sigma.double()).sum(0)
     finally:
         model.train(was_training)
     total, likelihood, kl = (runtime.all_reduce(sums) / len(data)).tolist()

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..objectives import KL_LOG_EPS
+from ..objectives import kl_per_dimension
 from .elbo import EvalImages
 
 ACTIVE_THRESHOLD = 0.01
@@ -34,8 +34,7 @@ def posterior_parameters(model, data: EvalImages, batch_size: int = 500) -> tupl
 
 def latent_usage(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0, max_images: int = 2000) -> dict:
     """The three measures from the posterior parameters of N images (N x D each)."""
-    var = sigma.square()
-    kl_per_dim = (0.5 * (mu.square() + var - torch.log(KL_LOG_EPS + var) - 1)).mean(0)
+    kl_per_dim = kl_per_dimension(mu, sigma).mean(0)
     mean_variance = mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(mu[0])
     active = int((mean_variance > ACTIVE_THRESHOLD).sum())
 

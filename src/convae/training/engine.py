@@ -1,6 +1,6 @@
 """The training step and the levers that make it fast, kept apart from the loop that calls it.
 
-``make_train_step`` returns a callable ``step(index, lr) -> terms`` that gathers the batch from the uint8 images
+``make_train_step`` returns a callable ``step(index, lr, step) -> terms`` that gathers the batch from the uint8 images
 resident on the device, runs forward, loss, backward and Adam, and returns the loss terms [L_tot, L_likelihood,
 L_KL] as one device tensor (no host sync). On CUDA it can record the whole step once as a CUDA graph and replay it, which removes the launch
 overhead that dominates a small model at batch 32.
@@ -60,14 +60,6 @@ def objective_of(config: TrainConfig) -> Objective:
     return Objective(config.beta, config.kl_warmup, config.free_bits, config.iw_train)
 
 
-def forward_loss(model: nn.Module, x: torch.Tensor, precision: str, objective: Objective = Objective(),
-                 kl_weight: torch.Tensor | float = 1.0,
-                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss to differentiate, the batch's figures [L_tot, L_likelihood, L_KL]). ``model`` may be the DDP
-    wrapper; the likelihood is the VAE's own."""
-    return training_loss(model, x, objective, kl_weight, precision, labels)
-
-
 class EagerStep:
     """The plain step: PyTorch ops launched one by one (optionally through torch.compile)."""
 
@@ -79,9 +71,7 @@ class EagerStep:
         # an input of the step like the learning rate: a device tensor, so a CUDA graph reads the current value
         self.kl_weight = torch.tensor(self.objective.kl_weight(0), device=next(model.parameters()).device,
                                       dtype=torch.float32)
-        self.forward_loss = forward_loss
-        if config.compile:
-            self.forward_loss = torch.compile(forward_loss)
+        self.training_loss = torch.compile(training_loss) if config.compile else training_loss
         self._checked_compile = not config.compile
 
     def _set_lr(self, lr: float) -> None:
@@ -103,7 +93,7 @@ class EagerStep:
 
     def _loss(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         labels = None if self.labels is None else self.labels[index]
-        return self.forward_loss(self.model, x, self.precision, self.objective, self.kl_weight, labels)
+        return self.training_loss(self.model, x, self.objective, self.kl_weight, self.precision, labels)
 
     def __call__(self, index: torch.Tensor, lr: float, step: int = 0) -> torch.Tensor:
         """One optimizer step on the images ``index``; ``step`` (0-based) sets the KL weight's warm-up."""
@@ -126,7 +116,7 @@ class EagerStep:
         except Exception as e:  # a missing C++ compiler, an unsupported backend, ...
             print(f"convae: --compile: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "running eager", file=sys.stderr)
-            self.forward_loss = forward_loss
+            self.training_loss = training_loss
             self.optimizer.zero_grad(set_to_none=True)
             return self._loss(x, index)
 
@@ -142,7 +132,7 @@ class CudaGraphStep(EagerStep):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.forward_loss = forward_loss  # the graph replaces torch.compile (make_train_step warns)
+        self.training_loss = training_loss  # the graph replaces torch.compile (make_train_step warns)
         self.graph = None
         self.static_index = None
 
