@@ -65,6 +65,64 @@ def test_eval_cli_writes_numbers_and_pictures(trained_run, idx_dir, capsys):
     assert scores["samples"]["score"] > 0 and (trained_run / "eval" / "artifacts.png").is_file()
 
 
+def test_iw_bound_stopped_and_continued_equals_one_that_ran_through(trained_run, tiny_data):
+    run = open_run(trained_run, "cpu")
+    test = EvalImages(tiny_data.test_images, tiny_data.levels, 32)
+    whole = importance_weighted_nll(run.model, test, 9, batch_size=16, seed=3)
+    kept = []
+
+    def stop_after_two_batches(bounds):
+        kept[:] = bounds
+        if len(bounds) == 32:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        importance_weighted_nll(run.model, test, 9, batch_size=16, seed=3, save=stop_after_two_batches)
+    assert len(kept) == 32 and kept == whole.bounds[:32]
+    continued = importance_weighted_nll(run.model, test, 9, batch_size=16, seed=3, done=kept)
+    assert continued.bounds == whole.bounds and continued.nll == whole.nll
+    with pytest.raises(ValueError, match="do not end a batch"):
+        importance_weighted_nll(run.model, test, 9, batch_size=16, done=kept[:5])
+
+
+def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_run, idx_dir, capsys, monkeypatch):
+    import convae.evaluation.report as report
+
+    config_file = trained_run / "config.json"
+    settings = json.loads(config_file.read_text())
+    settings["config"]["data_dir"] = str(idx_dir)
+    config_file.write_text(json.dumps(settings))
+    monkeypatch.setattr(report, "IW_BATCH", 16)
+    kept = trained_run / "eval" / "iw_k7.json"
+    kept.unlink(missing_ok=True)
+    args = ["eval", str(trained_run), "--iw-samples", "7", "--json", "--no-pictures", "--device", "cpu"]
+    original = report.importance_weighted_nll
+
+    def interrupted(*a, save, **kw):
+        def save_then_stop(bounds):
+            save(bounds)
+            if len(bounds) == 32:
+                raise KeyboardInterrupt
+        return original(*a, save=save_then_stop, **kw)
+
+    monkeypatch.setattr(report, "importance_weighted_nll", interrupted)
+    assert main(args) == 130
+    assert f"kept in {kept}" in capsys.readouterr().err
+    assert len(json.loads(kept.read_text())["bounds"]) == 32
+    monkeypatch.setattr(report, "importance_weighted_nll", original)
+    assert main(args) == 0
+    continued = json.loads(capsys.readouterr().out)
+    assert continued["iw_images_from_earlier"] == 32 and continued["n_test_images"] == 64
+    assert len(json.loads(kept.read_text())["bounds"]) == 64
+    assert main(args) == 0  # finished: read back whole
+    assert json.loads(capsys.readouterr().out)["iw_images_from_earlier"] == 64
+    stale = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**stale, "step": stale["step"] + 1}))  # another checkpoint's: not used
+    assert main(args) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert fresh["iw_images_from_earlier"] == 0 and fresh["iw_nll"] == continued["iw_nll"]
+
+
 def test_eval_refuses_missing_and_foreign_runs(trained_run, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "no such run folder" in capsys.readouterr().err

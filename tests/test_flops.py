@@ -18,3 +18,10 @@ def test_seed_flops_match_a_hand_count():
     assert forward_flops_per_image(model) == 2 * hand
     assert train_flops_per_image(model) == 6 * hand  # ~70 MFLOP per image per training step
     assert abs(layer2 / hand - 0.71) < 0.01      # "layer 2 is ~70 % of it"
+
+
+def test_fused_resize_conv_counts_its_four_taps_per_output():
+    from convae.models.decoders import ResizeConv2d
+
+    counts = count_layers(torch.nn.Sequential(ResizeConv2d(8, 3)), torch.zeros(2, 8, 5, 5))
+    assert [c.macs for c in counts] == [10 * 10 * 3 * 8 * 4]  # not 9 taps: the transposed form is what runs

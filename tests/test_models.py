@@ -105,6 +105,34 @@ def test_matmul_transposed_conv_equals_pytorchs(args, shape):
     assert all(torch.allclose(u, v, atol=1e-12) for u, v in zip(ga, gb))
 
 
+@pytest.mark.parametrize("in_channels, out_channels, shape, bias", [
+    (3, 2, (2, 3, 4, 4), True), (5, 4, (3, 5, 3, 6), False), (1, 1, (1, 1, 1, 1), True)])
+def test_fused_resize_conv_equals_nearest_upsampling_then_the_3x3_conv(in_channels, out_channels, shape, bias):
+    from convae.models.decoders import ResizeConv2d
+
+    fused = ResizeConv2d(in_channels, out_channels, bias).double()
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias).double()
+    conv.load_state_dict(fused.state_dict())  # same parameters, same names
+    reference = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    a, b = reference(x), fused(x)
+    assert a.shape == b.shape == (shape[0], out_channels, 2 * shape[2], 2 * shape[3])
+    assert torch.allclose(a, b, atol=1e-12)
+    grad = torch.randn_like(a)
+    ga = torch.autograd.grad(a, (x, *conv.parameters()), grad)
+    gb = torch.autograd.grad(b, (x, *fused.parameters()), grad)
+    assert all(torch.allclose(u, v, atol=1e-12) for u, v in zip(ga, gb))
+
+
+def test_resizing_decoders_keep_the_checkpoint_keys_of_upsample_plus_conv():
+    """Checkpoints written when each resize step was nn.Upsample + nn.Conv2d (two places in the Sequential) load."""
+    resize = build_model("resize").decoder.state_dict()
+    assert {"up.1.weight", "up.2.weight", "up.5.weight", "up.9.weight", "up.9.bias"} <= set(resize)
+    trunk = build_model("pixel").decoder.trunk.state_dict()
+    assert {"upsample.0.conv1.weight", "upsample.2.weight", "upsample.3.conv1.weight", "upsample.8.bias"} <= set(trunk)
+    assert not any(k.startswith(("up.0.", "upsample.1.")) for k in (*resize, *trunk))
+
+
 @pytest.mark.parametrize("name, latent", [("fc", 20), ("resize", 100), ("subpixel", 100), ("resnet", 64),
                                           ("pixel", 32)])
 @pytest.mark.parametrize("encoder", ["mlp", "conv", "resnet"])

@@ -300,16 +300,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.report import evaluate_run
+    from .evaluation.report import evaluate_run, iw_bounds_path
     from .evaluation.runs import open_run
 
     if args.iw_samples < 0:
         raise ConfigError(f"--iw-samples: must be >= 0, got {args.iw_samples}")
     run = open_run(args.run, args.device, args.model)
     with RunLock(run.path, "convae eval"):  # it writes RUN/eval/: not while a training run writes the folder
-        result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit,
-                              pictures=not args.no_pictures, progress=not args.json and sys.stderr.isatty(),
-                              frechet=args.frechet)
+        try:
+            result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit,
+                                  pictures=not args.no_pictures, progress=not args.json and sys.stderr.isatty(),
+                                  frechet=args.frechet)
+        except KeyboardInterrupt:
+            kept = iw_bounds_path(run.path, args.iw_samples)
+            if args.iw_samples and kept.is_file() and _speaks():
+                print(f"convae eval: the IW bounds of the images done so far are kept in {kept}: the same command "
+                      "goes on from there", file=sys.stderr)
+            raise
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -324,6 +331,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  IW bound    -log p(x{given}) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
               f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
                                                  if "iw_bits_per_dim" in result else ""))
+        if result["iw_images_from_earlier"]:
+            print(f"              {result['iw_images_from_earlier']} of the {result['n_test_images']} images' bounds "
+                  f"came from {result['iw_bounds_file']} (an earlier evaluation of this checkpoint)")
     print(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance > "
           f"{result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
           f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), KL per "

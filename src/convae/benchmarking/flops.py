@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..models.decoders import ResizeConv2d
+
 TRAIN_STEP_FACTOR = 3
 
 
@@ -31,6 +33,9 @@ def layer_macs(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int | Non
         # every input pixel meets every tap of the kernel (before any cropping by padding)
         kh, kw = module.kernel_size
         return x[0].numel() * (module.out_channels // module.groups) * kh * kw
+    if isinstance(module, ResizeConv2d):
+        # computed as a stride-2 transposed conv of the small input: 4 taps per output (see ResizeConv2d)
+        return y[0].numel() * module.in_channels * 4
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return y[0].numel() * (module.in_channels // module.groups) * kh * kw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -13,12 +14,13 @@ from .artifacts import checkerboard_scores, flat_response, power_spectrum
 from ..data import cache_root, shapes_factors
 from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from .latents import latent_usage, posterior_parameters
-from .likelihood import importance_weighted_nll
+from .likelihood import IWResult, importance_weighted_nll
 from .runs import Run
 
 # The seed decoder's last layer has stride 4; the others upsample x2 three times, and a x2 pattern also has its
 # energy at multiples of N/4, so one set of alias frequencies serves every decoder.
 ALIAS_STRIDE = 4
+IW_BATCH = 100  # test images per batch of the IW bound (and per save of its progress)
 
 
 def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False) -> dict:
@@ -116,6 +118,32 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     return written
 
 
+def iw_bounds_path(run_path: Path, k: int) -> Path:
+    return run_path / "eval" / f"iw_k{k}.json"
+
+
+def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False) -> tuple[IWResult, int]:
+    """The IW bound with K samples, each image's bound kept in RUN/eval/iw_kK.json after every batch: an evaluation
+    stopped by Ctrl-C or a lost machine goes on from there when run again on the same checkpoint, and a finished
+    one is read back. Returns the result and how many images' bounds came from the file."""
+    path = iw_bounds_path(run.path, k)
+    key = {"step": run.step, "k": k, "seed": 0, "batch_size": IW_BATCH, "n_images": len(test_set)}
+    done: list[float] = []
+    try:
+        saved = json.loads(path.read_text())
+        bounds = saved["bounds"]
+        if {name: saved.get(name) for name in key} == key and (len(bounds) % key["batch_size"] == 0 and
+                                                               len(bounds) <= len(test_set) or len(bounds) == len(test_set)):
+            done = [float(b) for b in bounds]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none yet, or not ours to read: start from the first image (and overwrite it)
+    path.parent.mkdir(exist_ok=True)
+    iw = importance_weighted_nll(run.model, test_set, k, batch_size=key["batch_size"], seed=key["seed"],
+                                 progress=progress, done=done,
+                                 save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}))
+    return iw, len(done)
+
+
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
                  progress: bool = False, frechet: bool = False) -> dict:
     data = run.data(test_limit)
@@ -138,8 +166,9 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     if run.model.likelihood.discrete:
         result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
     if iw_samples:
-        iw = importance_weighted_nll(run.model, test_set, iw_samples, progress=progress)
-        result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error})
+        iw, resumed = kept_iw_bound(run, test_set, iw_samples, progress)
+        result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error,
+                       "iw_images_from_earlier": resumed, "iw_bounds_file": str(iw_bounds_path(run.path, iw.k))})
         if run.model.likelihood.discrete:
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
     result.update(latent_usage(*posterior_parameters(run.model, test_set)))
@@ -191,11 +220,13 @@ def artifact_scores(run: Run, *, n: int = 2000, test_limit: int | None = None, p
 
 
 def decoder_flatness(model_name: str) -> float | None:
-    """Constant-input test of a freshly built decoder's upsampling layers (eval mode): 0 = flat output."""
+    """Constant-input test of a freshly built decoder's upsampling layers (eval mode): 0 = flat output. In float64,
+    so that float32 rounding (1e-6 where the fused resize convolution adds kernel taps first) does not read as a
+    pattern."""
     from ..models import build_model
 
     torch.manual_seed(0)
-    decoder = build_model(model_name).decoder
+    decoder = build_model(model_name).decoder.double()
     if not hasattr(decoder, "upsampling_stack"):
         return None  # fully connected: nothing upsamples
     stack, channels = decoder.upsampling_stack()

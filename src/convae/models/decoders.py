@@ -8,6 +8,8 @@ the picture.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +41,39 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             tiles = tiles.view(n, h, w, self.out_channels, k[0], k[1])
             return tiles.permute(0, 3, 1, 4, 2, 5).reshape(n, self.out_channels, h * k[0], w * k[1])
         return super().forward(x, output_size)
+
+
+class ResizeConv2d(nn.Conv2d):
+    """Nearest-neighbour x2 upsampling followed by this 3x3 convolution (padding 1), computed as one stride-2
+    transposed convolution of the small input: the same sums without the 4x larger copy of the input, and 4 instead
+    of 9 multiply-adds per output value.
+
+    Along each axis, output pixel 2i of the upsampled-and-convolved map meets input pixels i-1 (kernel tap 0) and i
+    (taps 1 and 2); pixel 2i+1 meets i (taps 0 and 1) and i+1 (tap 2). Adding the taps that meet the same input
+    pixel gives the 4-tap transposed kernel (W2, W1+W2, W0+W1, W0). Measured on 2 CPU cores: 1.7-3.8x faster than
+    nn.Upsample + nn.Conv2d, forward and backward (docs/performance.md). Same parameters and names as nn.Conv2d,
+    so checkpoints don't change.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = torch.stack([w[:, :, 2], w[:, :, 1] + w[:, :, 2], w[:, :, 0] + w[:, :, 1], w[:, :, 0]], dim=2)
+        w = torch.stack([w[..., 2], w[..., 1] + w[..., 2], w[..., 0] + w[..., 1], w[..., 0]], dim=3)
+        return F.conv_transpose2d(x, w.transpose(0, 1), self.bias, stride=2, padding=1)
+
+
+def numbered_as_before_fusion(layers: list[nn.Module]) -> nn.Sequential:
+    """nn.Sequential(*layers), but numbered as when each ResizeConv2d was two layers (nn.Upsample, nn.Conv2d), so
+    that checkpoints written before the fusion keep their keys (``up.1.weight``, not ``up.0.weight``)."""
+    named, index = OrderedDict(), 0
+    for layer in layers:
+        index += isinstance(layer, ResizeConv2d)
+        named[str(index)] = layer
+        index += 1
+    return nn.Sequential(named)
 
 
 class CropLast(nn.Module):
@@ -160,7 +195,7 @@ class _UpsamplingDecoder(nn.Module):
         layers = []
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [*upsample(c_in, c_out), nn.BatchNorm2d(c_out, **KERAS_BN), nn.ReLU()]
-        self.up = nn.Sequential(*layers, *upsample(widths[-1], out_channels, bias=True))
+        self.up = numbered_as_before_fusion([*layers, *upsample(widths[-1], out_channels, bias=True)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.up(self.stem(z.view(z.shape[0], self.latent_dim, 1, 1)))
@@ -173,10 +208,9 @@ class _UpsamplingDecoder(nn.Module):
 class ResizeDecoder(_UpsamplingDecoder):
     """Resize-convolution (Odena et al. 2016): nearest-neighbour x2 upsampling, then a stride-1 3x3 conv."""
 
-    def __init__(self, latent_dim: int = 100, image_size: int = 32, mode: str = "nearest", out_channels: int = 1):
-        def upsample(c_in, c_out, bias=False):
-            return [nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)]
-        super().__init__(latent_dim, upsample, image_size, out_channels)
+    def __init__(self, latent_dim: int = 100, image_size: int = 32, out_channels: int = 1):
+        super().__init__(latent_dim, lambda c_in, c_out, bias=False: [ResizeConv2d(c_in, c_out, bias)],
+                         image_size, out_channels)
 
 
 class SubPixelDecoder(_UpsamplingDecoder):

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .decoders import ResizeConv2d, numbered_as_before_fusion
 from .encoders import gaussian_parameters, with_label_maps
 
 
@@ -59,7 +60,7 @@ class ResNetEncoder(nn.Module):
 
 
 class ResNetDecoder(nn.Module):
-    """z -> 4 ``width`` x 4 x 4 -> (residual block, nearest x2, 3x3 conv) per stage -> residual block -> 3x3 conv."""
+    """z -> 4 ``width`` x 4 x 4 -> (residual block, nearest x2 + 3x3 conv) per stage -> residual block -> 3x3 conv."""
 
     def __init__(self, latent_dim: int = 64, image_size: int = 32, out_channels: int = 1, width: int = 32):
         super().__init__()
@@ -70,9 +71,9 @@ class ResNetDecoder(nn.Module):
         stages: list[nn.Module] = []
         for i in range(levels):
             out = max(c // 2, width) if i >= levels - 2 else c
-            stages += [ResidualBlock(c), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, out, 3, padding=1)]
+            stages += [ResidualBlock(c), ResizeConv2d(c, out)]
             c = out
-        self.upsample = nn.Sequential(*stages)  # the constant-input dots test feeds this
+        self.upsample = numbered_as_before_fusion(stages)  # the constant-input dots test feeds this
         self.out = nn.Sequential(ResidualBlock(c), nn.ELU(), nn.Conv2d(c, out_channels, 3, padding=1))
         self.features = c
 
