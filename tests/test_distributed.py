@@ -237,6 +237,32 @@ def test_resume_with_another_world_size_continues_the_run(tmp_path, whole_run):
     assert all(torch.isfinite(torch.tensor(m["test_neg_elbo"])) for m in metrics)
 
 
+def test_torchrun_shares_the_iw_bound_among_the_ranks_and_gives_the_one_process_numbers(tmp_path, whole_run,
+                                                                                         monkeypatch):
+    import convae.evaluation.report as report
+    from convae.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(whole_run[0], run)
+    monkeypatch.setenv("IW_BATCH", "16")  # 64 test images: 4 batches, 2 rounds of 2 ranks
+    args = ["eval", str(run), "--iw-samples", "5", "--json", "--no-pictures", "--device", "cpu"]
+    shared = run_torchrun([str(HELPERS / "small_iw_batches.py"), *args])
+    assert shared.returncode == 0, shared.stderr[-2000:]
+    result = json.loads(shared.stdout)  # rank 0 alone prints
+    kept = run / "eval" / "iw_k5.json"
+    shared_bounds = json.loads(kept.read_text())["bounds"]
+    assert len(shared_bounds) == 64 and result["iw_images_from_earlier"] == 0
+
+    kept.unlink()
+    monkeypatch.setattr(report, "IW_BATCH", 16)
+    assert main(args) == 0
+    single_bounds = json.loads(kept.read_text())["bounds"]
+    assert single_bounds == pytest.approx(shared_bounds, rel=1e-6)  # the same batches and noise, in order
+
+    refused = run_torchrun(["-m", "convae", "eval", str(run), "--device", "cpu"])
+    assert refused.returncode != 0 and refused.stderr.count("shares only the importance-weighted bound") == 1
+
+
 def test_a_batch_the_world_does_not_divide_is_refused_once_before_anything_starts(tmp_path, idx_dir):
     result = run_torchrun(["-m", "convae", *train_args(idx_dir, tmp_path / "run", "--batch-size", "33")])
     assert result.returncode != 0

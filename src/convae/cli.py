@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -302,21 +303,38 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.report import evaluate_run, iw_bounds_path
     from .evaluation.runs import open_run
+    from .runtime import Runtime
 
     if args.iw_samples < 0:
         raise ConfigError(f"--iw-samples: must be >= 0, got {args.iw_samples}")
-    run = open_run(args.run, args.device, args.model)
-    with RunLock(run.path, "convae eval"):  # it writes RUN/eval/: not while a training run writes the folder
-        try:
-            result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit,
-                                  pictures=not args.no_pictures, progress=not args.json and sys.stderr.isatty(),
-                                  frechet=args.frechet)
-        except KeyboardInterrupt:
-            kept = iw_bounds_path(run.path, args.iw_samples)
-            if args.iw_samples and kept.is_file() and _speaks():
-                print(f"convae eval: the IW bounds of the images done so far are kept in {kept}: the same command "
-                      "goes on from there", file=sys.stderr)
-            raise
+    runtime = Runtime.from_environment()
+    try:
+        if runtime.distributed and not args.iw_samples:
+            raise ConfigError("torchrun: convae eval shares only the importance-weighted bound among the processes; "
+                              "give --iw-samples K (or run it as one process)")
+        with contextlib.ExitStack() as held:
+            error = None
+            try:
+                run = open_run(args.run, args.device, args.model, runtime.local_rank)
+                if runtime.is_writer:  # it writes RUN/eval/: not while a training run writes the folder
+                    held.enter_context(RunLock(run.path, "convae eval"))
+            except Exception as e:  # every rank stops on rank 0's (or any rank's) error, none waits for a peer
+                error = e
+            runtime.agree_on_errors(error)
+            try:
+                result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit,
+                                      pictures=not args.no_pictures, progress=not args.json and sys.stderr.isatty(),
+                                      frechet=args.frechet, runtime=runtime)
+            except KeyboardInterrupt:
+                kept = iw_bounds_path(run.path, args.iw_samples)
+                if args.iw_samples and kept.is_file() and _speaks():
+                    print(f"convae eval: the IW bounds of the images done so far are kept in {kept}: the same "
+                          "command goes on from there", file=sys.stderr)
+                raise
+    finally:
+        runtime.close()
+    if not runtime.is_writer:
+        return 0
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

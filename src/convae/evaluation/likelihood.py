@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ..models import VAE
 from ..objectives import log_weight_terms
-from .elbo import EvalImages
+from ..runtime import Runtime
+from .elbo import EvalImages, batch_generator
 
 @dataclass
 class IWResult:
@@ -49,30 +50,42 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
 @torch.no_grad()
 def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size: int = 100, seed: int = 0,
                             progress: bool = False, done: Sequence[float] = (),
-                            save: Callable[[list[float]], None] | None = None) -> IWResult:
+                            save: Callable[[list[float]], None] | None = None,
+                            runtime: Runtime | None = None) -> IWResult:
     """-log p(x) bounded with K importance samples, averaged over ``data`` (eval mode).
 
-    Each batch of images draws its samples from a generator of its own, seeded by (``seed``, its first image), so an
-    image's bound does not depend on the batches before it: an evaluation that stopped and goes on from ``done``
-    (the bounds of the first images, as ``save`` was given them after every batch) ends with the numbers of one
-    that ran through."""
+    Each batch of images draws its samples from a generator of its own (``batch_generator``: a function of
+    ``seed`` and its first image), so an image's bound does not depend on the batches before it or on who computes
+    it: an evaluation that stopped and goes on from ``done`` (the bounds of the first images, as ``save`` was given
+    them after every batch) ends with the numbers of one that ran through, and under torchrun each of W ranks takes
+    one batch of every W and the bounds are gathered in order (``save`` and the progress bar on rank 0)."""
     if len(done) > len(data) or (len(done) % batch_size and len(done) != len(data)):
         raise ValueError(f"{len(done)} bounds already done do not end a batch of {batch_size} of {len(data)} images")
+    runtime = runtime or Runtime()
     was_training = model.training
     model.eval()
     p = next(model.parameters())
     bounds = [float(b) for b in done]
-    batches = range(len(bounds), len(data), batch_size)
+    starts = range(len(bounds), len(data), batch_size)
+    rounds = [starts[i:i + runtime.world_size] for i in range(0, len(starts), runtime.world_size)]
+    bar = tqdm(desc=f"IW bound, K={k}", unit="batch", disable=not (progress and runtime.is_writer), leave=False,
+               initial=len(bounds) // batch_size, total=math.ceil(len(data) / batch_size))
     try:
-        for start in tqdm(batches, desc=f"IW bound, K={k}", unit="batch", disable=not progress, leave=False,
-                          initial=len(bounds) // batch_size, total=math.ceil(len(data) / batch_size)):
-            generator = torch.Generator(device=p.device).manual_seed(seed * 2 ** 32 + start)
-            x = data.floats(start, start + batch_size, p.dtype, p.device)
-            w = log_weights(model, x, k, generator, labels=data.labels_of(start, start + batch_size, p.device))
-            bounds.extend((torch.logsumexp(w, dim=1) - math.log(k)).tolist())
-            if save is not None:
+        for batch_starts in rounds:
+            mine: list[float] = []
+            if runtime.rank < len(batch_starts):
+                start = batch_starts[runtime.rank]
+                x = data.floats(start, start + batch_size, p.dtype, p.device)
+                w = log_weights(model, x, k, batch_generator(p.device, seed, start),
+                                labels=data.labels_of(start, start + batch_size, p.device))
+                mine = (torch.logsumexp(w, dim=1) - math.log(k)).tolist()
+            for rank_bounds in runtime.all_gather(mine):  # in rank order = batch order
+                bounds.extend(rank_bounds)
+            bar.update(len(batch_starts))
+            if save is not None and runtime.is_writer:
                 save(bounds)
     finally:
+        bar.close()
         model.train(was_training)
     b = torch.tensor(bounds, dtype=torch.float64)
     return IWResult(-b.mean().item(), k, len(b), (b.std() / math.sqrt(len(b))).item() if len(b) > 1 else 0.0, bounds)

@@ -15,6 +15,7 @@ from ..data import cache_root, shapes_factors
 from .elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
 from .latents import latent_usage, posterior_parameters
 from .likelihood import IWResult, importance_weighted_nll
+from ..runtime import Runtime
 from .runs import Run
 
 # The seed decoder's last layer has stride 4; the others upsample x2 three times, and a x2 pattern also has its
@@ -122,32 +123,44 @@ def iw_bounds_path(run_path: Path, k: int) -> Path:
     return run_path / "eval" / f"iw_k{k}.json"
 
 
-def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False) -> tuple[IWResult, int]:
+def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False,
+                  runtime: Runtime | None = None) -> tuple[IWResult, int]:
     """The IW bound with K samples, each image's bound kept in RUN/eval/iw_kK.json after every batch: an evaluation
     stopped by Ctrl-C or a lost machine goes on from there when run again on the same checkpoint, and a finished
-    one is read back. Returns the result and how many images' bounds came from the file."""
+    one is read back. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the result and
+    how many images' bounds came from the file."""
+    runtime = runtime or Runtime()
     path = iw_bounds_path(run.path, k)
     key = {"step": run.step, "k": k, "seed": 0, "batch_size": IW_BATCH, "n_images": len(test_set)}
     done: list[float] = []
-    try:
-        saved = json.loads(path.read_text())
-        bounds = saved["bounds"]
-        if {name: saved.get(name) for name in key} == key and (len(bounds) % key["batch_size"] == 0 and
-                                                               len(bounds) <= len(test_set) or len(bounds) == len(test_set)):
-            done = [float(b) for b in bounds]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # none yet, or not ours to read: start from the first image (and overwrite it)
-    path.parent.mkdir(exist_ok=True)
-    iw = importance_weighted_nll(run.model, test_set, k, batch_size=key["batch_size"], seed=key["seed"],
-                                 progress=progress, done=done,
-                                 save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}))
+    if runtime.is_writer:
+        try:
+            saved = json.loads(path.read_text())
+            bounds = saved["bounds"]
+            if {name: saved.get(name) for name in key} == key and (len(bounds) % IW_BATCH == 0 and
+                                                                   len(bounds) <= len(test_set) or len(bounds) == len(test_set)):
+                done = [float(b) for b in bounds]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # none yet, or not ours to read: start from the first image (and overwrite it)
+        path.parent.mkdir(exist_ok=True)
+    done = runtime.broadcast(done)
+    iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=key["seed"], progress=progress,
+                                 done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
+                                 runtime=runtime)
     return iw, len(done)
 
 
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
-                 progress: bool = False, frechet: bool = False) -> dict:
+                 progress: bool = False, frechet: bool = False, runtime: Runtime | None = None) -> dict:
+    """Everything ``convae eval`` reports for ``run`` (and writes to RUN/eval/). Under torchrun the ranks share the
+    IW bound, the costly part; the rest is rank 0's, and the other ranks get an empty dict."""
+    runtime = runtime or Runtime()
     data = run.data(test_limit)
     test_set = run.test_set(data)
+    if iw_samples:
+        iw, resumed = kept_iw_bound(run, test_set, iw_samples, progress, runtime)
+    if not runtime.is_writer:
+        return {}
     elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
     protocol = ("binarized: trained on dynamically binarized images, tested on one fixed binarization (seed 0), "
                 f"28x28 {'padded' if run.config.resize_mode == 'pad' else 'resized'} to {run.config.image_size}x{run.config.image_size}"
@@ -166,7 +179,6 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     if run.model.likelihood.discrete:
         result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
     if iw_samples:
-        iw, resumed = kept_iw_bound(run, test_set, iw_samples, progress)
         result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error,
                        "iw_images_from_earlier": resumed, "iw_bounds_file": str(iw_bounds_path(run.path, iw.k))})
         if run.model.likelihood.discrete:

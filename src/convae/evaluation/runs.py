@@ -43,7 +43,7 @@ def check_labels(data: ImageData, classes: int, run_path: Path) -> None:
                           f"conditional on the classes 0..{classes - 1}")
 
 
-def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None) -> Run:
+def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None, local_rank: int = 0) -> Run:
     """Load ``path``'s config and newest checkpoint; a missing folder, a foreign checkpoint or a model that isn't
     the expected one is a one-line error naming the folder."""
     path = Path(path)
@@ -70,7 +70,7 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     if checkpoint.meta.get("model") != config.model:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
                               f"but {config_file} says {config.model!r}")
-    dev = resolve_device(device)
+    dev = resolve_device(device, local_rank)
     data = settings.get("data", {})
     model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0))
     restore(checkpoint, model, None)
