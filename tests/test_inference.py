@@ -104,6 +104,39 @@ def test_latent_usage_tells_a_collapsed_posterior_from_a_used_one(run_dir, tiny_
     assert trained["active_units"] > 0 and trained["mutual_information"] > 0.5
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("name, encoder", [("fc", "mlp"), ("resize", "conv"), ("subpixel", "mlp"), ("resnet", "resnet")])
+def test_every_exportable_model_exports_with_the_batch_size_free_and_is_left_in_eval_mode(name, encoder, fmt,
+                                                                                         tmp_path):
+    """The export traces at batch 2; each model must then run at other batch sizes (a len() in a forward pass
+    would be recorded as the constant 2), and the model exported must not be left in training mode."""
+    from types import SimpleNamespace
+
+    from convae.export import export
+    from convae.models import build_model
+
+    torch.manual_seed(0)
+    vae = build_model(name, encoder).eval()
+    trained = SimpleNamespace(model=vae, channels=1, config=SimpleNamespace(image_size=32, model=name, encoder=encoder),
+                              run=SimpleNamespace(path=tmp_path, step=0))
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    export(trained, fmt, tmp_path / fmt)
+    assert not any(m.training for m in vae.modules())
+    x, z = torch.rand(5, 1, 32, 32), torch.randn(3, vae.latent_dim)
+    with torch.no_grad():
+        want = [*vae.encoder(x), vae.likelihood.mean(vae.decoder(z))]
+        if fmt == "torchscript":
+            encoder_file, decoder_file = (torch.jit.load(tmp_path / fmt / f"{n}.pt") for n in ("encoder", "decoder"))
+            got = [*encoder_file(x), decoder_file(z)]
+        else:
+            sessions = [ort.InferenceSession(str(tmp_path / fmt / f"{n}.onnx")) for n in ("encoder", "decoder")]
+            got = [torch.from_numpy(a) for a in sessions[0].run(None, {"images": x.numpy()})]
+            got.append(torch.from_numpy(sessions[1].run(None, {"z": z.numpy()})[0]))
+    assert [g.shape for g in got] == [w.shape for w in want]
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "safetensors", "onnx"])
 def test_exported_encoder_and_decoder_match_eager_pytorch(run_dir, tmp_path, fmt):
     import json

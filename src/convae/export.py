@@ -63,7 +63,9 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         examples_x, examples_z = examples_x + (onehot,), examples_z + (onehot,)
         inputs_x, inputs_z = inputs_x + ["labels_onehot"], inputs_z + ["labels_onehot"]
     modules = {"encoder": (vae.encoder, examples_x, inputs_x, ["mu", "sigma"]),
-               "decoder": (ImageDecoder(vae), examples_z, inputs_z, ["images"])}
+               # eval(): torch.onnx.export puts a module back in the mode it found, and a new module is in training
+               # mode, which would leave the decoder's dropout on after the export
+               "decoder": (ImageDecoder(vae).eval(), examples_z, inputs_z, ["images"])}
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (module, examples, inputs, outputs) in modules.items():

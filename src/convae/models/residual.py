@@ -78,7 +78,7 @@ class ResNetDecoder(nn.Module):
         self.features = c
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.project(z).view(len(z), -1, 4, 4)
+        h = self.project(z).view(z.shape[0], -1, 4, 4)  # shape[0], not len(z): a traced export keeps the batch free
         return self.out(self.upsample(h))
 
     # pixels from the edge of the upsampled picture that the stages' zero padding reaches: 2 per residual block
