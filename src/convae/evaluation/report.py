@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -130,24 +131,35 @@ def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False
     one is read back. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the result and
     how many images' bounds came from the file."""
     runtime = runtime or Runtime()
-    path = iw_bounds_path(run.path, k)
-    key = {"step": run.step, "k": k, "seed": 0, "batch_size": IW_BATCH, "n_images": len(test_set)}
-    done: list[float] = []
+    path, key = iw_bounds_path(run.path, k), iw_bounds_key(run, test_set, k)
+    done = runtime.broadcast(read_kept_bounds(path, key, len(test_set)) if runtime.is_writer else [])
     if runtime.is_writer:
-        try:
-            saved = json.loads(path.read_text())
-            bounds = saved["bounds"]
-            if {name: saved.get(name) for name in key} == key and (len(bounds) % IW_BATCH == 0 and
-                                                                   len(bounds) <= len(test_set) or len(bounds) == len(test_set)):
-                done = [float(b) for b in bounds]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # none yet, or not ours to read: start from the first image (and overwrite it)
         path.parent.mkdir(exist_ok=True)
-    done = runtime.broadcast(done)
     iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=key["seed"], progress=progress,
                                  done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
                                  runtime=runtime)
     return iw, len(done)
+
+
+def iw_bounds_key(run: Run, test_set: EvalImages, k: int) -> dict:
+    """What kept bounds are of: these weights, these test images (and labels), these settings."""
+    images = hashlib.sha256(test_set.images.cpu().contiguous().numpy().tobytes())
+    if test_set.labels is not None:
+        images.update(test_set.labels.cpu().contiguous().numpy().tobytes())
+    return {"step": run.step, "checkpoint_sha256": run.checkpoint_sha256, "test_images_sha256": images.hexdigest(),
+            "k": k, "seed": 0, "batch_size": IW_BATCH, "n_images": len(test_set)}
+
+
+def read_kept_bounds(path: Path, key: dict, n_images: int) -> list[float]:
+    """The bounds kept in ``path`` if they are of ``key`` and end a batch; else none (the file is then
+    overwritten from the first image)."""
+    try:
+        saved = json.loads(path.read_text())
+        bounds = [float(b) for b in saved["bounds"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # none yet, or not a file of ours
+    ends_a_batch = len(bounds) == n_images or (len(bounds) < n_images and len(bounds) % key["batch_size"] == 0)
+    return bounds if ends_a_batch and {name: saved.get(name) for name in key} == key else []
 
 
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,

@@ -26,6 +26,7 @@ class Run:
     model: VAE
     step: int
     metrics: list[dict]
+    checkpoint_sha256: str = ""  # of the newest checkpoint's tensors: which weights these are
 
     def data(self, test_limit: int | None = None) -> ImageData:
         data = load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
@@ -78,4 +79,5 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=dev, dtype=dtype).eval()
-    return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"))
+    return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"),
+               checkpoint.meta.get("tensors_sha256", ""))
