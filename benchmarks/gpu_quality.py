@@ -202,6 +202,15 @@ def run_all(args: argparse.Namespace, summary: dict) -> None:
     log(f"torch {torch.__version__}, {device_name}")
     summary.update(device=device_name, torch=torch.__version__, budget=args.budget)
 
+    if not SMOKE:  # the fused resize convolution against Upsample + Conv2d on this GPU (about half a minute)
+        try:
+            subprocess.run([sys.executable, "benchmarks/resize_conv.py", "--device", DEVICE, "--models", "resnet",
+                            "pixel", "--steps", "20", "--iw-images", "16", "--json-out", str(WORK / "resize_conv.json")],
+                           stdout=open(WORK / "resize_conv.txt", "w"), stderr=subprocess.STDOUT, timeout=90)
+            log("resize_conv: " + " | ".join((WORK / "resize_conv.txt").read_text().strip().splitlines()[1:]))
+        except subprocess.TimeoutExpired:
+            log("resize_conv: did not finish in 90 s")
+
     epochs = {}
     for name in [n for n in ("resnet", "pixel") if n in args.only]:
         rate = probe(name)
