@@ -259,8 +259,19 @@ def test_torchrun_shares_the_iw_bound_among_the_ranks_and_gives_the_one_process_
     single_bounds = json.loads(kept.read_text())["bounds"]
     assert single_bounds == pytest.approx(shared_bounds, rel=1e-6)  # the same batches and noise, in order
 
-    refused = run_torchrun(["-m", "convae", "eval", str(run), "--device", "cpu"])
-    assert refused.returncode != 0 and refused.stderr.count("shares only the importance-weighted bound") == 1
+
+def test_eval_under_torchrun_without_the_iw_bound_is_refused(tmp_path, monkeypatch, capsys):
+    """A group of one, in this process (what torchrun's environment makes of it), to spare a launch."""
+    import torch.distributed as dist
+
+    from convae.cli import main
+
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "torchrun: convae eval shares only the importance-weighted bound" in capsys.readouterr().err
+    assert not dist.is_initialized()  # the group was left
 
 
 def test_a_batch_the_world_does_not_divide_is_refused_once_before_anything_starts(tmp_path, idx_dir):
