@@ -111,7 +111,9 @@ def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_ru
     assert len(json.loads(kept.read_text())["bounds"]) == 32
     monkeypatch.setattr(report, "importance_weighted_nll", original)
     assert main(args) == 0
-    continued = json.loads(capsys.readouterr().out)
+    said = capsys.readouterr()
+    assert f"going on from the bounds of 32 of 64 images kept in {kept}" in said.err
+    continued = json.loads(said.out)
     assert continued["iw_images_from_earlier"] == 32 and continued["n_test_images"] == 64
     assert len(json.loads(kept.read_text())["bounds"]) == 64
     assert main(args) == 0  # finished: read back whole

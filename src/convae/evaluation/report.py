@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -135,6 +136,9 @@ def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False
     done = runtime.broadcast(read_kept_bounds(path, key, len(test_set)) if runtime.is_writer else [])
     if runtime.is_writer:
         path.parent.mkdir(exist_ok=True)
+        if 0 < len(done) < len(test_set):  # said at the start: the rest may take hours
+            print(f"IW bound, K = {k}: going on from the bounds of {len(done)} of {len(test_set)} images kept in "
+                  f"{path}", file=sys.stderr, flush=True)
     iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=key["seed"], progress=progress,
                                  done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
                                  runtime=runtime)
