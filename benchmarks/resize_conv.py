@@ -31,7 +31,7 @@ from convae.evaluation.likelihood import log_weights
 from convae.models import build_model
 from convae.models.decoders import ResizeConv2d
 from convae.runtime import synchronize
-from convae.training.engine import make_optimizer, make_train_step
+from convae.training.engine import make_optimizer, make_train_step, uses_cuda_graphs
 
 
 def unfused(model: nn.Module) -> nn.Module:
@@ -48,7 +48,7 @@ def unfused(model: nn.Module) -> nn.Module:
 
 def train_round(model, name: str, batch: int, steps: int, device: torch.device):
     config = TrainConfig(model=name, batch_size=batch, device=device.type).validate()
-    optimizer = make_optimizer(model, config, device, capturable=False)
+    optimizer = make_optimizer(model, config, device, capturable=uses_cuda_graphs(config, device))
     images = torch.randint(0, 256, (4096, 1, 28, 28), dtype=torch.uint8, device=device)
     step = make_train_step(model, optimizer, images, 256.0, config, torch.float32, "fp32", device)
     batches = torch.randint(0, len(images), (steps, batch), device=device)
