@@ -24,6 +24,7 @@ from .runs import Run
 # energy at multiples of N/4, so one set of alias frequencies serves every decoder.
 ALIAS_STRIDE = 4
 IW_BATCH = 100  # test images per batch of the IW bound (and per save of its progress)
+IW_SEED = 0
 
 
 def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False) -> dict:
@@ -132,14 +133,16 @@ def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False
     one is read back. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the result and
     how many images' bounds came from the file."""
     runtime = runtime or Runtime()
-    path, key = iw_bounds_path(run.path, k), iw_bounds_key(run, test_set, k)
-    done = runtime.broadcast(read_kept_bounds(path, key, len(test_set)) if runtime.is_writer else [])
-    if runtime.is_writer:
+    path, key, done = iw_bounds_path(run.path, k), {}, []
+    if runtime.is_writer:  # rank 0 alone reads and writes the file, and tells the others where to begin
+        key = iw_bounds_key(run, test_set, k)
+        done = read_kept_bounds(path, key, len(test_set))
         path.parent.mkdir(exist_ok=True)
         if 0 < len(done) < len(test_set):  # said at the start: the rest may take hours
             print(f"IW bound, K = {k}: going on from the bounds of {len(done)} of {len(test_set)} images kept in "
                   f"{path}", file=sys.stderr, flush=True)
-    iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=key["seed"], progress=progress,
+    done = runtime.broadcast(done)
+    iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=IW_SEED, progress=progress,
                                  done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
                                  runtime=runtime)
     return iw, len(done)
@@ -151,7 +154,7 @@ def iw_bounds_key(run: Run, test_set: EvalImages, k: int) -> dict:
     if test_set.labels is not None:
         images.update(test_set.labels.cpu().contiguous().numpy().tobytes())
     return {"step": run.step, "checkpoint_sha256": run.checkpoint_sha256, "test_images_sha256": images.hexdigest(),
-            "k": k, "seed": 0, "batch_size": IW_BATCH, "n_images": len(test_set)}
+            "k": k, "seed": IW_SEED, "batch_size": IW_BATCH, "n_images": len(test_set)}
 
 
 def read_kept_bounds(path: Path, key: dict, n_images: int) -> list[float]:

@@ -50,9 +50,9 @@ class ResizeConv2d(nn.Conv2d):
 
     Along each axis, output pixel 2i of the upsampled-and-convolved map meets input pixels i-1 (kernel tap 0) and i
     (taps 1 and 2); pixel 2i+1 meets i (taps 0 and 1) and i+1 (tap 2). Adding the taps that meet the same input
-    pixel gives the 4-tap transposed kernel (W2, W1+W2, W0+W1, W0). Measured per layer on 2 CPU cores: 1.7-3.8x faster than
-    nn.Upsample + nn.Conv2d, forward and backward (docs/performance.md). Same parameters and names as nn.Conv2d,
-    so checkpoints don't change.
+    pixel gives the 4-tap transposed kernel (W2, W1+W2, W0+W1, W0). Measured per layer on 2 CPU cores: 1.7-3.8x
+    faster than nn.Upsample + nn.Conv2d, forward and backward (docs/performance.md). Same parameters and names as
+    nn.Conv2d, so checkpoints don't change.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):

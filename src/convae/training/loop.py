@@ -613,11 +613,12 @@ class Trainer:
         """RUN/report.html at an epoch end, unless the last refresh was recent: drawing its charts takes a second or
         two, so it is redrawn once at least ten times that long has passed (at most a tenth of the run's time goes
         to it, however short the epochs) and always after the last epoch."""
-        now = time.monotonic()
-        if not final and now - self.report_drawn < 10 * self.report_cost:
+        started = time.monotonic()
+        if not final and started - self.report_drawn < 10 * self.report_cost:
             return
         write_report([self.run_dir], self.run_dir / "report.html")
-        self.report_drawn, self.report_cost = time.monotonic(), time.monotonic() - now
+        self.report_drawn = time.monotonic()
+        self.report_cost = self.report_drawn - started
 
 
 def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
