@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 
@@ -85,6 +86,32 @@ def test_iw_bound_stopped_and_continued_equals_one_that_ran_through(trained_run,
         importance_weighted_nll(run.model, test, 9, batch_size=16, done=kept[:5])
 
 
+def test_iw_bound_extended_from_fewer_samples_equals_one_drawn_afresh(trained_run, tiny_data):
+    run = open_run(trained_run, "cpu")
+    test = EvalImages(tiny_data.test_images, tiny_data.levels, 32)
+    x = test.floats(0, 16, torch.float32, torch.device("cpu"))
+    with torch.no_grad():  # sample j is the same draw whatever K is (chunks of 4 here, K = 6 ends mid-chunk)
+        w_many = log_weights(run.model, x, 10, torch.Generator().manual_seed(5), max_batch=64)
+        w_few = log_weights(run.model, x, 6, torch.Generator().manual_seed(5), max_batch=64)
+        w_rest = log_weights(run.model, x, 10, torch.Generator().manual_seed(5), max_batch=64, first=6)
+    torch.testing.assert_close(w_many, torch.cat([w_few, w_rest], dim=1), rtol=0, atol=1e-5)
+
+    def nats(bounds):
+        return torch.tensor(bounds, dtype=torch.float64)
+
+    fresh = importance_weighted_nll(run.model, test, 12, batch_size=16, seed=3)
+    fewer = importance_weighted_nll(run.model, test, 5, batch_size=16, seed=3)
+    extended = importance_weighted_nll(run.model, test, 12, batch_size=16, seed=3, fewer=(5, fewer.bounds))
+    torch.testing.assert_close(nats(extended.bounds), nats(fresh.bounds), rtol=0, atol=1e-6)
+    assert fewer.nll > fresh.nll  # the extension did add samples: 12 bound tighter than 5
+    half = importance_weighted_nll(run.model, test, 12, batch_size=16, seed=3, fewer=(5, fewer.bounds[:32]))
+    torch.testing.assert_close(nats(half.bounds), nats(fresh.bounds), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot be extended"):
+        importance_weighted_nll(run.model, test, 5, batch_size=16, fewer=(12, fresh.bounds))
+    with pytest.raises(ValueError, match="with K = 5 do not end a batch"):
+        importance_weighted_nll(run.model, test, 12, batch_size=16, fewer=(5, fewer.bounds[:7]))
+
+
 def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_run, idx_dir, capsys, monkeypatch):
     import convae.evaluation.report as report
 
@@ -123,6 +150,49 @@ def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_ru
     assert main(args) == 0
     fresh = json.loads(capsys.readouterr().out)
     assert fresh["iw_images_from_earlier"] == 0 and fresh["iw_nll"] == continued["iw_nll"]
+
+
+def test_eval_cli_extends_kept_bounds_to_more_samples_and_keys_them_by_weights(trained_run, idx_dir, capsys,
+                                                                                 monkeypatch):
+    import convae.evaluation.report as report
+    from convae.training.checkpoint import list_checkpoints, meta_digest
+    from safetensors.torch import load_file, save_file
+
+    config_file = trained_run / "config.json"
+    settings = json.loads(config_file.read_text())
+    settings["config"]["data_dir"] = str(idx_dir)
+    config_file.write_text(json.dumps(settings))
+    monkeypatch.setattr(report, "IW_BATCH", 16)
+    for kept in (trained_run / "eval").glob("iw_k*.json"):
+        kept.unlink()
+
+    def evaluate(k):
+        assert main(["eval", str(trained_run), "--iw-samples", str(k), "--json", "--no-pictures", "--device", "cpu"]) == 0
+        said = capsys.readouterr()
+        return json.loads(said.out), said.err
+
+    few, _ = evaluate(4)
+    assert few["iw_extended_from"] is None
+    extended, err = evaluate(11)
+    file_4 = trained_run / "eval" / "iw_k4.json"
+    assert f"the first 4 samples of 64 images come from {file_4}; drawing the other 7" in err
+    assert extended["iw_extended_from"] == {"k": 4, "images": 64, "file": str(file_4)}
+    (trained_run / "eval" / "iw_k11.json").unlink()
+    file_4.unlink()
+    fresh, _ = evaluate(11)
+    assert fresh["iw_extended_from"] is None and abs(fresh["iw_nll"] - extended["iw_nll"]) < 1e-6
+
+    # the same weights in a checkpoint without the optimizer's state (smaller, to carry away): bounds still theirs
+    newest = list_checkpoints(trained_run / "checkpoints")[-1]
+    tensors_file = newest.with_suffix(".safetensors")
+    tensors = {k: v for k, v in load_file(tensors_file).items() if not k.startswith("optimizer.")}
+    save_file(tensors, tensors_file)
+    meta = json.loads(newest.read_text())
+    meta["tensors_sha256"] = hashlib.sha256(tensors_file.read_bytes()).hexdigest()
+    meta["meta_sha256"] = meta_digest(meta)
+    newest.write_text(json.dumps(meta))
+    again, _ = evaluate(11)
+    assert again["iw_images_from_earlier"] == 64 and again["iw_nll"] == fresh["iw_nll"]
 
 
 def test_eval_refuses_missing_and_foreign_runs(trained_run, tmp_path, capsys):

@@ -351,7 +351,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                                  if "iw_bits_per_dim" in result else ""))
         if result["iw_images_from_earlier"]:
             print(f"              {result['iw_images_from_earlier']} of the {result['n_test_images']} images' bounds "
-                  f"came from {result['iw_bounds_file']} (an earlier evaluation of this checkpoint)")
+                  f"came from {result['iw_bounds_file']} (an earlier evaluation of these weights)")
+        if result["iw_extended_from"]:
+            fewer = result["iw_extended_from"]
+            print(f"              the first {fewer['k']} samples of {fewer['images']} images came from {fewer['file']}")
     print(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance > "
           f"{result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
           f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), KL per "
@@ -554,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the numbers as JSON")
         if name == "eval":
             p.add_argument("--iw-samples", type=int, default=0, metavar="K",
-                           help="also the importance-weighted bound on -log p(x) with K samples (e.g. 1000)")
+                           help="also the importance-weighted bound on -log p(x) with K samples (e.g. 1000); each "
+                                "image's bound is kept in RUN/eval/iw_kK.json: an interrupted evaluation goes on from "
+                                "there, and a larger K draws only the samples a kept smaller K lacks")
             p.add_argument("--test-limit", type=int, help="only the first N test images")
             p.add_argument("--no-pictures", action="store_true", help="numbers only: draw no pictures in RUN/eval")
             p.add_argument("--frechet", action="store_true",

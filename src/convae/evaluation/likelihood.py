@@ -5,7 +5,8 @@
 K = 1 is the ELBO (in expectation); the bound tightens as K grows. Samples are drawn in chunks so that K = 1000
 or 5000 fits in memory: every image's K log-weights are kept (K floats each) and combined with logsumexp.
 K = 5000 over 10,000 test images is 50 million decoder passes (hours on a CPU, minutes on a GPU): the bounds of
-the images done so far can be handed out after every batch and handed back to go on after an interruption.
+the images done so far can be handed out after every batch and handed back to go on after an interruption, and the
+bounds of a smaller K can be handed in to draw only the samples they lack (K = 1000, then 4000 more for K = 5000).
 """
 
 from __future__ import annotations
@@ -32,18 +33,23 @@ class IWResult:
 
 
 def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, max_batch: int = 4096,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-    """N x K log importance weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x) (given the ``labels`` of a
-    conditional model)."""
+                labels: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+    """N x (K - first) log importance weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x), of samples first to
+    K - 1 (given the ``labels`` of a conditional model).
+
+    The noise comes in chunks of a fixed size (``max_batch`` // N samples), each drawn whole from ``generator``,
+    so sample j is the same draw whatever K is: the first K' samples of a K-sample evaluation are those of a
+    K'-sample one, and ``first`` = K' skips them (their noise is drawn, not decoded)."""
     mu, sigma = model.encode(x, labels)
     n, d = mu.shape
     chunk = max(1, max_batch // n)
     out = []
     for start in range(0, k, chunk):
-        kc = min(chunk, k - start)
-        eps = torch.randn((n, kc, d), generator=generator, device=mu.device, dtype=mu.dtype)
-        log_px_z, log_pz, log_qz = log_weight_terms(model, x, mu, sigma, eps, labels)
-        out.append(log_px_z.double() + log_pz.double() - log_qz.double())
+        eps = torch.randn((n, chunk, d), generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = eps[:, max(0, first - start):min(chunk, k - start)]
+        if eps.shape[1]:
+            log_px_z, log_pz, log_qz = log_weight_terms(model, x, mu, sigma, eps, labels)
+            out.append(log_px_z.double() + log_pz.double() - log_qz.double())
     return torch.cat(out, dim=1)
 
 
@@ -51,6 +57,7 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
 def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size: int = 100, seed: int = 0,
                             progress: bool = False, done: Sequence[float] = (),
                             save: Callable[[list[float]], None] | None = None,
+                            fewer: tuple[int, Sequence[float]] = (0, ()),
                             runtime: Runtime | None = None) -> IWResult:
     """-log p(x) bounded with K importance samples, averaged over ``data`` (eval mode).
 
@@ -58,9 +65,17 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
     ``seed`` and its first image), so an image's bound does not depend on the batches before it or on who computes
     it: an evaluation that stopped and goes on from ``done`` (the bounds of the first images, as ``save`` was given
     them after every batch) ends with the numbers of one that ran through, and under torchrun each of W ranks takes
-    one batch of every W and the bounds are gathered in order (``save`` and the progress bar on rank 0)."""
-    if len(done) > len(data) or (len(done) % batch_size and len(done) != len(data)):
-        raise ValueError(f"{len(done)} bounds already done do not end a batch of {batch_size} of {len(data)} images")
+    one batch of every W and the bounds are gathered in order (``save`` and the progress bar on rank 0).
+
+    ``fewer`` = (K', bounds): the bounds of the first images with K' < K samples, from the same ``seed`` and
+    ``batch_size``. Those images draw only samples K' to K - 1 and add them to the K' already summed
+    (log sum_k w_k = logaddexp(bound' + log K', log sum_{k >= K'} w_k)): the same bound as drawing all K afresh."""
+    fewer_k, fewer_bounds = fewer
+    for what, given in (("already done", done), (f"with K = {fewer_k}", fewer_bounds)):
+        if len(given) > len(data) or (len(given) % batch_size and len(given) != len(data)):
+            raise ValueError(f"{len(given)} bounds {what} do not end a batch of {batch_size} of {len(data)} images")
+    if fewer_bounds and not 0 < fewer_k < k:
+        raise ValueError(f"bounds with K = {fewer_k} cannot be extended to K = {k}")
     runtime = runtime or Runtime()
     was_training = model.training
     model.eval()
@@ -75,10 +90,16 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
             mine: list[float] = []
             if runtime.rank < len(batch_starts):
                 start = batch_starts[runtime.rank]
-                x = data.floats(start, start + batch_size, p.dtype, p.device)
+                stop = min(start + batch_size, len(data))
+                first = fewer_k if stop <= len(fewer_bounds) else 0
+                x = data.floats(start, stop, p.dtype, p.device)
                 w = log_weights(model, x, k, batch_generator(p.device, seed, start),
-                                labels=data.labels_of(start, start + batch_size, p.device))
-                mine = (torch.logsumexp(w, dim=1) - math.log(k)).tolist()
+                                labels=data.labels_of(start, stop, p.device), first=first)
+                log_sum = torch.logsumexp(w, dim=1)
+                if first:
+                    summed = torch.tensor(fewer_bounds[start:stop], dtype=log_sum.dtype, device=log_sum.device)
+                    log_sum = torch.logaddexp(log_sum, summed + math.log(first))
+                mine = (log_sum - math.log(k)).tolist()
             for rank_bounds in runtime.all_gather(mine):  # in rank order = batch order
                 bounds.extend(rank_bounds)
             bar.update(len(batch_starts))

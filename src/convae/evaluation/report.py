@@ -127,25 +127,35 @@ def iw_bounds_path(run_path: Path, k: int) -> Path:
 
 
 def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False,
-                  runtime: Runtime | None = None) -> tuple[IWResult, int]:
+                  runtime: Runtime | None = None) -> tuple[IWResult, int, dict | None]:
     """The IW bound with K samples, each image's bound kept in RUN/eval/iw_kK.json after every batch: an evaluation
-    stopped by Ctrl-C or a lost machine goes on from there when run again on the same checkpoint, and a finished
-    one is read back. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the result and
-    how many images' bounds came from the file."""
+    stopped by Ctrl-C or a lost machine goes on from there when run again on the same weights, and a finished one
+    is read back. Kept bounds of a smaller K (the largest there is) give the first samples of the images they cover:
+    only the rest are drawn. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the
+    result, how many images' bounds came whole from the file, and which smaller K was extended (None if none)."""
     runtime = runtime or Runtime()
-    path, key, done = iw_bounds_path(run.path, k), {}, []
-    if runtime.is_writer:  # rank 0 alone reads and writes the file, and tells the others where to begin
+    path, key, done, fewer = iw_bounds_path(run.path, k), {}, [], (0, [])
+    if runtime.is_writer:  # rank 0 alone reads and writes the files, and tells the others where to begin
         key = iw_bounds_key(run, test_set, k)
         done = read_kept_bounds(path, key, len(test_set))
+        if len(done) < len(test_set):
+            fewer = kept_bounds_of_fewer_samples(run.path, key, len(test_set))
         path.parent.mkdir(exist_ok=True)
         if 0 < len(done) < len(test_set):  # said at the start: the rest may take hours
             print(f"IW bound, K = {k}: going on from the bounds of {len(done)} of {len(test_set)} images kept in "
                   f"{path}", file=sys.stderr, flush=True)
-    done = runtime.broadcast(done)
+        if len(fewer[1]) > len(done):
+            print(f"IW bound, K = {k}: the first {fewer[0]} samples of {len(fewer[1])} images come from "
+                  f"{iw_bounds_path(run.path, fewer[0])}; drawing the other {k - fewer[0]}", file=sys.stderr,
+                  flush=True)
+    done, fewer = runtime.broadcast((done, fewer))
     iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=IW_SEED, progress=progress,
                                  done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
-                                 runtime=runtime)
-    return iw, len(done)
+                                 fewer=fewer, runtime=runtime)
+    extended = None
+    if len(fewer[1]) > len(done):
+        extended = {"k": fewer[0], "images": len(fewer[1]) - len(done), "file": str(iw_bounds_path(run.path, fewer[0]))}
+    return iw, len(done), extended
 
 
 def iw_bounds_key(run: Run, test_set: EvalImages, k: int) -> dict:
@@ -153,7 +163,7 @@ def iw_bounds_key(run: Run, test_set: EvalImages, k: int) -> dict:
     images = hashlib.sha256(test_set.images.cpu().contiguous().numpy().tobytes())
     if test_set.labels is not None:
         images.update(test_set.labels.cpu().contiguous().numpy().tobytes())
-    return {"step": run.step, "checkpoint_sha256": run.checkpoint_sha256, "test_images_sha256": images.hexdigest(),
+    return {"step": run.step, "weights_sha256": run.weights_sha256, "test_images_sha256": images.hexdigest(),
             "k": k, "seed": IW_SEED, "batch_size": IW_BATCH, "n_images": len(test_set)}
 
 
@@ -169,6 +179,21 @@ def read_kept_bounds(path: Path, key: dict, n_images: int) -> list[float]:
     return bounds if ends_a_batch and {name: saved.get(name) for name in key} == key else []
 
 
+def kept_bounds_of_fewer_samples(run_path: Path, key: dict, n_images: int) -> tuple[int, list[float]]:
+    """(K', bounds) of the largest K' < K whose kept bounds are of the same weights, images and settings as
+    ``key``; (0, []) if there are none."""
+    smaller = []
+    for path in (run_path / "eval").glob("iw_k*.json"):
+        suffix = path.stem[len("iw_k"):]
+        if suffix.isdigit() and 0 < int(suffix) < key["k"]:
+            smaller.append(int(suffix))
+    for k in sorted(smaller, reverse=True):
+        bounds = read_kept_bounds(iw_bounds_path(run_path, k), {**key, "k": k}, n_images)
+        if bounds:
+            return k, bounds
+    return 0, []
+
+
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
                  progress: bool = False, frechet: bool = False, runtime: Runtime | None = None) -> dict:
     """Everything ``convae eval`` reports for ``run`` (and writes to RUN/eval/). Under torchrun the ranks share the
@@ -177,7 +202,7 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     data = run.data(test_limit)
     test_set = run.test_set(data)
     if iw_samples:
-        iw, resumed = kept_iw_bound(run, test_set, iw_samples, progress, runtime)
+        iw, resumed, extended = kept_iw_bound(run, test_set, iw_samples, progress, runtime)
     if not runtime.is_writer:
         return {}
     elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
@@ -199,7 +224,8 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
     if iw_samples:
         result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error,
-                       "iw_images_from_earlier": resumed, "iw_bounds_file": str(iw_bounds_path(run.path, iw.k))})
+                       "iw_images_from_earlier": resumed, "iw_extended_from": extended,
+                       "iw_bounds_file": str(iw_bounds_path(run.path, iw.k))})
         if run.model.likelihood.discrete:
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
     result.update(latent_usage(*posterior_parameters(run.model, test_set)))

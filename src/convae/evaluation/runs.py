@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ class Run:
     model: VAE
     step: int
     metrics: list[dict]
-    checkpoint_sha256: str = ""  # of the newest checkpoint's tensors: which weights these are
+    weights_sha256: str = ""  # of the weights evaluated (averaged ones under --ema): what an evaluation is of
 
     def data(self, test_limit: int | None = None) -> ImageData:
         data = load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
@@ -77,7 +78,17 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     restore(checkpoint, model, None)
     if config.ema:
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with
+    weights = weights_sha256(model)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     model = model.to(device=dev, dtype=dtype).eval()
-    return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"),
-               checkpoint.meta.get("tensors_sha256", ""))
+    return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"), weights)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes, bytes): the same for the same weights, whichever file
+    they came from (a checkpoint with or without the optimizer's state)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
