@@ -57,6 +57,7 @@ def test_eval_cli_writes_numbers_and_pictures(trained_run, idx_dir, capsys):
     assert main(["eval", str(trained_run), "--iw-samples", "20", "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["iw_samples"] == 20 and result["iw_nll"] < result["test_neg_elbo"] + 1
+    assert result["arithmetic"] == "float32"  # on CUDA it also says whether TF32 was allowed
     assert math.isfinite(result["test_neg_elbo"]) and result["entropy_floor"] > 0
     for picture in ("samples.png", "reconstructions.png", "interpolations.png", "traversals.png",
                     "latent_pca.png", "loss_curves.png"):
@@ -227,3 +228,20 @@ def test_compare_table_names_runs_shows_fractional_epochs_and_warns_of_unequal_b
     assert "different budgets (a: 150 steps of 32; b: 1875 steps of 32)" in table
     same = format_table([{**row, "run": "runs/a", "epochs": 1, "steps": 1875, "iw_samples": 100, "iw_nll": 90.0}])
     assert "IW bound (K=100)" in same and "| 90.00 |" in same and "different budgets" not in same
+
+
+def test_eval_says_how_it_computed():
+    from convae.evaluation.report import arithmetic
+    from convae.models import build_model
+
+    model = build_model("fc")
+    assert arithmetic(model) == "float32" and arithmetic(model.double()) == "float64"
+    if torch.cuda.is_available():
+        tf32 = torch.backends.cudnn.allow_tf32
+        try:
+            torch.backends.cudnn.allow_tf32 = False
+            assert arithmetic(model.float().cuda()) == "float32, no TF32" or torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = True
+            assert "convolutions" in arithmetic(model)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32

@@ -347,8 +347,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "iw_nll" in result:
         given = " | label" if result["conditional"] else ""
         print(f"  IW bound    -log p(x{given}) <= {result['iw_nll']:.2f} +- {result['iw_nll_std_error']:.2f} nats/image "
-              f"(K = {result['iw_samples']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
-                                                 if "iw_bits_per_dim" in result else ""))
+              f"(K = {result['iw_samples']}; {result['arithmetic']})" + (f" = {result['iw_bits_per_dim']:.4f} bits/dim"
+                                                                          if "iw_bits_per_dim" in result else ""))
         if result["iw_images_from_earlier"]:
             print(f"              {result['iw_images_from_earlier']} of the {result['n_test_images']} images' bounds "
                   f"came from {result['iw_bounds_file']} (an earlier evaluation of these weights)")

@@ -122,6 +122,18 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     return written
 
 
+def arithmetic(model: torch.nn.Module) -> str:
+    """How the evaluation computes: the parameters' dtype, and on CUDA whether convolutions and matrix products may
+    round their inputs to TF32 (10-bit mantissa; PyTorch's default allows it for cuDNN convolutions)."""
+    p = next(model.parameters())
+    described = str(p.dtype).removeprefix("torch.")
+    if p.device.type == "cuda" and p.dtype == torch.float32:
+        tf32 = [what for what, allowed in (("convolutions", torch.backends.cudnn.allow_tf32),
+                                           ("matrix products", torch.backends.cuda.matmul.allow_tf32)) if allowed]
+        described += f", {' and '.join(tf32)} in TF32" if tf32 else ", no TF32"
+    return described
+
+
 def iw_bounds_path(run_path: Path, k: int) -> Path:
     return run_path / "eval" / f"iw_k{k}.json"
 
@@ -216,6 +228,7 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         protocol += (f"; conditional on the label ({run.model.classes} classes): the bounds are on log p(x | label), "
                      "not comparable with an unconditional model's log p(x)")
     result = {"run": str(run.path), "model": run.config.model, "step": run.step, "protocol": protocol,
+              "arithmetic": arithmetic(run.model),
               "n_test_images": len(test_set), "test_neg_elbo": elbo.neg_elbo, "test_L_likelihood": elbo.likelihood,
               "test_L_KL": elbo.kl, "likelihood": run.model.likelihood.name,
               "conditional": bool(run.model.classes),
