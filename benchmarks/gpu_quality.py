@@ -52,7 +52,7 @@ K = {"low": 1000, "high": 5000}
 BINARIZED = ["--binarize", "dynamic", "--batch-size", "128", "--lr", "1e-3", "--lr-schedule", "onecycle",
              "--warmup-fraction", "0.05", "--ema", "0.999", "--precision", "bf16"]
 RECIPES = {
-    "pixel": ["--model", "pixel", *BINARIZED, "--epochs", "40"],
+    "pixel": ["--model", "pixel", *BINARIZED, "--epochs", "50"],
     "resnet": ["--model", "resnet", *BINARIZED, "--epochs", "100"],
     "seed100": ["--preset", "seed", "--epochs", "100"],
     "resize100": ["--preset", "seed", "--model", "resize", "--epochs", "100"],
