@@ -103,8 +103,9 @@ def trained(name: str) -> bool:
 
 def train(name: str, deadline: float) -> None:
     """``convae train`` of recipe ``name``, stopped by SIGTERM at ``deadline`` (it then writes a checkpoint)."""
+    # --no-tensorboard: nothing here would show the 64 samples an epoch draws (the pixel model pixel by pixel)
     command = convae("train", *RECIPES[name], *SMOKE, "--device", DEVICE, "--out", str(RUNS / name), "--quiet",
-                     "--no-report", "--checkpoint-minutes", "1")
+                     "--no-report", "--no-tensorboard", "--checkpoint-minutes", "1")
     log(f"train {name}: {' '.join(command[2:])}")
     with open(WORK / f"{name}_train.txt", "w") as output:
         job = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)

@@ -87,6 +87,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     assert [p.name for p in list_checkpoints(tmp_path / "nan" / "checkpoints")] == ["step-00000008.json"]
 
 
+def test_epoch_samples_are_drawn_only_for_a_sink_that_shows_them(tmp_path, tiny_data, monkeypatch):
+    from convae.reporting import sinks
+
+    shown = []
+    log_epoch = sinks.RunLogger.log_epoch
+
+    def spy(self, record, images=None):
+        shown.append((self.tb is not None, sorted(images or {})))
+        return log_epoch(self, record, images)
+
+    monkeypatch.setattr(sinks.RunLogger, "log_epoch", spy)
+    for tensorboard in (True, False):
+        train(tiny(tmp_path / str(tensorboard), epochs=1, tensorboard=tensorboard, report=False), data=tiny_data,
+              log=lambda s: None)
+    assert shown == [(True, ["reconstructions", "samples"]), (False, ["reconstructions"])]
+    assert (tmp_path / "False" / "images" / "result1.png").is_file()  # the seed's picture all the same
+
+
 def test_float64_runs_in_float64(tmp_path, tiny_data):
     result = train(tiny(tmp_path / "f64", epochs=1, dtype="float64"), data=tiny_data, log=lambda s: None)
     assert all(p.dtype == torch.float64 for p in result.model.parameters())

@@ -45,6 +45,12 @@ class RunLogger:
             if self.tb is not None and resume_step is None and hparams:
                 self._write_hparams(hparams)
 
+    @property
+    def shows_pictures(self) -> bool:
+        """Whether a sink shows the pictures given to ``log_epoch`` (TensorBoard); the seed's reconstructions
+        picture is written to RUN/images either way."""
+        return self.tb is not None
+
     # -- the three kinds of record ------------------------------------------------------------------------------
 
     def say(self, line: str) -> None:

@@ -593,7 +593,8 @@ class Trainer:
             record, pictures = end_of_epoch(
                 self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set, epoch=epoch,
                 step=self.step, partial=partial, train_loss=train_loss, floor=self.floor, precision=self.precision,
-                lr=lr, train_seconds=self.train_seconds, seconds=seconds, images=images, runtime=self.runtime)
+                lr=lr, train_seconds=self.train_seconds, seconds=seconds, images=images, runtime=self.runtime,
+                samples=self.logger.shows_pictures)
         d = self.settings["distributed"]
         record.update(world_size=d["world_size"], backend=d["backend"], rank_devices=d["rank_devices"])
         self.logger.log_epoch(record, pictures)
@@ -623,11 +624,12 @@ class Trainer:
 
 def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
                  epoch: int, step: int, partial: bool, train_loss: float, floor: float, lr: float, precision: str,
-                 train_seconds: float, seconds: float, images: int,
-                 runtime: Runtime | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+                 train_seconds: float, seconds: float, images: int, runtime: Runtime | None = None,
+                 samples: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
     """What the seed does after each epoch (loss on the first training images, the 3x3 picture), plus the test set.
     Under torchrun the test set is split among the ranks; rank 0 draws the picture. Returns the metrics record and
-    (on rank 0) the pictures for TensorBoard: inputs over reconstructions, and 64 samples from the prior."""
+    (on rank 0) the pictures for TensorBoard: inputs over reconstructions, and with ``samples`` 64 samples from the
+    prior (drawn only where a sink shows them: an autoregressive decoder draws them pixel by pixel)."""
     runtime = runtime or Runtime()
     started = time.perf_counter()
     on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), precision=precision, seed=config.seed + 1,
@@ -642,8 +644,9 @@ def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: Eva
             x = monitor.floats(0, 9, p.dtype, p.device)
             generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
             reconstruction = model.reconstruct(x, generator, labels=monitor.labels_of(0, 9, p.device))
-            pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9),
-                        "samples": tile(model.sample(64, generator=generator), 8)}
+            pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9)}
+            if samples:
+                pictures["samples"] = tile(model.sample(64, generator=generator), 8)
         model.train()
         name = f"result{epoch}.png" if not partial else f"result{epoch}-step{step}.png"
         seed_grid(x, reconstruction, run_dir / "images" / name, title=f"epoch {epoch}, step {step}")
