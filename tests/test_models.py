@@ -195,6 +195,23 @@ def test_pixel_decoder_draws_each_pixel_from_the_conditional_of_the_pixels_drawn
     assert 0 < x.mean() < 1  # not a trivial all-0 or all-1 picture
 
 
+def test_pixel_decoder_window_gives_the_full_pass_logits_at_every_pixel():
+    """Generation computes each pixel from a window around it (rows above, columns to either side); its logits
+    must be those of the one full pass, at the image's edges and corners as inside."""
+    from convae.models.autoregressive import PixelDecoder
+
+    torch.manual_seed(3)
+    decoder = PixelDecoder(latent_dim=8, layers=2).eval()
+    for p in decoder.parameters():  # larger weights than a fresh init, so that far pixels matter
+        p.data.normal_(0, 0.3)
+    z, x = torch.randn(2, 8), torch.bernoulli(torch.full((2, 1, 32, 32), 0.5))
+    with torch.no_grad():
+        full, features = decoder(z, x), decoder.trunk(z)
+        windowed = torch.stack([torch.stack([decoder.pixel_logits(x, features, row, col) for col in range(32)], -1)
+                                for row in range(32)], -2)
+    torch.testing.assert_close(windowed, full, rtol=1e-5, atol=1e-5)
+
+
 def test_pixel_model_samples_and_reconstructs_binary_images():
     torch.manual_seed(2)
     model = build_model("pixel").eval()

@@ -63,7 +63,8 @@ class PixelDecoder(nn.Module):
         self.first_condition = nn.Conv2d(features, width, 1)
         self.blocks = nn.ModuleList(GatedBlock(width, features) for _ in range(layers))
         self.out = nn.Conv2d(width, out_channels, 1)
-        # rows above a pixel that can reach it: 2 from the 5x5 mask, 1 per 3x3 masked layer
+        # rows above a pixel, and columns to either side, that can reach it: 2 from the 5x5 mask, 1 per 3x3 masked
+        # layer (to the right only through the rows above)
         self.reach = 2 + layers
 
     def head(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -79,16 +80,22 @@ class PixelDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, z: torch.Tensor, draw) -> torch.Tensor:
         """A new image for each z, pixel by pixel: ``draw(logits)`` turns one pixel's logits into its value.
-        Only the rows that can reach the current one are recomputed (``reach`` rows above it)."""
+        Only the window that can reach the current pixel is recomputed (``reach`` rows above it and columns to either
+        side): a convolution of a cropped map is exact ``reach`` pixels in from the crop's edges, as each layer's
+        zero padding there spoils one more ring (two for the 5x5 layer)."""
         features = self.trunk(z)
         n, _, height, width = features.shape
         x = torch.zeros(n, 1, height, width, device=z.device, dtype=features.dtype)
         for row in range(height):
-            top = max(0, row - self.reach)
             for col in range(width):
-                logits = self.head(x[:, :, top:row + 1], features[:, :, top:row + 1])
-                x[:, :, row, col] = draw(logits[:, :, -1, col])
+                x[:, :, row, col] = draw(self.pixel_logits(x, features, row, col))
         return x
+
+    def pixel_logits(self, x: torch.Tensor, features: torch.Tensor, row: int, col: int) -> torch.Tensor:
+        """The logits of pixel (row, col) given the pixels before it, from the window of ``x`` that reaches it."""
+        top, left, right = max(0, row - self.reach), max(0, col - self.reach), min(x.shape[-1], col + self.reach + 1)
+        logits = self.head(x[:, :, top:row + 1, left:right], features[:, :, top:row + 1, left:right])
+        return logits[:, :, -1, col - left]
 
     padding_reach = ResNetDecoder.padding_reach
 
