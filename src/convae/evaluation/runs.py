@@ -74,13 +74,14 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
                               f"but {config_file} says {config.model!r}")
     dev = resolve_device(device, local_rank)
     data = settings.get("data", {})
-    model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0))
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    # in the run's dtype before the weights go in: a float64 run's weights would lose their last digits in float32
+    model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0)).to(dtype)
     restore(checkpoint, model, None)
     if config.ema:
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with
     weights = weights_sha256(model)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    model = model.to(device=dev, dtype=dtype).eval()
+    model = model.to(dev).eval()
     return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"), weights)
 
 
