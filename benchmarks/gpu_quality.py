@@ -287,10 +287,21 @@ def main() -> None:
     try:
         if args.carried:
             summary["carried_in"] = uncarry_runs(args.carried)
+        tests = None if SMOKE else subprocess.Popen(  # the CUDA-only tests, beside the plan (about 15 s)
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda or says_how",
+             "tests/test_engine.py", "tests/test_training.py", "tests/test_evaluation.py"],
+            stdout=open(WORK / "cuda_tests.txt", "w"), stderr=subprocess.STDOUT)
         if args.seed_protocol:
             seed_protocol(args, summary)
         else:
             quality_plan(args, summary)
+        if tests is not None:
+            try:
+                tests.wait(timeout=30)
+                log("CUDA tests: " + (WORK / "cuda_tests.txt").read_text().strip().splitlines()[-1])
+            except (subprocess.TimeoutExpired, IndexError):
+                tests.kill()
+                log("CUDA tests: did not finish")
     finally:
         summary["carried_out"] = {name: carry_run(name) for name in PLAN if (RUNS / name).is_dir()}
         summary["state"] = {name: {"trained": trained(name),
