@@ -23,18 +23,6 @@ def trained_run(tmp_path_factory, tiny_data):
     return out
 
 
-def test_a_float64_run_is_opened_with_its_float64_weights(tmp_path, tiny_data):
-    from safetensors.torch import load_file
-    from convae.training.checkpoint import list_checkpoints
-
-    config = TrainConfig(epochs=1, batch_size=64, dtype="float64", quiet=True, device="cpu", out=str(tmp_path / "r"),
-                         tensorboard=False, report=False)
-    train(config, data=tiny_data, log=lambda s: None)
-    saved = load_file(list_checkpoints(tmp_path / "r" / "checkpoints")[-1].with_suffix(".safetensors"))
-    for name, tensor in open_run(tmp_path / "r", "cpu").model.state_dict().items():
-        assert tensor.dtype == saved["model." + name].dtype and torch.equal(tensor, saved["model." + name]), name
-
-
 def test_iw_bound_with_k1_is_the_elbo_in_expectation(trained_run, tiny_data):
     run = open_run(trained_run, "cpu")
     test = EvalImages(tiny_data.test_images, tiny_data.levels, 32)

@@ -106,9 +106,14 @@ def test_epoch_samples_are_drawn_only_for_a_sink_that_shows_them(tmp_path, tiny_
 
 
 def test_float64_runs_in_float64(tmp_path, tiny_data):
+    from convae.evaluation.runs import open_run
+
     result = train(tiny(tmp_path / "f64", epochs=1, dtype="float64"), data=tiny_data, log=lambda s: None)
     assert all(p.dtype == torch.float64 for p in result.model.parameters())
     assert result.metrics[0]["test_neg_elbo"] > 0
+    saved = final_weights(tmp_path / "f64")  # and eval, sample, load and export open it with those very weights
+    for name, tensor in open_run(tmp_path / "f64", "cpu").model.state_dict().items():
+        assert tensor.dtype == saved["model." + name].dtype and torch.equal(tensor, saved["model." + name]), name
 
 
 def test_in_order_batches_follow_the_data(tiny_data):
