@@ -154,37 +154,38 @@ def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_ru
 
 
 def test_eval_cli_extends_kept_bounds_to_more_samples_and_keys_them_by_weights(trained_run, idx_dir, capsys,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, tmp_path):
+    import shutil
+
     import convae.evaluation.report as report
     from convae.training.checkpoint import list_checkpoints, meta_digest
     from safetensors.torch import load_file, save_file
 
-    config_file = trained_run / "config.json"
-    settings = json.loads(config_file.read_text())
+    run = tmp_path / "run"  # a copy: its checkpoint is rewritten below
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    settings = json.loads((run / "config.json").read_text())
     settings["config"]["data_dir"] = str(idx_dir)
-    config_file.write_text(json.dumps(settings))
+    (run / "config.json").write_text(json.dumps(settings))
     monkeypatch.setattr(report, "IW_BATCH", 16)
-    for kept in (trained_run / "eval").glob("iw_k*.json"):
-        kept.unlink()
 
     def evaluate(k):
-        assert main(["eval", str(trained_run), "--iw-samples", str(k), "--json", "--no-pictures", "--device", "cpu"]) == 0
+        assert main(["eval", str(run), "--iw-samples", str(k), "--json", "--no-pictures", "--device", "cpu"]) == 0
         said = capsys.readouterr()
         return json.loads(said.out), said.err
 
     few, _ = evaluate(4)
     assert few["iw_extended_from"] is None
     extended, err = evaluate(11)
-    file_4 = trained_run / "eval" / "iw_k4.json"
+    file_4 = run / "eval" / "iw_k4.json"
     assert f"the first 4 samples of 64 images come from {file_4}; drawing the other 7" in err
     assert extended["iw_extended_from"] == {"k": 4, "images": 64, "file": str(file_4)}
-    (trained_run / "eval" / "iw_k11.json").unlink()
+    (run / "eval" / "iw_k11.json").unlink()
     file_4.unlink()
     fresh, _ = evaluate(11)
     assert fresh["iw_extended_from"] is None and abs(fresh["iw_nll"] - extended["iw_nll"]) < 1e-6
 
     # the same weights in a checkpoint without the optimizer's state (smaller, to carry away): bounds still theirs
-    newest = list_checkpoints(trained_run / "checkpoints")[-1]
+    newest = list_checkpoints(run / "checkpoints")[-1]
     tensors_file = newest.with_suffix(".safetensors")
     tensors = {k: v for k, v in load_file(tensors_file).items() if not k.startswith("optimizer.")}
     save_file(tensors, tensors_file)
