@@ -20,8 +20,8 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def small(idx_dir, out, *extra):
-    return ["train", "--data-dir", str(idx_dir), "--out", str(out), "--device", "cpu", "--quiet", *extra]
+def small(idx_dir, out, *extra):  # --no-report: the report is drawn (and tested) in test_report.py
+    return ["train", "--data-dir", str(idx_dir), "--out", str(out), "--device", "cpu", "--quiet", "--no-report", *extra]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -53,7 +53,8 @@ def deterministic(metrics):
 
 
 def _train_job(rank, out, data):
-    config = TrainConfig(epochs=2, batch_size=32, quiet=True, device="cpu", out=str(out / "run"), eval_batch_size=24)
+    config = TrainConfig(epochs=2, batch_size=32, quiet=True, device="cpu", out=str(out / "run"), eval_batch_size=24,
+                         report=False)
     result = train(config, data=data, log=lambda s: None)
     torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
 

@@ -18,7 +18,8 @@ from convae.training.checkpoint import CheckpointError
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("runs") / "seed"
-    config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, quiet=True, device="cpu", out=str(out), eval_batch_size=64)
+    config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, quiet=True, device="cpu", out=str(out), eval_batch_size=64,
+                         report=False)
     train(config, data=tiny_data, log=lambda s: None)
     return out
 

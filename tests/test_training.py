@@ -14,7 +14,8 @@ TIMING = {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}
 
 
 def tiny(out, **kw) -> TrainConfig:
-    settings = dict(epochs=3, batch_size=32, quiet=True, device="cpu", out=str(out), eval_batch_size=64)
+    # report=False: drawing report.html takes longer than a tiny run trains (test_report.py tests it)
+    settings = dict(epochs=3, batch_size=32, quiet=True, device="cpu", out=str(out), eval_batch_size=64, report=False)
     settings.update(kw)
     return TrainConfig(**settings)
 
@@ -29,7 +30,7 @@ def final_weights(run_dir):
 
 
 def test_short_run_lowers_the_loss_and_writes_every_file(tmp_path, tiny_data):
-    result = train(tiny(tmp_path / "run", epochs=4, lr=3e-3), data=tiny_data, log=lambda s: None)
+    result = train(tiny(tmp_path / "run", epochs=4, lr=3e-3, report=True), data=tiny_data, log=lambda s: None)
     run = result.run_dir
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and [m["step"] for m in metrics] == [8, 16, 24, 32]
@@ -45,6 +46,7 @@ def test_short_run_lowers_the_loss_and_writes_every_file(tmp_path, tiny_data):
     assert sorted(p.name for p in (run / "images").iterdir()) == [f"result{k}.png" for k in (1, 2, 3, 4)]
     assert len(list_checkpoints(run / "checkpoints")) == 2  # keep_checkpoints
     assert "epoch 4: L_tot = " in (run / "log.txt").read_text()
+    assert (run / "report.html").stat().st_size > 1000
 
 
 def test_resume_after_max_steps_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, tiny_data):
