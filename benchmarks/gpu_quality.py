@@ -113,20 +113,27 @@ def trained(name: str) -> bool:
     return last.get("epoch") == epochs_of(name) and not last.get("partial_epoch")
 
 
-def train(name: str, deadline: float) -> None:
-    """``convae train`` of recipe ``name``, stopped by SIGTERM at ``deadline`` (it then writes a checkpoint)."""
+def start_training(name: str) -> subprocess.Popen:
+    """``convae train`` of recipe ``name`` in the background, its output in WORK/name_train.txt."""
     # --no-tensorboard: nothing here would show the 64 samples an epoch draws (the pixel model pixel by pixel)
     command = convae("train", *RECIPES[name], *SMOKE, "--device", DEVICE, "--out", str(RUNS / name), "--quiet",
                      "--no-report", "--no-tensorboard", "--checkpoint-minutes", "1")
     log(f"train {name}: {' '.join(command[2:])}")
-    with open(WORK / f"{name}_train.txt", "w") as output:
-        job = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            job.wait(timeout=max(1.0, deadline - elapsed()))
-        except subprocess.TimeoutExpired:
-            job.send_signal(signal.SIGTERM)
-            job.wait(60)
-    log(f"train {name}: exit {job.returncode}, " + ("finished" if trained(name) else "stopped before its last epoch"))
+    return subprocess.Popen(command, stdout=open(WORK / f"{name}_train.txt", "w"), stderr=subprocess.STDOUT)
+
+
+def finish_training(job: subprocess.Popen, deadline: float) -> None:
+    """Wait for ``job``; at ``deadline`` stop it with SIGTERM (convae then writes a checkpoint and exits)."""
+    try:
+        job.wait(timeout=max(1.0, deadline - elapsed()))
+    except subprocess.TimeoutExpired:
+        job.send_signal(signal.SIGTERM)
+        job.wait(60)
+
+
+def train(name: str, deadline: float) -> None:
+    finish_training(start_training(name), deadline)
+    log(f"train {name}: " + ("finished" if trained(name) else "stopped before its last epoch"))
 
 
 def kept_bounds(name: str, k: int) -> int:
@@ -206,18 +213,9 @@ def resize_conv_benchmark() -> None:
 
 def seed_protocol(args: argparse.Namespace, summary: dict) -> None:
     """The seed's recipe for 100 epochs with the seed model and the resize decoder, side by side, then K = 1000."""
-    jobs = {}
-    for name in ("seed100", "resize100"):
-        command = convae("train", *RECIPES[name], *SMOKE, "--device", DEVICE, "--out", str(RUNS / name), "--quiet",
-                         "--no-report", "--checkpoint-minutes", "1")
-        log(f"train {name}: {' '.join(command[2:])}")
-        jobs[name] = subprocess.Popen(command, stdout=open(WORK / f"{name}_train.txt", "w"), stderr=subprocess.STDOUT)
+    jobs = {name: start_training(name) for name in ("seed100", "resize100")}
     for name, job in jobs.items():
-        try:
-            job.wait(timeout=max(1.0, args.budget - 200 - elapsed()))
-        except subprocess.TimeoutExpired:
-            job.send_signal(signal.SIGTERM)
-            job.wait(60)
+        finish_training(job, args.budget - 200)
         log(f"train {name}: exit {job.returncode}")
     summary["results"] = {name: evaluate(name, K["low"], args.budget - SLACK) for name in jobs}
 

@@ -146,7 +146,7 @@ def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False
     only the rest are drawn. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the
     result, how many images' bounds came whole from the file, and which smaller K was extended (None if none)."""
     runtime = runtime or Runtime()
-    path, key, done, fewer = iw_bounds_path(run.path, k), {}, [], (0, [])
+    path, key, done, fewer, extended = iw_bounds_path(run.path, k), {}, [], (0, []), None
     if runtime.is_writer:  # rank 0 alone reads and writes the files, and tells the others where to begin
         key = iw_bounds_key(run, test_set, k)
         done = read_kept_bounds(path, key, len(test_set))
@@ -157,16 +157,14 @@ def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False
             print(f"IW bound, K = {k}: going on from the bounds of {len(done)} of {len(test_set)} images kept in "
                   f"{path}", file=sys.stderr, flush=True)
         if len(fewer[1]) > len(done):
-            print(f"IW bound, K = {k}: the first {fewer[0]} samples of {len(fewer[1])} images come from "
-                  f"{iw_bounds_path(run.path, fewer[0])}; drawing the other {k - fewer[0]}", file=sys.stderr,
-                  flush=True)
+            extended = {"k": fewer[0], "images": len(fewer[1]) - len(done),
+                        "file": str(iw_bounds_path(run.path, fewer[0]))}
+            print(f"IW bound, K = {k}: the first {extended['k']} samples of {extended['images']} images come from "
+                  f"{extended['file']}; drawing the other {k - fewer[0]}", file=sys.stderr, flush=True)
     done, fewer = runtime.broadcast((done, fewer))
     iw = importance_weighted_nll(run.model, test_set, k, batch_size=IW_BATCH, seed=IW_SEED, progress=progress,
                                  done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
                                  fewer=fewer, runtime=runtime)
-    extended = None
-    if len(fewer[1]) > len(done):
-        extended = {"k": fewer[0], "images": len(fewer[1]) - len(done), "file": str(iw_bounds_path(run.path, fewer[0]))}
     return iw, len(done), extended
 
 
