@@ -267,8 +267,9 @@ def carry_run(name: str) -> list[str]:
         for f in [run / "config.json", run / "metrics.jsonl", *sorted((run / "eval").glob("*.json"))]:
             if f.is_file():
                 tar.add(f, arcname=str(f.relative_to(RUNS)))
-        if needs_weights(name):  # the device tool's 64 MiB travel with the next call: weights only where needed
-            checkpoint_file = list_checkpoints(run / "checkpoints")[-1]
+        checkpoints = list_checkpoints(run / "checkpoints")
+        if needs_weights(name) and checkpoints:  # the device tool sends at most 64 MiB: weights only where needed
+            checkpoint_file = checkpoints[-1]
             checkpoint = load_checkpoint(checkpoint_file)
             weights = save_safetensors({k: v for k, v in checkpoint.tensors.items()
                                         if k.startswith(("model.", "ema."))})
