@@ -18,10 +18,11 @@ The plan, in order of what matters most (binarized MNIST, the protocol of Burda 
      loss was no lower than its test loss: under-fitted, not over-fitted)
 
 Each session starts where the last one stopped: runs come back in $OUT as ``NAME_run.tar.part*`` (config, metrics,
-the newest checkpoint's weights without the optimizer's state, and the kept IW bounds of every image evaluated so
-far), which the next call takes from ``--carried``. A training is started only when a short probe of the model's
-speed says it ends in the time left; an IW evaluation stopped at the deadline goes on next time from its kept
-bounds. Everything small comes back in $OUT/results.tar.gz, a summary in $OUT/summary.json.
+the kept IW bounds of every image evaluated so far, and, while a later step still evaluates the run, the newest
+checkpoint's weights without the optimizer's state), which the next call takes from ``--carried``. A training is
+started only when a short probe of the model's speed says it ends in the time left; an IW evaluation stopped at the
+deadline goes on next time from its kept bounds. Everything small comes back in $OUT/results.tar.gz, a summary
+in $OUT/summary.json.
 
 ``--seed-protocol`` instead trains the seed protocol in full (`--preset seed`, 100 epochs, with the seed model
 and with `--model resize`, side by side) and evaluates both at K = 1000: the runs of docs/results.md.
@@ -154,6 +155,11 @@ def kept_bounds(name: str, k: int) -> int:
         return 0
 
 
+def bounded(name: str, k: int) -> bool:
+    """Whether RUNS/name's bound with K samples is complete (``evaluate`` writes its result file at the end)."""
+    return (RUNS / name / "eval" / f"result_k{k}.json").exists()
+
+
 def evaluate(name: str, k: int, deadline: float, *, frechet: bool = False, pictures: bool = True) -> dict | None:
     """``convae eval RUN --iw-samples K``, stopped at ``deadline``: the bounds done so far stay kept in the run."""
     left = deadline - elapsed()
@@ -200,7 +206,7 @@ def train_and_bound(name: str, args: argparse.Namespace, summary: dict) -> bool:
         train(name, args.budget - SLACK)
         if not trained(name):
             return False
-    if not (RUNS / name / "eval" / f"result_k{K['low']}.json").exists():  # bounds kept: read back, not redrawn
+    if not bounded(name, K["low"]):  # bounds kept by an evaluation cut short are read back, not redrawn
         summary["results"][f"{name}_k{K['low']}"] = evaluate(name, K["low"], args.budget - SLACK)
     return kept_bounds(name, K["low"]) == TEST_IMAGES
 
@@ -210,7 +216,7 @@ def quality_plan(args: argparse.Namespace, summary: dict) -> None:
     for name in PLAN:
         if not train_and_bound(name, args, summary):
             return
-    if not (RUNS / HEADLINE / "eval" / f"result_k{K['high']}.json").exists():
+    if not bounded(HEADLINE, K["high"]):
         summary["results"][f"{HEADLINE}_k{K['high']}"] = evaluate(HEADLINE, K["high"], args.budget - SLACK,
                                                                   pictures=False)
     if kept_bounds(HEADLINE, K["high"]) < TEST_IMAGES:
@@ -247,8 +253,7 @@ def seed_protocol(args: argparse.Namespace, summary: dict) -> None:
 
 def needs_weights(name: str) -> bool:
     """Whether a later step of the plan still evaluates RUNS/name: its K = 1000 bound, or the headline's K = 5000."""
-    done = [K["low"], *([K["high"]] if name == HEADLINE else [])]
-    return any(not (RUNS / name / "eval" / f"result_k{k}.json").exists() for k in done)
+    return not bounded(name, K["low"]) or (name == HEADLINE and not bounded(name, K["high"]))
 
 
 def carry_run(name: str) -> list[str]:
