@@ -20,10 +20,10 @@ The plan, in order of what matters most (binarized MNIST, the protocol of Burda 
 
 Each session starts where the last one stopped: runs come back in $OUT as ``NAME_run.tar.part*`` (config, metrics,
 the kept IW bounds of every image evaluated so far, and, while a later step still evaluates the run, the newest
-checkpoint's weights without the optimizer's state), which the next call takes from ``--carried``. A training of
-steps 1 and 3 is started only when a short probe of the model's speed says it ends in the time left; step 7's, stopped
-at the deadline, comes back with its whole checkpoint and goes on next time; an IW evaluation stopped at the deadline
-goes on next time from its kept bounds. Everything small comes back in $OUT/results.tar.gz, a summary
+checkpoint's weights without the optimizer's state), which the next call takes from ``--carried``. A training stopped
+at the deadline comes back with its whole checkpoint and goes on next time, though steps 1 and 3 start one only when
+a short probe of the model's speed says it ends in the time left; an IW evaluation stopped at the deadline goes on
+next time from its kept bounds. Everything small comes back in $OUT/results.tar.gz, a summary
 in $OUT/summary.json.
 
 ``--seed-protocol`` instead trains the seed protocol in full (`--preset seed`, 100 epochs, with the seed model
@@ -101,7 +101,7 @@ def model_of(name: str) -> str:
 
 def probe(name: str) -> float:
     """Training images per second of recipe ``name``'s model alone at batch 128, bf16 (a short bench); if the bench
-    fails, half of what the H200 did (a training that then overruns is stopped at the deadline, starts over later)."""
+    fails, half of what the H200 did (a training that then overruns is stopped at the deadline, goes on next time)."""
     if SMOKE:
         return 2000.0
     model = model_of(name)
@@ -135,8 +135,7 @@ def start_training(name: str) -> subprocess.Popen:
         shutil.rmtree(RUNS / name, ignore_errors=True)
     # --no-tensorboard: nothing here would show the 64 samples an epoch draws (the pixel model pixel by pixel)
     command = convae("train", *RECIPES[name], *SMOKE, "--device", DEVICE, "--out", str(RUNS / name), "--auto-resume",
-                     "--quiet",
-                     "--no-report", "--no-tensorboard", "--checkpoint-minutes", "1")
+                     "--quiet", "--no-report", "--no-tensorboard", "--checkpoint-minutes", "1")
     log(f"train {name}: {' '.join(command[2:])}")
     return subprocess.Popen(command, stdout=open(WORK / f"{name}_train.txt", "w"), stderr=subprocess.STDOUT)
 
@@ -198,8 +197,7 @@ def evaluate(name: str, k: int, deadline: float, *, frechet: bool = False, pictu
 def train_and_bound(name: str, args: argparse.Namespace, summary: dict) -> bool:
     """Train recipe ``name`` if it is not trained yet and the probe says it ends in time, then its K = 1000 bound;
     whether both are done."""
-    if not trained(name):
-        shutil.rmtree(RUNS / name, ignore_errors=True)  # a training cut short earlier starts over
+    if not trained(name):  # one cut short earlier goes on from its checkpoint; the estimate is then on the safe side
         if args.budget - SLACK - elapsed() < 60:
             log(f"train {name}: left for the next session")
             return False
