@@ -222,9 +222,9 @@ def quality_plan(args: argparse.Namespace, summary: dict) -> None:
     for name in PLAN:
         if not train_and_bound(name, args, summary):
             return
-    # The longer trainings run beside the headline's evaluation: a training at batch 128 leaves most of the GPU idle
-    # between its small kernels, which the evaluation's large batches fill. One stopped at the deadline goes on next
-    # time from its carried checkpoint (--auto-resume), so no probe has to promise that it ends in time.
+    # The longer trainings start at once, beside the headline's evaluation (on the H200 the two together took about
+    # what they take one after the other). One stopped at the deadline goes on next time from its carried checkpoint
+    # (--auto-resume), so no probe has to promise that it ends in time.
     longer = {name: start_training(name) for name in LONGER if not trained(name)}
     if not bounded(HEADLINE, K["high"]):
         summary["results"][f"{HEADLINE}_k{K['high']}"] = evaluate(HEADLINE, K["high"], args.budget - SLACK,
