@@ -37,31 +37,47 @@ def idx_folder(folder, data: ImageData, n_train: int | None = None, n_test: int 
     return folder
 
 
+@pytest.fixture(scope="session")
+def seed_run(tmp_path_factory, tiny_data):
+    """The seed's model trained 6 epochs on ``tiny_data`` (read from IDX files, as a user's run would), once per
+    session, for the tests that only read a trained run (or write its eval/ outputs); a test that damages a run
+    copies it first."""
+    from convae.config import TrainConfig
+    from convae.training import train
+
+    folder = tmp_path_factory.mktemp("seed-run")
+    config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, quiet=True, device="cpu", out=str(folder / "run"),
+                         eval_batch_size=64, report=False, data_dir=str(idx_folder(folder / "idx", tiny_data)))
+    train(config, log=lambda s: None)
+    return folder / "run"
+
+
 @pytest.fixture()
 def idx_dir(tmp_path, tiny_data):
     return idx_folder(tmp_path / "idx", tiny_data, gzipped=("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
 
 
-@pytest.fixture()
-def sigterm_at_step(monkeypatch):
-    """``sigterm_at_step(k)``: training sends itself SIGTERM as it starts step k (0-based); ``.undo()`` stops it."""
+def sigterm_at(step: int):
+    """Hooks under which training sends itself SIGTERM as it starts step ``step`` (0-based)."""
     import os
     import signal
 
-    import convae.training.loop as loop
+    from convae.training import Hooks
 
-    original = loop.learning_rate
+    def before_step(k: int) -> None:
+        if k == step:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    class Arm:
-        def __call__(self, k):
-            def learning_rate(config, step, total):
-                if step == k:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return original(config, step, total)
+    return Hooks(before_step=before_step)
 
-            monkeypatch.setattr(loop, "learning_rate", learning_rate)
 
-        def undo(self):
-            monkeypatch.setattr(loop, "learning_rate", original)
+def run_cli(capsys, *argv, hooks=None):
+    """``convae argv`` in this process: (exit code, stdout, stderr)."""
+    from convae.cli import main
 
-    return Arm()
+    try:
+        code = main(list(argv), hooks=hooks)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

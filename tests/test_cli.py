@@ -10,14 +10,7 @@ import pytest
 
 from convae.cli import main
 
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import run_cli, sigterm_at
 
 
 def small(idx_dir, out, *extra):  # --no-report: the report is drawn (and tested) in test_report.py
@@ -104,6 +97,11 @@ def test_help_explains_the_options(capsys):
     for option in ("--device", "--epochs", "--max-steps", "--batch-size", "--lr", "--seed", "--dtype", "--out",
                    "--resume", "--data-dir", "--no-shuffle", "--quiet"):
         assert option in text
+    flat = " ".join(text.split())  # argparse wraps lines: compare the words
+    for said in ("--batch-size BATCH_SIZE images per step (default 32)", "--epochs EPOCHS epochs to train (default 100)",
+                 "--device {auto,cpu,cuda,mps} auto picks a GPU when there is one (default auto)",
+                 "--no-shuffle take batches in order, as the seed does", "--lr LR Adam learning rate"):
+        assert said in flat, said
 
 
 def test_sigint_on_the_real_command_checkpoints_and_says_how_to_resume(tmp_path, idx_dir):
@@ -135,13 +133,12 @@ def test_fast_preset_and_binarized_protocol_run_from_the_command_line(tmp_path, 
     assert code == 0 and "binarized" in stdout and "K = 3" in stdout
 
 
-def test_auto_resume_starts_then_continues_a_run_with_the_same_command(tmp_path, idx_dir, capsys, sigterm_at_step):
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
+def test_auto_resume_starts_then_continues_a_run_with_the_same_command(tmp_path, idx_dir, capsys):
     """A re-queued job repeats its command: the first attempt starts the run, a later one continues it."""
     command = small(idx_dir, tmp_path / "run", "--epochs", "2", "--auto-resume", "--checkpoint-every", "3")
     assert run_cli(capsys, *small(idx_dir, tmp_path / "whole", "--epochs", "2"))[0] == 0
-    sigterm_at_step(5)
-    assert run_cli(capsys, *command)[0] == 130
-    sigterm_at_step.undo()
+    assert run_cli(capsys, *command, hooks=sigterm_at(5))[0] == 130
     code, out, err = run_cli(capsys, *command)
     assert code == 0, err
     assert f"resuming {tmp_path / 'run'} at step 6 (epoch 1)" in out
@@ -178,14 +175,13 @@ def test_resuming_a_finished_run_says_so_and_how_to_extend_it(tmp_path, idx_dir,
     assert run_cli(capsys, "train", "--resume", str(run), "--epochs", "2")[0] == 0
 
 
-def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, idx_dir, capsys, monkeypatch):
-    import convae.training.loop as loop
+def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, idx_dir, capsys):
+    from convae.training import Hooks
 
-    def interrupted(*args, **kwargs):
+    def interrupted(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "load_for_config", interrupted)
-    code, _, err = run_cli(capsys, *small(idx_dir, tmp_path / "run"))
+    code, _, err = run_cli(capsys, *small(idx_dir, tmp_path / "run"), hooks=Hooks(load_data=interrupted))
     assert code == 130 and err == "convae train: interrupted\n"
     assert not (tmp_path / "run").exists()
 

@@ -9,8 +9,8 @@ import torch
 import convae
 from convae.cli import main
 from convae.config import TrainConfig
-from convae.data import ImageData
-from convae.evaluation.elbo import evaluate_neg_elbo, evaluation_images
+from convae.data import ImageData, evaluation_images
+from convae.evaluation.elbo import evaluate_neg_elbo
 from convae.models import MODELS, build_model
 from convae.training import train
 
@@ -85,9 +85,9 @@ def test_conditional_training_learns_what_the_label_says(conditional_run, sides)
     assert mean_column(model.sample(200, label=0, seed=0)) + 2 < mean_column(model.sample(200, label=1, seed=0))
     mixed = model.sample(6, seed=1)  # no label: classes drawn uniformly
     assert mixed.shape == (6, 1, 32, 32)
-    with pytest.raises(convae.config.ConfigError, match="conditional on 2 classes: give the labels"):
+    with pytest.raises(convae.errors.ConfigError, match="conditional on 2 classes: give the labels"):
         model.encode(sides.test_images[:3])
-    with pytest.raises(convae.config.ConfigError, match=r"classes 0..1 of this model \(got 2\)"):
+    with pytest.raises(convae.errors.ConfigError, match=r"classes 0..1 of this model \(got 2\)"):
         model.decode(torch.zeros(2, model.latent_dim), labels=[0, 2])
     mu, _ = model.encode(sides.test_images[:4], sides.test_labels[:4])
     assert model.reconstruct(sides.test_images[:4], labels=1).shape == (4, 1, 32, 32) and mu.shape == (4, 20)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from convae.data import DataError, embedded_mnist_path, read_idx, read_idx_folder, read_mnist_pickle, to_float, write_idx
+from convae.data import embedded_mnist_path, read_idx, read_idx_folder, read_mnist_pickle, to_float, write_idx
+from convae.errors import DataError
 
 
 def test_idx_round_trip_plain_and_gzip(tmp_path):

@@ -6,22 +6,18 @@ import pytest
 import torch
 
 from convae.cli import main
-from convae.config import ConfigError, TrainConfig
-from convae.evaluation.elbo import EvalImages, evaluate_neg_elbo
+from convae.errors import ConfigError
+from convae.data import EvalImages
+from convae.evaluation.elbo import evaluate_neg_elbo
 from convae.evaluation.likelihood import importance_weighted_nll, log_weights
-from convae.evaluation.runs import open_run
+from convae.runs import open_run
 from convae.objectives import per_image_neg_elbo
-from convae.training import train
-from convae.training.checkpoint import CheckpointError
+from convae.runs.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_data):
-    out = tmp_path_factory.mktemp("runs") / "seed"
-    config = TrainConfig(epochs=6, batch_size=32, lr=3e-3, quiet=True, device="cpu", out=str(out), eval_batch_size=64,
-                         report=False)
-    train(config, data=tiny_data, log=lambda s: None)
-    return out
+def trained_run(seed_run):
+    return seed_run
 
 
 def test_iw_bound_with_k1_is_the_elbo_in_expectation(trained_run, tiny_data):
@@ -50,11 +46,7 @@ def test_iw_bound_tightens_with_k(trained_run, tiny_data):
     assert nll[100] < evaluate_neg_elbo(run.model, test).neg_elbo
 
 
-def test_eval_cli_writes_numbers_and_pictures(trained_run, idx_dir, capsys):
-    config_file = trained_run / "config.json"
-    settings = json.loads(config_file.read_text())
-    settings["config"]["data_dir"] = str(idx_dir)  # the run was trained on the same images, from the API
-    config_file.write_text(json.dumps(settings))
+def test_eval_cli_writes_numbers_and_pictures(trained_run, capsys):
     assert main(["eval", str(trained_run), "--iw-samples", "20", "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["iw_samples"] == 20 and result["iw_nll"] < result["test_neg_elbo"] + 1
@@ -114,18 +106,14 @@ def test_iw_bound_extended_from_fewer_samples_equals_one_drawn_afresh(trained_ru
         importance_weighted_nll(run.model, test, 12, batch_size=16, fewer=(5, fewer.bounds[:7]))
 
 
-def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_run, idx_dir, capsys, monkeypatch):
-    import convae.evaluation.report as report
+def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_run, capsys, monkeypatch):
+    import convae.evaluation.likelihood as likelihood
 
-    config_file = trained_run / "config.json"
-    settings = json.loads(config_file.read_text())
-    settings["config"]["data_dir"] = str(idx_dir)
-    config_file.write_text(json.dumps(settings))
-    monkeypatch.setattr(report, "IW_BATCH", 16)
     kept = trained_run / "eval" / "iw_k7.json"
     kept.unlink(missing_ok=True)
-    args = ["eval", str(trained_run), "--iw-samples", "7", "--json", "--no-pictures", "--device", "cpu"]
-    original = report.importance_weighted_nll
+    args = ["eval", str(trained_run), "--iw-samples", "7", "--iw-batch-size", "16", "--json", "--no-pictures",
+            "--device", "cpu"]
+    original = likelihood.importance_weighted_nll
 
     def interrupted(*a, save, **kw):
         def save_then_stop(bounds):
@@ -134,11 +122,11 @@ def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_ru
                 raise KeyboardInterrupt
         return original(*a, save=save_then_stop, **kw)
 
-    monkeypatch.setattr(report, "importance_weighted_nll", interrupted)
+    monkeypatch.setattr(likelihood, "importance_weighted_nll", interrupted)
     assert main(args) == 130
     assert f"kept in {kept}" in capsys.readouterr().err
     assert len(json.loads(kept.read_text())["bounds"]) == 32
-    monkeypatch.setattr(report, "importance_weighted_nll", original)
+    monkeypatch.setattr(likelihood, "importance_weighted_nll", original)
     assert main(args) == 0
     said = capsys.readouterr()
     assert f"going on from the bounds of 32 of 64 images kept in {kept}" in said.err
@@ -154,23 +142,18 @@ def test_eval_cli_goes_on_from_the_iw_bounds_an_interrupted_eval_kept(trained_ru
     assert fresh["iw_images_from_earlier"] == 0 and fresh["iw_nll"] == continued["iw_nll"]
 
 
-def test_eval_cli_extends_kept_bounds_to_more_samples_and_keys_them_by_weights(trained_run, idx_dir, capsys,
-                                                                                 monkeypatch, tmp_path):
+def test_eval_cli_extends_kept_bounds_to_more_samples_and_keys_them_by_weights(trained_run, capsys, tmp_path):
     import shutil
 
-    import convae.evaluation.report as report
-    from convae.training.checkpoint import list_checkpoints, meta_digest
+    from convae.runs.checkpoint import list_checkpoints, meta_digest
     from safetensors.torch import load_file, save_file
 
     run = tmp_path / "run"  # a copy: its checkpoint is rewritten below
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
-    settings = json.loads((run / "config.json").read_text())
-    settings["config"]["data_dir"] = str(idx_dir)
-    (run / "config.json").write_text(json.dumps(settings))
-    monkeypatch.setattr(report, "IW_BATCH", 16)
 
     def evaluate(k):
-        assert main(["eval", str(run), "--iw-samples", str(k), "--json", "--no-pictures", "--device", "cpu"]) == 0
+        assert main(["eval", str(run), "--iw-samples", str(k), "--iw-batch-size", "16", "--json", "--no-pictures",
+                     "--device", "cpu"]) == 0
         said = capsys.readouterr()
         return json.loads(said.out), said.err
 
@@ -218,7 +201,7 @@ def test_eval_refuses_missing_and_foreign_runs(trained_run, tmp_path, capsys):
 
 
 def test_compare_table_names_runs_shows_fractional_epochs_and_warns_of_unequal_budgets():
-    from convae.evaluation.compare import format_table
+    from convae.experiments.compare import format_table
 
     row = dict(model="seed", test_neg_elbo=200.0, iw_nll=None, iw_samples=0, entropy_floor=96.9, dots_samples=1.0,
                dots_samples_of_mean=2.0, dots_reconstructions=1.0, parameters=10, mflops_per_image=1.0,
@@ -233,17 +216,19 @@ def test_compare_table_names_runs_shows_fractional_epochs_and_warns_of_unequal_b
 
 
 def test_eval_says_how_it_computed():
-    from convae.evaluation.report import arithmetic
+    from convae.evaluation.evaluate import arithmetic
     from convae.models import build_model
 
     model = build_model("fc")
     assert arithmetic(model) == "float32" and arithmetic(model.double()) == "float64"
-    if torch.cuda.is_available():
-        tf32 = torch.backends.cudnn.allow_tf32
+    if torch.cuda.is_available():  # each switch set here, so that every line checks one exact answer
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
         try:
-            torch.backends.cudnn.allow_tf32 = False
-            assert arithmetic(model.float().cuda()) == "float32, no TF32" or torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            assert arithmetic(model.float().cuda()) == "float32, no TF32"
             torch.backends.cudnn.allow_tf32 = True
-            assert "convolutions" in arithmetic(model)
+            assert arithmetic(model) == "float32, convolutions in TF32"
+            torch.backends.cuda.matmul.allow_tf32 = True
+            assert arithmetic(model) == "float32, convolutions and matrix products in TF32"
         finally:
-            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32

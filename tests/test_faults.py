@@ -13,23 +13,13 @@ import pytest
 import torch
 
 import convae.files as files
-import convae.training.engine as engine
-from convae.cli import main
-from convae.faults import EXIT_BUSY, EXIT_FILESYSTEM, EXIT_OUT_OF_MEMORY, FileSystemFault, RunLock
+from convae.errors import EXIT_BUSY, EXIT_FILESYSTEM, EXIT_OUT_OF_MEMORY, FileSystemFault
+from convae.runs import RunLock
 from convae.training import train
-from convae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from convae.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
-from conftest import idx_folder
+from conftest import idx_folder, run_cli
 from test_training import deterministic, final_weights, tiny
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def fail_writes(monkeypatch, error: int, when):
@@ -47,6 +37,7 @@ def fail_writes(monkeypatch, error: int, when):
     return calls
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 def test_disk_full_at_a_checkpoint_stops_cleanly_and_resume_finishes_the_same_run(tmp_path, tiny_data, monkeypatch):
     quiet = lambda s: None  # noqa: E731
     full = train(tiny(tmp_path / "full", epochs=2), data=tiny_data, log=quiet)
@@ -119,19 +110,21 @@ def test_stdout_on_a_full_device_is_one_line_and_exit_4():
     assert done.stderr.strip().count("\n") == 0
 
 
-def test_out_of_memory_in_a_step_names_the_options(tmp_path, capsys, idx_dir, monkeypatch):
+def test_out_of_memory_in_a_step_names_the_options(tmp_path, capsys, idx_dir):
+    from convae.training import Hooks
+
     calls = {"n": 0}
-    real = engine.training_loss
 
-    def allocation_fails(*args):
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(*args)
+    def allocation_fails(real):
+        def loss(*args):
+            calls["n"] += 1
+            if calls["n"] == 10:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return real(*args)
+        return loss
 
-    monkeypatch.setattr(engine, "training_loss", allocation_fails)
     code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--out", str(tmp_path / "run"), "--device",
-                           "cpu", "--quiet", "--epochs", "2")
+                           "cpu", "--quiet", "--epochs", "2", hooks=Hooks(wrap_loss=allocation_fails))
     assert code == EXIT_OUT_OF_MEMORY and "Traceback" not in err
     assert "out of memory at step 10" in err and "--batch-size" in err and "step-00000008.json" in err
 
@@ -148,7 +141,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path,
     out = tmp_path / "run"
     assert run_cli(capsys, "train", "--data-dir", str(idx_dir), "--out", str(out), "--device", "cpu", "--quiet",
                    "--epochs", "1")[0] == 0
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from convae.faults import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from convae.runs import RunLock; "
                                f"lock = RunLock({str(out)!r}, 'a test holder').acquire(); print('held', flush=True); "
                                "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
     try:

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from convae.config import TrainConfig
 from convae.data import load_for_config
-from convae.evaluation.elbo import EvalImages, evaluation_images
+from convae.data import EvalImages, evaluation_images
 from convae.evaluation.frechet import cached_classifier, frechet_distance, train_classifier
 
 

@@ -1,7 +1,7 @@
 """Property-based fuzzing (Hypothesis): option values and combinations, and malformed data, checkpoints and
 config files, all through the ``convae`` command. The invariant every case must keep:
 
-* the exit code is one of the documented ones (convae.faults.EXIT_CODES);
+* the exit code is one of the documented ones (convae.errors.EXIT_CODES);
 * stderr holds no Python traceback;
 * a failed ``train`` leaves no run folder behind (or leaves an existing one as it was);
 * nothing outside the run folder is created or changed.
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from convae.cli import main
-from convae.faults import EXIT_CODES
-from convae.training.checkpoint import meta_digest
+from convae.errors import EXIT_CODES
+from convae.runs.checkpoint import meta_digest
 
 from conftest import idx_folder
 

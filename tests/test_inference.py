@@ -10,19 +10,14 @@ from PIL import Image
 
 import convae
 from convae.cli import main
-from convae.config import ConfigError, TrainConfig
-from convae.training import train
+from convae.errors import ConfigError
 
 README = Path(__file__).parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_data):
-    out = tmp_path_factory.mktemp("inference") / "run"
-    config = TrainConfig(epochs=1, batch_size=32, quiet=True, device="cpu", out=str(out), eval_batch_size=64,
-                         tensorboard=False, report=False)
-    train(config, data=tiny_data, log=lambda s: None)
-    return out
+def run_dir(seed_run):
+    return seed_run
 
 
 def test_load_takes_images_as_users_have_them(run_dir, tiny_data):
@@ -83,7 +78,7 @@ def test_sample_encode_decode_commands(run_dir, tmp_path, capsys, idx_dir):
 
 def test_latent_usage_tells_a_collapsed_posterior_from_a_used_one(run_dir, tiny_data):
     from convae.evaluation.latents import latent_usage, posterior_parameters
-    from convae.evaluation.elbo import EvalImages
+    from convae.data import EvalImages
 
     n, d = 300, 10
     collapsed = latent_usage(torch.zeros(n, d, dtype=torch.float64), torch.ones(n, d, dtype=torch.float64))

@@ -11,7 +11,7 @@ import pytest
 from convae.cli import main
 from convae.config import TrainConfig
 from convae.training import train
-from convae.training.checkpoint import list_checkpoints
+from convae.runs.checkpoint import list_checkpoints
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -32,6 +32,7 @@ def events(run: Path):
     return accumulator
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 def test_steps_and_tensorboard_continue_a_resumed_run_without_gaps_or_repeats(tmp_path, tiny_data):
     quiet = lambda s: None  # noqa: E731
     run = tmp_path / "run"

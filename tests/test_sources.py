@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 
 from convae.cli import main
-from convae.config import ConfigError, TrainConfig
-from convae.data import DataError, load_data
+from convae.config import TrainConfig
+from convae.data import load_data
 from convae.data.sources import _load
-from convae.objectives import bits_per_dim, make_likelihood
+from convae.errors import ConfigError, DataError
+from convae.models.likelihoods import make_likelihood
+from convae.objectives import bits_per_dim
 from convae.training import train
 
 TIMING = {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}
@@ -189,6 +191,7 @@ def deterministic(metrics):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 def test_a_streamed_run_equals_a_resident_one_bit_for_bit(tmp_path):
     rng = np.random.default_rng(4)
     np.save(tmp_path / "x.npy", rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8))

@@ -4,11 +4,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import convae.training.engine as engine
-import convae.training.loop as loop
-from convae.config import ConfigError, TrainConfig
-from convae.training import NonFiniteLoss, TrainingInterrupted, train
-from convae.training.checkpoint import list_checkpoints
+import convae.training.schedule as schedule
+from convae.config import TrainConfig
+from convae.errors import ConfigError
+from convae.errors import NonFiniteLoss, TrainingInterrupted
+from convae.training import train
+from convae.runs.checkpoint import list_checkpoints
+
+from conftest import sigterm_at
 
 TIMING = {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}
 
@@ -49,6 +52,7 @@ def test_short_run_lowers_the_loss_and_writes_every_file(tmp_path, tiny_data):
     assert (run / "report.html").stat().st_size > 1000
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 def test_resume_after_max_steps_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, tiny_data):
     quiet = lambda s: None  # noqa: E731
     full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
@@ -62,30 +66,31 @@ def test_resume_after_max_steps_reproduces_an_uninterrupted_run_bit_for_bit(tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny_data, sigterm_at_step):
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
+def test_sigterm_finishes_the_step_checkpoints_and_resume_matches(tmp_path, tiny_data):
     quiet = lambda s: None  # noqa: E731
     full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
-    sigterm_at_step(5)
     with pytest.raises(TrainingInterrupted, match=r"SIGTERM at step 6: checkpoint written; resume with: convae train --resume"):
-        train(tiny(tmp_path / "cut"), data=tiny_data, log=quiet)
+        train(tiny(tmp_path / "cut"), data=tiny_data, log=quiet, hooks=sigterm_at(5))
     assert [p.name for p in list_checkpoints(tmp_path / "cut" / "checkpoints")] == ["step-00000006.json"]
-    sigterm_at_step.undo()
     resumed = train(tiny(tmp_path / "cut"), data=tiny_data, resume=True, log=quiet)
     assert deterministic(resumed.metrics) == deterministic(full.metrics)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
+    from convae.training import Hooks
+
     calls = {"n": 0}
-    original = engine.training_loss
 
-    def poisoned(*args):
-        calls["n"] += 1
-        loss, terms = original(*args)
-        return (loss * float("nan"), terms * float("nan")) if calls["n"] == 11 else (loss, terms)
+    def poisoned(original):
+        def loss(*args):
+            calls["n"] += 1
+            loss, terms = original(*args)
+            return (loss * float("nan"), terms * float("nan")) if calls["n"] == 11 else (loss, terms)
+        return loss
 
-    monkeypatch.setattr(engine, "training_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"loss is not finite at step 11 \(epoch 2\).*step-00000008.json"):
-        train(tiny(tmp_path / "nan"), data=tiny_data, log=lambda s: None)
+        train(tiny(tmp_path / "nan"), data=tiny_data, log=lambda s: None, hooks=Hooks(wrap_loss=poisoned))
     assert [p.name for p in list_checkpoints(tmp_path / "nan" / "checkpoints")] == ["step-00000008.json"]
 
 
@@ -108,7 +113,7 @@ def test_epoch_samples_are_drawn_only_for_a_sink_that_shows_them(tmp_path, tiny_
 
 
 def test_float64_runs_in_float64(tmp_path, tiny_data):
-    from convae.evaluation.runs import open_run
+    from convae.runs import open_run
 
     result = train(tiny(tmp_path / "f64", epochs=1, dtype="float64"), data=tiny_data, log=lambda s: None)
     assert all(p.dtype == torch.float64 for p in result.model.parameters())
@@ -120,11 +125,11 @@ def test_float64_runs_in_float64(tmp_path, tiny_data):
 
 def test_in_order_batches_follow_the_data(tiny_data):
     config = TrainConfig(shuffle=False)
-    assert torch.equal(loop.epoch_order(10, 3, config, torch.device("cpu")), torch.arange(10))
+    assert torch.equal(schedule.epoch_order(10, 3, config, torch.device("cpu")), torch.arange(10))
     shuffled = TrainConfig(shuffle=True)
-    a = loop.epoch_order(100, 1, shuffled, torch.device("cpu"))
-    assert torch.equal(a, loop.epoch_order(100, 1, shuffled, torch.device("cpu")))
-    assert not torch.equal(a, loop.epoch_order(100, 2, shuffled, torch.device("cpu")))
+    a = schedule.epoch_order(100, 1, shuffled, torch.device("cpu"))
+    assert torch.equal(a, schedule.epoch_order(100, 1, shuffled, torch.device("cpu")))
+    assert not torch.equal(a, schedule.epoch_order(100, 2, shuffled, torch.device("cpu")))
 
 
 def test_bad_settings_write_nothing(tmp_path, tiny_data):
@@ -137,14 +142,14 @@ def test_bad_settings_write_nothing(tmp_path, tiny_data):
 
 def test_onecycle_schedule_warms_up_then_decays():
     config = TrainConfig(lr=1e-2, lr_schedule="onecycle", warmup_fraction=0.25)
-    lrs = [loop.learning_rate(config, s, 100) for s in range(100)]
+    lrs = [schedule.learning_rate(config, s, 100) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-2 / 25) and max(lrs) == pytest.approx(1e-2) and lrs.index(max(lrs)) == 24
     assert lrs[-1] < 1e-3 and all(a >= b for a, b in zip(lrs[24:], lrs[25:]))
 
 
 def test_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
     """CUDA graphs read the learning rate from a tensor; after a resume it must still be that kind of tensor."""
-    from convae.training.checkpoint import latest_checkpoint, restore, save_checkpoint
+    from convae.runs.checkpoint import latest_checkpoint, restore, save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
@@ -173,6 +178,7 @@ def test_cuda_graph_run_stops_and_resumes(tmp_path, tiny_data):
     assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in ends)
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 def test_periodic_checkpoints_change_nothing_but_the_files(tmp_path, tiny_data):
     quiet = lambda s: None  # noqa: E731
     plain = train(tiny(tmp_path / "plain", epochs=2), data=tiny_data, log=quiet)
@@ -191,6 +197,7 @@ def test_checkpoint_minutes_checkpoints_when_the_time_has_passed(tmp_path, tiny_
     assert steps == list(range(1, 9))
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tmp_path, tiny_data):
     quiet = lambda s: None  # noqa: E731
     full = train(tiny(tmp_path / "full"), data=tiny_data, log=quiet)
@@ -207,6 +214,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tmp_path, tiny_data):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.layouts  # bit for bit within one layout: checked under each by scripts/test-layouts.sh
 @pytest.mark.parametrize("options", [dict(ema=0.9, kl_warmup=10, free_bits=0.05, beta=0.8),
                                      dict(ema=0.95, iw_train=3, model="fc")])
 def test_literature_options_resume_bit_for_bit_and_are_recorded(tmp_path, tiny_data, options):
@@ -225,7 +233,7 @@ def test_literature_options_resume_bit_for_bit_and_are_recorded(tmp_path, tiny_d
 
 
 def test_evaluation_uses_the_averaged_weights(tmp_path, tiny_data):
-    from convae.evaluation.runs import open_run
+    from convae.runs import open_run
 
     train(tiny(tmp_path / "ema", epochs=1, ema=0.5), data=tiny_data, log=lambda s: None)
     weights = final_weights(tmp_path / "ema")

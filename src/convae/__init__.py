@@ -1,6 +1,6 @@
 """convae: convolutional variational autoencoders on images, starting from the ADCME.jl seed tutorial."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load(run_dir, device: str = "auto"):
@@ -9,3 +9,5 @@ def load(run_dir, device: str = "auto"):
     from .inference import load as _load
 
     return _load(run_dir, device)
+
+__all__ = ["__version__", "load"]

@@ -1,4 +1,9 @@
-"""Training settings: one dataclass whose defaults are the seed's recipe, validated before anything runs."""
+"""Training settings: one dataclass whose defaults are the seed's recipe, validated before anything runs.
+
+Each field carries what the command line needs to offer it (``convae.cli.flags`` builds the options from this
+class): its help, its choices (the tuples ``validate`` checks), whether it may change when a run is resumed, and
+whether it is internal (no flag, on purpose). Nothing here imports torch: ``convae train --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-
-class ConfigError(ValueError):
-    """A setting is out of range or unknown; the message names the option."""
-
+from .errors import ConfigError
+from .models import ENCODERS, LIKELIHOODS, MODELS
 
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "bf16")
@@ -18,62 +21,103 @@ LR_SCHEDULES = ("constant", "onecycle")
 BINARIZE = ("none", "dynamic")
 RESIZE = ("auto", "bilinear", "pad", "area")
 CHANNELS = ("auto", "1", "3")
-LIKELIHOOD_NAMES = ("bernoulli", "continuous-bernoulli", "logistic", "gaussian")
+
+
+def setting(default, help: str, *, choices: tuple | None = None, resumable: bool = False, metavar: str | None = None,
+            internal: bool = False):
+    """A field of ``TrainConfig`` with what its command-line option needs. ``resumable``: a resumed run may be
+    given another value (how it runs, not what it computes); ``internal``: no option, on purpose."""
+    metadata = {"help": help, "choices": choices, "resumable": resumable, "metavar": metavar, "internal": internal}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run. The defaults reproduce the seed: batch 32, Adam 1e-3, 100 epochs."""
 
-    model: str = "seed"
-    encoder: str | None = None           # None: the model's own (the seed's is "mlp")
-    conditional: bool = False            # condition encoder and decoder on the data's class labels (a CVAE)
-    epochs: int = 100
-    max_steps: int | None = None         # stop after this many steps in all, ending like an epoch
-    batch_size: int = 32
-    lr: float = 1e-3
-    lr_schedule: str = "constant"        # "onecycle": linear warm-up to lr, then cosine down to lr / 100
-    warmup_fraction: float = 0.25        # of all steps, for "onecycle"
-    beta: float = 1.0                    # weight of the KL term (1: the ELBO)
-    kl_warmup: int = 0                   # steps over which the KL weight rises linearly from 0 to beta
-    free_bits: float = 0.0               # nats per latent dimension of batch-mean KL left unpenalised
-    iw_train: int = 1                    # K > 1: train on the importance-weighted bound (IWAE) with K samples
-    grad_clip: float | None = None       # rescale each step's gradient to at most this L2 norm
-    ema: float | None = None             # decay of an exponential moving average of the weights, used to evaluate
-    seed: int = 0
-    dtype: str = "float32"               # parameter dtype; "float64" is the seed's arithmetic
-    precision: str = "fp32"              # "bf16": autocast the model, keep the loss in float32
-    compile: bool = False                # torch.compile the forward pass and loss
-    cuda_graphs: bool = True             # on CUDA, record the whole step once and replay it
-    channels_last: bool = False          # NHWC activations (measured: no gain for this model on CPU)
-    device: str = "auto"
-    shuffle: bool = True                 # False: the seed's in-order batches
-    binarize: str = "none"               # "dynamic": Bernoulli-sample the pixels each time they are drawn
-    resize: str = "auto"                 # MNIST 28 -> 32: "bilinear" (the seed), "pad"; auto: pad when binarized.
-                                         # prepared sources: centre-crop, then "area" (auto) or "bilinear"; "pad"
-    data: str = "mnist"                  # mnist, shapes[:N], a folder of images or IDX files, a .npy/.npz file
-    data_dir: str | None = None          # four IDX files (the older spelling of --data DIR)
-    image_size: int = 32
-    channels: str = "auto"               # "1" gray, "3" colour, auto: from the data
-    likelihood: str = "bernoulli"        # p(x | z): bernoulli (the seed), continuous-bernoulli, logistic, gaussian
-    gaussian_sigma: float | None = None  # gaussian: a fixed standard deviation instead of a learned one
-    test_fraction: float = 0.1           # held out as the test set where the source has no split of its own
-    cache_dir: str | None = None         # prepared images; default: .convae-cache beside the run folder
-    resident_max_bytes: int | None = None  # larger uint8 training sets stream from the memory-mapped cache
-    train_limit: int | None = None       # use only the first N training images (quick runs, tests)
-    test_limit: int | None = None        # evaluate only the first N test images
-    monitor_images: int = 32             # the seed prints the loss on the first 32 training images
-    eval_batch_size: int = 500
-    progress_every: int = 25             # steps between progress updates: bar, steps.jsonl, TensorBoard (each syncs)
-    keep_checkpoints: int = 2
-    checkpoint_every: int | None = None  # also checkpoint every N steps within an epoch (epoch ends always)
-    checkpoint_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
-    dist_timeout: float = 300.0          # seconds a collective (or joining the group) may wait for a peer
-    quiet: bool = False
-    tensorboard: bool = True             # event files in RUN/tb (where the tensorboard package is installed)
-    report: bool = True                  # refresh RUN/report.html at epoch ends (throttled) and after the last
-    out: str | None = None
-    extra: dict = field(default_factory=dict)  # free-form notes, e.g. the preset a run came from
+    # -- what is trained ------------------------------------------------------------------------------------------
+    model: str = setting("seed", "model name (see `convae models`)", choices=tuple(MODELS))
+    encoder: str | None = setting(None, "encoder; default: the model's own", choices=tuple(ENCODERS))
+    conditional: bool = setting(False, "condition encoder and decoder on the data's class labels (a conditional VAE: "
+                                       "samples of a chosen class with `convae sample --label K`)")
+    likelihood: str = setting("bernoulli", "p(x|z): bernoulli (the seed's), continuous-bernoulli (normalised on "
+                                           "[0, 1]), logistic (discretised, on 8-bit levels; reports bits/dim), "
+                                           "gaussian (learned variance, or --gaussian-sigma)",
+                              choices=tuple(LIKELIHOODS))
+    gaussian_sigma: float | None = setting(None, "with --likelihood gaussian: a fixed standard deviation S instead "
+                                                 "of a learned one", metavar="S")
+    # -- how long, and how ------------------------------------------------------------------------------------------
+    epochs: int = setting(100, "epochs to train", resumable=True)
+    max_steps: int | None = setting(None, "stop after this many optimizer steps in all, ending like an epoch",
+                                    resumable=True)
+    batch_size: int = setting(32, "images per step")
+    lr: float = setting(1e-3, "Adam learning rate, or the peak of --lr-schedule onecycle")
+    lr_schedule: str = setting("constant", "onecycle: linear warm-up to --lr, then cosine down to lr/100",
+                               choices=LR_SCHEDULES)
+    warmup_fraction: float = setting(0.25, "share of all steps spent warming up (onecycle)")
+    beta: float = setting(1.0, "weight of the KL term (1: the ELBO; the logged -ELBO stays unweighted)")
+    kl_warmup: int = setting(0, "raise the KL weight linearly from 0 to --beta over STEPS steps (0: no warm-up)",
+                             metavar="STEPS")
+    free_bits: float = setting(0.0, "don't penalise a latent dimension's batch-mean KL below NATS", metavar="NATS")
+    iw_train: int = setting(1, "train on the importance-weighted bound with K samples (IWAE; 1 = the ELBO)",
+                            metavar="K")
+    grad_clip: float | None = setting(None, "rescale each step's gradient to at most this L2 norm (default: no "
+                                            "clipping)", metavar="NORM")
+    ema: float | None = setting(None, "keep an exponential moving average of the weights (e.g. 0.999) and "
+                                      "evaluate, sample and export with it", metavar="DECAY")
+    seed: int = setting(0, "seed for initialisation, shuffling and sampling")
+    dtype: str = setting("float32", "parameter dtype; float64 is the seed's arithmetic", choices=DTYPES)
+    precision: str = setting("fp32", "bf16: autocast the model, loss stays float32", choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile the forward pass and loss", resumable=True)
+    cuda_graphs: bool = setting(True, "on CUDA, record the whole step once and replay it (off: launch kernels one "
+                                      "by one)", resumable=True)
+    channels_last: bool = setting(False, "NHWC activations (measured: no gain for this model on CPU)",
+                                  resumable=True)
+    device: str = setting("auto", "auto picks a GPU when there is one", choices=DEVICES, resumable=True)
+    shuffle: bool = setting(True, "take batches in order, as the seed does (off: shuffled every epoch)")
+    # -- the data -----------------------------------------------------------------------------------------------
+    data: str = setting("mnist", "mnist (the embedded copy), shapes[:N] (generated colour shapes), a "
+                                 "folder of image files (sub-folders = labels; train/ and test/ = the split), a folder "
+                                 "of IDX files, or a .npy/.npz file", metavar="SOURCE")
+    data_dir: str | None = setting(None, "folder with the four MNIST-format IDX files (plain or .gz); same as "
+                                         "--data DIR")
+    binarize: str = setting("none", "dynamic: resample binary pixels each draw (the binarized-MNIST protocol)",
+                            choices=BINARIZE)
+    resize: str = setting("auto", "MNIST 28 -> 32: bilinear (the seed) or zero padding; auto = pad when --binarize "
+                                  "dynamic. Other data: centre-crop then area (auto) or bilinear resize; pad: pad to "
+                                  "a square", choices=RESIZE)
+    image_size: int = setting(32, "images are brought to this size, 32 or 64 for the conv models")
+    channels: str = setting("auto", "1 gray, 3 colour; auto: from the data", choices=CHANNELS)
+    test_fraction: float = setting(0.1, "held out for testing where the data has no split (fixed seed)")
+    cache_dir: str | None = setting(None, "where prepared images are cached (default .convae-cache beside the run "
+                                          "folder)")
+    resident_max_bytes: int | None = setting(None, "training images larger than this stream from the memory-mapped "
+                                                   "cache instead of living on the device (default: half the GPU's "
+                                                   "free memory, or half the RAM)", metavar="BYTES")
+    train_limit: int | None = setting(None, "use only the first N training images", metavar="N")
+    test_limit: int | None = setting(None, "evaluate on only the first N test images", metavar="N")
+    # -- what is measured and written ---------------------------------------------------------------------------------
+    monitor_images: int = setting(32, "the first N training images whose loss the epoch line prints (the seed: 32)",
+                                  metavar="N")
+    eval_batch_size: int = setting(500, "images per batch when evaluating the test set")
+    progress_every: int = setting(25, "steps between progress records: steps.jsonl, TensorBoard, the bar",
+                                  resumable=True, metavar="STEPS")
+    keep_checkpoints: int = setting(2, "how many of the newest checkpoints to keep", resumable=True, metavar="N")
+    checkpoint_every: int | None = setting(None, "also checkpoint every STEPS optimizer steps (epoch ends always "
+                                                 "checkpoint)", resumable=True, metavar="STEPS")
+    checkpoint_minutes: float | None = setting(None, "also checkpoint when M minutes have passed since the last "
+                                                     "checkpoint", resumable=True, metavar="M")
+    dist_timeout: float = setting(300.0, "under torchrun: how long joining the group or a collective may wait for a "
+                                         "peer before the run ends with an error", resumable=True, metavar="SECONDS")
+    quiet: bool = setting(False, "no progress bar or progress lines", resumable=True)
+    tensorboard: bool = setting(True, "write TensorBoard event files in RUN/tb (off: none, and no epoch samples "
+                                      "for them)", resumable=True)
+    report: bool = setting(True, "refresh RUN/report.html at epoch ends (off: don't)", resumable=True)
+    out: str | None = setting(None, "run folder (default runs/<date-time>); must not hold a run already",
+                              metavar="DIR")
+    extra: dict = setting({}, "free-form notes, e.g. the preset a run came from", internal=True)
 
     def validate(self) -> "TrainConfig":
         def positive(name: str, value, allow_none: bool = False):
@@ -113,12 +157,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be a positive number, got {value!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"--warmup-fraction: must be in [0, 1), got {self.warmup_fraction!r}")
-        for name, allowed in (("dtype", DTYPES), ("precision", PRECISIONS), ("device", DEVICES),
-                              ("lr_schedule", LR_SCHEDULES), ("binarize", BINARIZE),
-                              ("resize", RESIZE), ("channels", CHANNELS), ("likelihood", LIKELIHOOD_NAMES)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')}: unknown value {value!r} (choose from {', '.join(allowed)})")
+        for f in dataclasses.fields(self):  # every setting with a fixed list of values
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed is not None and value not in allowed and not (value is None and f.default is None):
+                what = "model" if f.name == "model" else "encoder" if f.name == "encoder" else "value"
+                raise ConfigError(f"--{f.name.replace('_', '-')}: unknown {what} {value!r} (choose from "
+                                  f"{', '.join(allowed)})")
         if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
             raise ConfigError(f"--test-fraction: must be between 0 and 1, got {self.test_fraction!r}")
         if self.gaussian_sigma is not None and not number(self.gaussian_sigma):
@@ -132,12 +176,6 @@ class TrainConfig:
             raise ConfigError(f"--data-dir {self.data_dir} and --data {self.data}: give one of them")
         if self.dtype == "float64" and self.precision != "fp32":
             raise ConfigError("--precision bf16 needs --dtype float32")
-        from .models import ENCODERS, MODELS  # late import: models import torch and nothing of ours
-
-        if self.model not in MODELS:
-            raise ConfigError(f"--model: unknown model {self.model!r} (choose from {', '.join(MODELS)})")
-        if self.encoder is not None and self.encoder not in ENCODERS:
-            raise ConfigError(f"--encoder: unknown encoder {self.encoder!r} (choose from {', '.join(ENCODERS)})")
         return self
 
     @property
@@ -161,11 +199,28 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a config.json's settings (the names this convae knows; a run written before a setting existed gets
+        its default)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"config: unknown settings {sorted(unknown)}")
         return cls(**d)
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    """The settings a user can give (every field not marked internal)."""
+    return [f for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")]
+
+
+def option_name(name: str) -> str:
+    """The command-line option of setting ``name``: ``--batch-size``, or ``--no-tensorboard`` for a setting that is
+    on by default."""
+    default = TrainConfig.__dataclass_fields__[name].default
+    return f"--no-{name.replace('_', '-')}" if default is True else f"--{name.replace('_', '-')}"
+
+
+RESUMABLE = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable"))
 
 
 PRESETS: dict[str, dict] = {

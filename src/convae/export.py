@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save as save_safetensors
 
-from . import __version__
-from .config import ConfigError
+from .version import __version__
+from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_text
 from .inference import TrainedModel
 

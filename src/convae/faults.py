@@ -1,31 +1,12 @@
-"""Faults that come from the machine rather than from the input: a full or read-only disk, a run folder that
-vanished, memory that runs out, a second process on the same run folder. Each becomes one line and an exit code
-a script can act on (docs/reliability.md):
-
-    0 done; 1 the run itself failed (non-finite loss, a lost torchrun peer); 2 bad input (options, data, checkpoint);
-    3 out of memory; 4 a file could not be written or read; 5 the run folder is busy; 130 interrupted.
-
-Anything else, a Python traceback included, is a bug in convae (``CONVAE_DEBUG=1`` shows the traceback of the
-expected faults too).
-"""
+"""Faults that come from the machine rather than from the input: a full or read-only disk, memory that runs out.
+Helpers that turn them into one line a user can act on (the error types and exit codes are in ``errors.py``; the
+lock that keeps a second process off a run folder is ``convae.runs.lock``)."""
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import os
-import socket
-import time
 from pathlib import Path
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_OUT_OF_MEMORY = 3
-EXIT_FILESYSTEM = 4
-EXIT_BUSY = 5
-EXIT_INTERRUPTED = 130
-EXIT_CODES = {0, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OUT_OF_MEMORY, EXIT_FILESYSTEM, EXIT_BUSY, EXIT_INTERRUPTED}
 
 ADVICE = {
     errno.ENOSPC: "free some space on that disk",
@@ -39,18 +20,6 @@ ADVICE = {
 
 def debug() -> bool:
     return os.environ.get("CONVAE_DEBUG", "") not in ("", "0")
-
-
-class FileSystemFault(Exception):
-    """A file convae needed to write (or read) could not be; the message names it, says why and what next."""
-
-
-class OutOfMemory(Exception):
-    """An allocation failed, or a setting was refused because it could not fit; the message names the options."""
-
-
-class RunBusy(Exception):
-    """Another live process is writing this run folder."""
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
@@ -102,66 +71,3 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-# -- one writer per run folder ------------------------------------------------------------------------------
-
-class RunLock:
-    """An exclusive lock on a run folder (``RUN/.lock``), held while a process writes it.
-
-    It is an flock(2) lock, which the kernel releases when its holder dies, so a crashed run leaves nothing stuck:
-    the next process takes it over and says whose it was. The file holds who holds it (pid, host, command, since),
-    for the message a second writer gets.
-    """
-
-    NAME = ".lock"
-
-    def __init__(self, run_dir: str | Path, what: str):
-        self.path = Path(run_dir) / self.NAME
-        self.what = what
-        self.file = None
-        self.previous: dict | None = None
-
-    def acquire(self) -> "RunLock":
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._read()
-            self.file.close()
-            self.file = None
-            who = (f"process {holder.get('pid')} on {holder.get('host')} ({holder.get('what')}, since "
-                   f"{holder.get('since')})" if holder else "another process")
-            raise RunBusy(f"{self.path.parent}: in use by {who}; wait for it to end or stop it "
-                          "(one process writes a run folder at a time)") from None
-        self.previous = self._read() or None  # a holder that died: its lock went with it
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-                                    "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
-        self.file.flush()
-        return self
-
-    def _read(self) -> dict:
-        try:
-            self.file.seek(0)
-            return json.loads(self.file.read() or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def release(self) -> None:
-        """Empty the file (a lock file with content was left by a holder that died) and release the lock."""
-        if self.file is not None:
-            try:
-                self.file.seek(0)
-                self.file.truncate()
-            except OSError:
-                pass
-            self.file.close()  # closing releases the flock
-            self.file = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

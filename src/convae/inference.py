@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError
 from .data import to_float
-from .evaluation.runs import Run, open_run
+from .errors import ConfigError
+from .runs import Run, open_run
 
 
 class TrainedModel:

@@ -21,15 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .config import ConfigError
+from .config import TrainConfig
+from .errors import ConfigError, DistributedError
 from .faults import first_line
 
-DEFAULT_TIMEOUT_S = 300.0
-
-
-class DistributedError(RuntimeError):
-    """The process group could not be formed, or a peer went away: a fault of the machines, not of the input."""
-
+DEFAULT_TIMEOUT_S = TrainConfig.dist_timeout  # --dist-timeout's default
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` takes a GPU when there is one (``cuda:LOCAL_RANK`` under torchrun), else the CPU."""

@@ -4,11 +4,10 @@ its data from ``BAD_DATA_DIR`` (a node whose copy of the data is damaged), whate
 import os
 import sys
 
-import convae.training.loop as loop
 from convae.cli import main
 from convae.data import load_data
+from convae.training import Hooks
 
-if os.environ["RANK"] == os.environ["BAD_RANK"]:
-    loop.load_for_config = lambda config, progress=True: load_data(os.environ["BAD_DATA_DIR"])
-
-sys.exit(main(sys.argv[1:]))
+bad = os.environ["RANK"] == os.environ["BAD_RANK"]
+sys.exit(main(sys.argv[1:], hooks=Hooks(load_data=lambda config: load_data(os.environ["BAD_DATA_DIR"])) if bad
+              else None))

@@ -5,18 +5,14 @@ import os
 import signal
 import sys
 
-import convae.training.loop as loop
 from convae.cli import main
+from convae.training import Hooks
 
-original = loop.learning_rate
 
-
-def learning_rate(config, step, total_steps):
+def before_step(step: int) -> None:
     if (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ["RANK"] == os.environ["KILL_RANK"]
             and step == int(os.environ["KILL_STEP"])):
         os.kill(os.getpid(), signal.SIGKILL)
-    return original(config, step, total_steps)
 
 
-loop.learning_rate = learning_rate
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:], hooks=Hooks(before_step=before_step)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import DataError
+from ..errors import DataError
 
 SPLIT_KEYS = [("train", "test", "train_labels", "test_labels"), ("x_train", "x_test", "y_train", "y_test")]
 SINGLE_KEYS = [("images", "labels"), ("x", "y"), ("data", "labels")]

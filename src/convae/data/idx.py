@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import DataError, ImageData
+from ..errors import DataError
+from .images import ImageData
 
 
 IDX_IMAGES_MAGIC = 0x00000803

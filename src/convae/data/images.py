@@ -13,9 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-
-class DataError(ValueError):
-    """A data file is missing, truncated or not what it claims to be."""
+from ..errors import DataError
 
 
 @dataclass
@@ -114,3 +112,42 @@ def fixed_binarization(images: torch.Tensor, levels: float, size: int, resize: s
         x = to_float(images[start:start + 1000].cpu(), levels, size, torch.float64, resize)
         out.append(torch.bernoulli(x, generator=generator).to(torch.uint8))
     return torch.cat(out).to(images.device)
+
+
+@dataclass
+class EvalImages:
+    """Images to evaluate on, as stored (uint8) plus how to turn them into the floats the model sees."""
+
+    images: torch.Tensor
+    levels: float
+    image_size: int
+    resize: str = "bilinear"
+    quantize: bool = False
+    labels: torch.Tensor | None = None  # the classes, where the model is conditional on them
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def dims(self) -> int:
+        """Values per image (C x H x W at the model's size)."""
+        return self.images.shape[1] * self.image_size * self.image_size
+
+    def floats(self, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return to_float(self.images[start:stop].to(device), self.levels, self.image_size, dtype, self.resize,
+                        self.quantize)
+
+    def labels_of(self, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+        """The classes of images ``start:stop`` for a conditional model; None for an unconditional one."""
+        return None if self.labels is None else self.labels[start:stop].to(device)
+
+
+def evaluation_images(images: torch.Tensor, levels: float, config,
+                      labels: torch.Tensor | None = None) -> EvalImages:
+    """Images as a run's settings (``config``, a ``TrainConfig``) evaluate them: as they are, or for the binarized
+    protocol one fixed Bernoulli draw of them (seed 0); with their ``labels`` when the run is conditional on them."""
+    labels = labels if config.conditional else None
+    if config.binarize == "dynamic":
+        return EvalImages(fixed_binarization(images, levels, config.image_size, config.resize_mode), 1.0,
+                          config.image_size, labels=labels)
+    return EvalImages(images, levels, config.image_size, config.resize_mode, config.quantize, labels)

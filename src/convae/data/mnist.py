@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import DataError, ImageData
+from ..errors import DataError
+from .images import ImageData
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

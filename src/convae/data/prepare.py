@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .images import DataError
+from ..errors import DataError
 
 RESAMPLE = {"auto": Image.Resampling.BOX, "area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
 

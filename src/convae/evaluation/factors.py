@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .elbo import EvalImages
-from .report import latent_means
+from ..data import EvalImages
+from .latents import latent_means
 
 
 def _design(mu: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ..files import atomic_write_bytes, atomic_write_json
-from .elbo import EvalImages
+from ..data import EvalImages
 
 CLASSIFIER_VERSION = 2
 FEATURES = 128

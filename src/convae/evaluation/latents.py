@@ -14,8 +14,8 @@ import math
 
 import torch
 
+from ..data import EvalImages
 from ..objectives import kl_per_dimension
-from .elbo import EvalImages
 
 ACTIVE_THRESHOLD = 0.01
 
@@ -30,6 +30,11 @@ def posterior_parameters(model, data: EvalImages, batch_size: int = 500) -> tupl
         mus.append(mu.double())
         sigmas.append(sigma.double())
     return torch.cat(mus), torch.cat(sigmas)
+
+
+def latent_means(model, data: EvalImages) -> torch.Tensor:
+    """The posterior means of ``data``'s images, in the model's dtype (z for pictures and read-outs)."""
+    return posterior_parameters(model, data)[0].to(next(model.parameters()).dtype)
 
 
 def latent_usage(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0, max_images: int = 2000) -> dict:

@@ -7,21 +7,31 @@ or 5000 fits in memory: every image's K log-weights are kept (K floats each) and
 K = 5000 over 10,000 test images is 50 million decoder passes (hours on a CPU, minutes on a GPU): the bounds of
 the images done so far can be handed out after every batch and handed back to go on after an interruption, and the
 bounds of a smaller K can be handed in to draw only the samples they lack (K = 1000, then 4000 more for K = 5000).
+``kept_iw_bound`` keeps each image's bound in RUN/eval/iw_kK.json for that, keyed by the weights and images.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..data import EvalImages
+from ..files import atomic_write_json
 from ..models import VAE
-from ..objectives import log_weight_terms
+from ..runs import Run, RunDir
 from ..runtime import Runtime
-from .elbo import EvalImages, batch_generator
+from .elbo import batch_generator
+
+IW_BATCH = 100  # test images per batch of the IW bound (and per save of its progress)
+IW_SEED = 0
 
 @dataclass
 class IWResult:
@@ -40,15 +50,15 @@ def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator,
     The noise comes in chunks of a fixed size (``max_batch`` // N samples), each drawn whole from ``generator``,
     so sample j is the same draw whatever K is: the first K' samples of a K-sample evaluation are those of a
     K'-sample one, and ``first`` = K' skips them (their noise is drawn, not decoded)."""
-    mu, sigma = model.encode(x, labels)
-    n, d = mu.shape
+    posterior = model.encode(x, labels)
+    mu, n, d = posterior[0], len(x), model.noise_dim
     chunk = max(1, max_batch // n)
     out = []
     for start in range(0, k, chunk):
         eps = torch.randn((n, chunk, d), generator=generator, device=mu.device, dtype=mu.dtype)
         eps = eps[:, max(0, first - start):min(chunk, k - start)]
         if eps.shape[1]:
-            log_px_z, log_pz, log_qz = log_weight_terms(model, x, mu, sigma, eps, labels)
+            log_px_z, log_pz, log_qz = model.log_weight_terms(x, posterior, eps, labels)
             out.append(log_px_z.double() + log_pz.double() - log_qz.double())
     return torch.cat(out, dim=1)
 
@@ -110,3 +120,74 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
         model.train(was_training)
     b = torch.tensor(bounds, dtype=torch.float64)
     return IWResult(-b.mean().item(), k, len(b), (b.std() / math.sqrt(len(b))).item() if len(b) > 1 else 0.0, bounds)
+
+
+def iw_bounds_path(run_path: Path, k: int) -> Path:
+    return RunDir(run_path).eval_file(f"iw_k{k}.json")
+
+
+def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False, runtime: Runtime | None = None,
+                  batch_size: int = IW_BATCH) -> tuple[IWResult, int, dict | None]:
+    """The IW bound with K samples, each image's bound kept in RUN/eval/iw_kK.json after every batch: an evaluation
+    stopped by Ctrl-C or a lost machine goes on from there when run again on the same weights, and a finished one
+    is read back. Kept bounds of a smaller K (the largest there is) give the first samples of the images they cover:
+    only the rest are drawn. Under torchrun the ranks share the batches and rank 0 keeps the file. Returns the
+    result, how many images' bounds came whole from the file, and which smaller K was extended (None if none).
+    ``batch_size`` test images share a noise generator: bounds kept with another batch size are not reused."""
+    runtime = runtime or Runtime()
+    path, key, done, fewer, extended = iw_bounds_path(run.path, k), {}, [], (0, []), None
+    if runtime.is_writer:  # rank 0 alone reads and writes the files, and tells the others where to begin
+        key = iw_bounds_key(run, test_set, k, batch_size)
+        done = read_kept_bounds(path, key, len(test_set))
+        if len(done) < len(test_set):
+            fewer = kept_bounds_of_fewer_samples(run.path, key, len(test_set))
+        run.dir.eval_dir.mkdir(exist_ok=True)
+        if 0 < len(done) < len(test_set):  # said at the start: the rest may take hours
+            print(f"IW bound, K = {k}: going on from the bounds of {len(done)} of {len(test_set)} images kept in "
+                  f"{path}", file=sys.stderr, flush=True)
+        if len(fewer[1]) > len(done):
+            extended = {"k": fewer[0], "images": len(fewer[1]) - len(done),
+                        "file": str(iw_bounds_path(run.path, fewer[0]))}
+            print(f"IW bound, K = {k}: the first {extended['k']} samples of {extended['images']} images come from "
+                  f"{extended['file']}; drawing the other {k - fewer[0]}", file=sys.stderr, flush=True)
+    done, fewer = runtime.broadcast((done, fewer))
+    iw = importance_weighted_nll(run.model, test_set, k, batch_size=batch_size, seed=IW_SEED, progress=progress,
+                                 done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
+                                 fewer=fewer, runtime=runtime)
+    return iw, len(done), extended
+
+
+def iw_bounds_key(run: Run, test_set: EvalImages, k: int, batch_size: int = IW_BATCH) -> dict:
+    """What kept bounds are of: these weights, these test images (and labels), these settings."""
+    images = hashlib.sha256(test_set.images.cpu().contiguous().numpy().tobytes())
+    if test_set.labels is not None:
+        images.update(test_set.labels.cpu().contiguous().numpy().tobytes())
+    return {"step": run.step, "weights_sha256": run.weights_sha256, "test_images_sha256": images.hexdigest(),
+            "k": k, "seed": IW_SEED, "batch_size": batch_size, "n_images": len(test_set)}
+
+
+def read_kept_bounds(path: Path, key: dict, n_images: int) -> list[float]:
+    """The bounds kept in ``path`` if they are of ``key`` and end a batch; else none (the file is then
+    overwritten from the first image)."""
+    try:
+        saved = json.loads(path.read_text())
+        bounds = [float(b) for b in saved["bounds"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # none yet, or not a file of ours
+    ends_a_batch = len(bounds) == n_images or (len(bounds) < n_images and len(bounds) % key["batch_size"] == 0)
+    return bounds if ends_a_batch and {name: saved.get(name) for name in key} == key else []
+
+
+def kept_bounds_of_fewer_samples(run_path: Path, key: dict, n_images: int) -> tuple[int, list[float]]:
+    """(K', bounds) of the largest K' < K whose kept bounds are of the same weights, images and settings as
+    ``key``; (0, []) if there are none."""
+    smaller = []
+    for path in RunDir(run_path).eval_dir.glob("iw_k*.json"):
+        suffix = path.stem[len("iw_k"):]
+        if suffix.isdigit() and 0 < int(suffix) < key["k"]:
+            smaller.append(int(suffix))
+    for k in sorted(smaller, reverse=True):
+        bounds = read_kept_bounds(iw_bounds_path(run_path, k), {**key, "k": k}, n_images)
+        if bounds:
+            return k, bounds
+    return 0, []

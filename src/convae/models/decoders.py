@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .noise import Dropout
+
 # The seed's layers come from Keras: BatchNormalization(momentum=0.99, epsilon=1e-3). PyTorch's momentum
 # is the weight of the new batch, so 1 - 0.99.
 KERAS_BN = dict(eps=1e-3, momentum=0.01)
@@ -138,8 +140,8 @@ class FCDecoder(nn.Module):
         super().__init__()
         self.image_size, self.out_channels = image_size, out_channels
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ELU(), nn.Dropout(dropout),
+            nn.Linear(latent_dim, hidden), nn.Tanh(), Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ELU(), Dropout(dropout),
             nn.Linear(hidden, out_channels * image_size * image_size),
         )
 

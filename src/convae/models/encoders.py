@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .noise import Dropout
+
 SIGMA_FLOOR = 1e-6  # the seed: sigma = 1e-6 + softplus(.)
 
 
@@ -33,8 +35,8 @@ class MLPEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * image_size * image_size + classes, hidden), nn.ELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
+            nn.Linear(channels * image_size * image_size + classes, hidden), nn.ELU(), Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.Tanh(), Dropout(dropout),
             nn.Linear(hidden, 2 * latent_dim),
         )
 
@@ -66,7 +68,7 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(c if extra else channels, c, 4, 2, 1), nn.ELU(),
             nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ELU(),
             nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.ELU(),
-            nn.Flatten(), nn.Dropout(dropout),
+            nn.Flatten(), Dropout(dropout),
             nn.Linear(4 * c * 4 * 4, 2 * latent_dim),
         )
 

@@ -1,4 +1,6 @@
-"""The variational autoencoder: an encoder for q(z|x), the reparameterisation, a decoder for p(x|z)."""
+"""The variational autoencoder: an encoder for q(z|x), the reparameterisation, a decoder for p(x|z), and the loss
+terms they make: the model owns its -ELBO (``loss``) and its importance weights (``log_weight_terms``), so training,
+the ELBO evaluation and the IW bound never take it apart themselves."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ..objectives import BERNOULLI, Likelihood
+from ..objectives import LOG_2PI, at_least_float32, kl_per_dimension
+from .likelihoods import BERNOULLI, Likelihood
+from .noise import standard_normal
 
 
 class VAEOutput(NamedTuple):
@@ -15,6 +19,17 @@ class VAEOutput(NamedTuple):
     mu: torch.Tensor      # N x latent_dim
     sigma: torch.Tensor   # N x latent_dim
     z: torch.Tensor       # N x latent_dim, the sample the decoder saw
+
+
+class LossTerms(NamedTuple):
+    """The -ELBO of each image, in its two terms: L_tot = nll + kl.sum(1)."""
+
+    nll: torch.Tensor  # N: -log p(x | z), nats per image (L_likelihood)
+    kl: torch.Tensor   # N x U: KL(q || p) of each latent unit (they sum to the image's L_KL)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.nll + self.kl.sum(1)
 
 
 class VAE(nn.Module):
@@ -37,9 +52,47 @@ class VAE(nn.Module):
         the ``eps`` given (to compare passes with the same noise)."""
         mu, sigma = self.encode(x, labels)
         if eps is None:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            eps = standard_normal(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + sigma * eps
         return VAEOutput(self.decode(z, x, labels), mu, sigma, z)
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard-normal values one sample of z is made from (``log_weight_terms`` takes N x K x noise_dim)."""
+        return self.latent_dim
+
+    def kl_units(self, out: VAEOutput, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """N x U: each latent unit's KL(q(z_u | x) || N(0, 1)) (the seed's formula), in float32 at least, or in
+        ``dtype``."""
+        mu, sigma = (out.mu, out.sigma) if dtype is None else (out.mu.to(dtype), out.sigma.to(dtype))
+        return kl_per_dimension(mu, sigma)
+
+    def loss_terms(self, out: VAEOutput, x: torch.Tensor) -> LossTerms:
+        """The -ELBO terms of the images ``x`` from the pass ``out`` over them (in float32 at least: computed outside
+        any autocast region by the caller, as the seed's arithmetic wants)."""
+        nll = self.likelihood.nll(out.logits, x)
+        return LossTerms(nll, self.kl_units(out).to(nll.dtype))
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
+             generator: torch.Generator | None = None) -> LossTerms:
+        """The one-sample -ELBO terms of each image: ``loss(x).total.mean()`` is the seed's loss."""
+        return self.loss_terms(self(x, labels, generator=generator), x)
+
+    def log_weight_terms(self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor], eps: torch.Tensor,
+                         labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(x | z_k), log p(z_k), log q(z_k | x), each N x K, for z_k = mu + sigma * eps_k (``posterior`` =
+        ``encode(x)``, eps: N x K x noise_dim): the pieces of the importance weights, for training (IWAE) and for
+        the evaluation bound alike."""
+        mu, sigma = posterior
+        n, k, d = eps.shape
+        z = mu[:, None] + sigma[:, None] * eps
+        targets = x[:, None].expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
+        repeated = None if labels is None else labels.reshape(-1, 1).expand(n, k).reshape(n * k)
+        log_px_z = -self.likelihood.nll(self.decode(z.reshape(n * k, d), targets, repeated), targets).view(n, k)
+        z, eps, sigma = (at_least_float32(t) for t in (z, eps, sigma))
+        log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
+        log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]
+        return log_px_z, log_pz, log_qz
 
     @property
     def autoregressive(self) -> bool:

@@ -24,8 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .. import __version__  # noqa: E402
+from ..version import __version__  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
 from ..files import atomic_write_text, read_jsonl  # noqa: E402
+from ..runs import RunDir  # noqa: E402
 
 COLOURS = plt.get_cmap("tab10").colors  # one colour per run, the same in every plot
 EVAL_PICTURES = [("samples.png", "Samples from the prior"),
@@ -37,10 +39,6 @@ EVAL_PICTURES = [("samples.png", "Samples from the prior"),
                  ("artifacts.png", "Checkerboard artifacts: mean sample and spectra")]
 SETTINGS = ["model", "encoder", "likelihood", "epochs", "max_steps", "batch_size", "lr", "lr_schedule", "seed", "dtype",
             "precision", "binarize", "data", "data_dir", "image_size", "channels", "resize", "train_limit", "test_limit"]
-
-
-class ReportError(ValueError):
-    """A folder given to ``convae report`` is not a convae run."""
 
 
 @dataclass
@@ -61,25 +59,19 @@ class RunFiles:
 
     @classmethod
     def read(cls, path: str | Path) -> "RunFiles":
-        path = Path(path)
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ReportError(f"{path}: not a convae run folder (no config.json)")
-        try:
-            settings = json.loads(config_file.read_text())
-            settings["config"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ReportError(f"{config_file}: unreadable ({type(e).__name__}: {e})") from None
+        run = RunDir(path)
+        if not run.config_file.is_file():  # a report is of run folders only: a missing one is not a run either
+            raise ConfigError(f"{run.path}: not a convae run folder (no config.json)")
+        settings = run.read_settings()
         pictures = []
-        for picture in (path / "images").glob("result*.png"):
+        for picture in run.images.glob("result*.png"):
             match = re.fullmatch(r"result(\d+)(?:-step(\d+))?\.png", picture.name)
             if match:
                 pictures.append((int(match[1]), int(match[2] or 0), picture))
         pictures.sort()
         label = lambda e, s: f"epoch {e}" + (f", step {s}" if s else "")  # noqa: E731
-        return cls(path, settings, _read_records(path / "metrics.jsonl"), _read_records(path / "steps.jsonl"),
-                   [(label(e, s), p) for e, s, p in pictures], _read_json(path / "eval" / "eval.json"),
-                   _read_json(path / "eval" / "artifacts.json"))
+        return cls(run.path, settings, _read_records(run.metrics_file), _read_records(run.steps_file),
+                   [(label(e, s), p) for e, s, p in pictures], run.read_eval("eval.json"), run.read_eval("artifacts.json"))
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -89,13 +81,6 @@ def _read_records(path: Path) -> list[dict]:
     except json.JSONDecodeError:
         lines = path.read_text().splitlines()
         return [json.loads(line) for line in lines[:-1] if line.strip()]
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -320,4 +305,71 @@ def build_report(run_dirs: list[str | Path]) -> str:
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     atomic_write_text(out, build_report(run_dirs))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A sweep's page
+
+
+def _sweep_curves(summary: dict) -> str:
+    """Test -ELBO per epoch, one colour per setting: the mean over its seeds, a band of one standard deviation."""
+    import numpy as np
+
+    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for k, row in enumerate(summary["rows"]):
+        curves = row["curves"]
+        if not curves:
+            continue
+        epochs = sorted({e for curve in curves for e, _ in curve})
+        table = np.array([[dict(curve).get(e, np.nan) for e in epochs] for curve in curves], dtype=float)
+        mean, std = np.nanmean(table, 0), np.nanstd(table, 0)
+        label = ", ".join(f"{key} = {v}" for key, v in row["setting"].items()) or "base"
+        colour = COLOURS[k % len(COLOURS)]
+        ax.plot(epochs, mean, "o-", color=colour, ms=3, lw=1.4, label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    unit = summary["rows"][0]["unit"] if summary["rows"] else "nats"
+    ax.set_ylabel(f"test −ELBO, {'bits / dim' if unit == 'bits/dim' else 'nats / image'}")
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no finished members yet", transform=ax.transAxes, ha="center", va="center", color="0.5")
+    return _svg(fig)
+
+
+def write_sweep_report(summary: dict, out: str | Path) -> Path:
+    """One self-contained page of a sweep: the table (mean ± std over seeds per setting) and the curves."""
+    def cell(stat, digits=2):
+        return "–" if stat is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+    rows = []
+    for r in summary["rows"]:
+        setting = ", ".join(f"{k} = {v}" for k, v in r["setting"].items()) or "(base)"
+        digits = 4 if r["unit"] == "bits/dim" else 2
+        stopped = "; ".join(f"{s['member']}: {s['why']}" for s in r["stopped"]) or "–"
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            setting, f"{r['done']} of {r['members']}", cell(r["test"], digits), cell(r["iw"], digits),
+            cell(r["active"], 1), cell(r["seconds"], 0), stopped)) + "</tr>")
+    unit = summary["rows"][0]["unit"] if summary["rows"] else "nats"
+    k = next((r["iw_samples"] for r in summary["rows"] if r["iw_samples"]), None)
+    head = "".join(f"<th>{h}</th>" for h in ("setting", "seeds done", f"test −ELBO ({unit})",
+                                             f"IW bound (K = {k})" if k else "IW bound", "active units",
+                                             "training seconds", "stopped"))
+    title = f"convae sweep {Path(summary['sweep']).name}"
+    body = (f"<h1>{html.escape(title)}</h1><p class='meta'>Generated {datetime.now():%Y-%m-%d %H:%M} by convae "
+            f"{__version__} from {html.escape(summary['sweep'])}: seeds {summary['seeds']}, grid "
+            f"{html.escape(json.dumps(summary['grid']))}.</p><h2>Results</h2><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table><p class='note'>Mean ± standard deviation over the seeds that "
+            "finished; each member is a run folder under runs/ with its own report.</p><h2>Curves</h2>"
+            f"<figure>{_sweep_curves(summary)}<figcaption>Test −ELBO per epoch: the mean over seeds, and one standard "
+            "deviation around it</figcaption></figure>")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+    out = Path(out)
+    atomic_write_text(out, page)
     return out

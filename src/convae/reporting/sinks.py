@@ -6,20 +6,20 @@ epoch) and TensorBoard event files in ``tb/`` (all of those, plus the epoch's pi
 Only rank 0 logs; on the other ranks every call does nothing.
 
 Resuming at step S keeps what was logged up to S and drops what came after it (written before a crash, and about
-to be written again): ``steps.jsonl`` and ``metrics.jsonl`` are rewritten to step S, and TensorBoard is told
-``purge_step = S + 1``, so the curves continue without gaps or repeats.
+to be written again): the run folder trims ``steps.jsonl`` and ``metrics.jsonl`` to step S (``RunDir.trim_to``)
+before the logger opens them, and TensorBoard is told ``purge_step = S + 1``, so the curves continue without gaps
+or repeats.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..files import atomic_write_jsonl, read_jsonl
+from ..files import atomic_write_jsonl
+from ..runs import RunDir
 
 # The hyperparameters shown in TensorBoard's HParams tab (the settings that tell runs apart).
 HPARAMS = ("model", "encoder", "likelihood", "batch_size", "lr", "lr_schedule", "epochs", "seed", "precision",
@@ -28,20 +28,19 @@ HPARAM_METRICS = ("test_neg_elbo", "test_L_KL", "test_L_likelihood")
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, *, active: bool, echo=print, tensorboard: bool = True,
+    def __init__(self, run: RunDir, *, active: bool, echo=print, tensorboard: bool = True,
                  resume_step: int | None = None, hparams: dict | None = None, metrics: list[dict] | None = None):
+        """``metrics``: the records kept from before ``resume_step`` (the files were trimmed to it)."""
         self.active, self.echo = active, echo
         self.metrics = list(metrics or [])
         self.log_file = self.steps_file = self.tb = None
         if not active:
             return
-        self.run_dir = run_dir
-        self.log_file = open(run_dir / "log.txt", "a")
-        kept = [r for r in read_jsonl(run_dir / "steps.jsonl") if r["step"] <= resume_step] if resume_step else []
-        atomic_write_jsonl(run_dir / "steps.jsonl", kept)
-        self.steps_file = open(run_dir / "steps.jsonl", "a")
+        self.run = run
+        self.log_file = open(run.log_file, "a")
+        self.steps_file = open(run.steps_file, "a")
         if tensorboard:
-            self.tb = _tensorboard_writer(run_dir / "tb", None if resume_step is None else resume_step + 1)
+            self.tb = _tensorboard_writer(run.tensorboard, None if resume_step is None else resume_step + 1)
             if self.tb is not None and resume_step is None and hparams:
                 self._write_hparams(hparams)
 
@@ -75,7 +74,7 @@ class RunLogger:
         self.metrics.append(record)
         if not self.active:
             return
-        atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
+        atomic_write_jsonl(self.run.metrics_file, self.metrics)
         if self.tb is not None:
             step = record["step"]
             for key in ("test_neg_elbo", "test_L_likelihood", "test_L_KL", "entropy_floor", "test_bits_per_dim"):
@@ -109,7 +108,7 @@ class RunLogger:
             self.tb.file_writer.add_summary(summary)
 
 
-def _tensorboard_writer(folder: Path, purge_step: int | None):
+def _tensorboard_writer(folder, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency; a trimmed install may lack it

@@ -1,6 +1,7 @@
-"""Training: the loop, its checkpoints and its run folder."""
+"""Training: the loop (``loop.py``), its step (``engine.py``), its state and schedule, the epoch-end evaluation,
+and the hooks a caller can act through."""
 
-from .checkpoint import CheckpointError
-from .loop import NonFiniteLoss, TrainingInterrupted, TrainResult, train
+from .hooks import Hooks
+from .loop import TrainResult, train
 
-__all__ = ["CheckpointError", "NonFiniteLoss", "TrainingInterrupted", "TrainResult", "train"]
+__all__ = ["Hooks", "TrainResult", "train"]

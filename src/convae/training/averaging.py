@@ -12,7 +12,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-PREFIX = "ema."
+from ..runs.checkpoint import EMA_PREFIX as PREFIX
 
 
 class WeightAverage:
@@ -55,14 +55,3 @@ class WeightAverage:
         for name, a in zip(self.names, self.average):
             a.copy_(tensors[PREFIX + name])
         self.updates = int(tensors[PREFIX + "updates"])
-
-
-@torch.no_grad()
-def use_averaged_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
-    """Put a checkpoint's averaged weights into ``model`` (for evaluation and inference); False if it has none."""
-    found = {name: tensors[PREFIX + name] for name, _ in model.named_parameters() if PREFIX + name in tensors}
-    if not found:
-        return False
-    for name, p in model.named_parameters():
-        p.copy_(found[name])
-    return True

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..config import TrainConfig
 from ..data import to_float
+from ..models.noise import Draws, noise_from
 from ..objectives import Objective, training_loss
 
 
@@ -48,11 +49,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, 
     return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
 
 
-def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 images -> the floats the model sees (gray values, or a fresh Bernoulli draw of them)."""
+def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: torch.dtype,
+               generator: torch.Generator | None = None, binarize: bool = True) -> torch.Tensor:
+    """uint8 images -> the floats the model sees (gray values, or a fresh Bernoulli draw of them from ``generator``,
+    torch's global one by default; ``binarize=False``: the gray values, for a caller that draws them itself)."""
     x = to_float(images, levels, config.image_size, dtype, config.resize_mode, config.quantize)
-    if config.binarize == "dynamic":
-        x = torch.bernoulli(x)
+    if binarize and config.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=generator)
     return x
 
 
@@ -61,17 +64,22 @@ def objective_of(config: TrainConfig) -> Objective:
 
 
 class EagerStep:
-    """The plain step: PyTorch ops launched one by one (optionally through torch.compile)."""
+    """The plain step: PyTorch ops launched one by one (optionally through torch.compile). ``loss_function``: what
+    the step differentiates (``objectives.training_loss``, or a hook's wrapper of it)."""
 
-    def __init__(self, model, optimizer, images, levels, config, dtype, precision, labels=None):
+    def __init__(self, model, optimizer, images, levels, config, dtype, precision, labels=None,
+                 loss_function=training_loss, generator: torch.Generator | None = None):
+        """``generator``: the step's noise (binarization, dropout, eps) from it rather than torch's global one."""
         self.model, self.optimizer, self.images = model, optimizer, images
+        self.generator = generator
         self.labels = labels  # the training labels on the device, for a conditional model
         self.levels, self.config, self.dtype, self.precision = levels, config, dtype, precision
         self.objective = objective_of(config)
         # an input of the step like the learning rate: a device tensor, so a CUDA graph reads the current value
         self.kl_weight = torch.tensor(self.objective.kl_weight(0), device=next(model.parameters()).device,
                                       dtype=torch.float32)
-        self.training_loss = torch.compile(training_loss) if config.compile else training_loss
+        self.loss_function = loss_function
+        self.training_loss = torch.compile(loss_function) if config.compile else loss_function
         self._checked_compile = not config.compile
 
     def _set_lr(self, lr: float) -> None:
@@ -98,12 +106,13 @@ class EagerStep:
     def __call__(self, index: torch.Tensor, lr: float, step: int = 0) -> torch.Tensor:
         """One optimizer step on the images ``index``; ``step`` (0-based) sets the KL weight's warm-up."""
         self._set_inputs(lr, step)
-        x = make_batch(self.images[index], self.levels, self.config, self.dtype)
+        x = make_batch(self.images[index], self.levels, self.config, self.dtype, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
-        if not self._checked_compile:
-            loss, terms = self._first_compiled_call(x, index)
-        else:
-            loss, terms = self._loss(x, index)
+        with noise_from(None if self.generator is None else Draws(self.generator)):
+            if not self._checked_compile:
+                loss, terms = self._first_compiled_call(x, index)
+            else:
+                loss, terms = self._loss(x, index)
         loss.backward()
         self.clip_gradients()
         self.optimizer.step()
@@ -116,7 +125,7 @@ class EagerStep:
         except Exception as e:  # a missing C++ compiler, an unsupported backend, ...
             print(f"convae: --compile: torch.compile failed here ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "running eager", file=sys.stderr)
-            self.training_loss = training_loss
+            self.training_loss = self.loss_function
             self.optimizer.zero_grad(set_to_none=True)
             return self._loss(x, index)
 
@@ -132,7 +141,7 @@ class CudaGraphStep(EagerStep):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.training_loss = training_loss  # the graph replaces torch.compile (make_train_step warns)
+        self.training_loss = self.loss_function  # the graph replaces torch.compile (make_train_step warns)
         self.graph = None
         self.static_index = None
 
@@ -185,12 +194,18 @@ def uses_cuda_graphs(config: TrainConfig, device: torch.device, eager_only: bool
 
 
 def make_train_step(model, optimizer, images, levels, config: TrainConfig, dtype, precision, device,
-                    eager_only: bool = False, labels: torch.Tensor | None = None):
+                    eager_only: bool = False, labels: torch.Tensor | None = None, wrap_loss=lambda f: f,
+                    generator: torch.Generator | None = None):
     """``model`` is what the step calls: the VAE, or its DistributedDataParallel wrapper under torchrun;
     ``images[index]`` gives a batch of uint8 images on the device (resident, or ``StreamedImages``);
-    ``labels[index]`` their classes on the device, for a conditional model."""
+    ``labels[index]`` their classes on the device, for a conditional model; ``wrap_loss`` wraps the loss function
+    (``Hooks.wrap_loss``); ``generator``: the step's noise from it (an eager step only)."""
+    kind = EagerStep
     if uses_cuda_graphs(config, device, eager_only):
         if config.compile:
             warnings.warn("--compile with CUDA graphs: using the graphs alone")
-        return CudaGraphStep(model, optimizer, images, levels, config, dtype, precision, labels)
-    return EagerStep(model, optimizer, images, levels, config, dtype, precision, labels)
+        kind = CudaGraphStep
+    if generator is not None:
+        return EagerStep(model, optimizer, images, levels, config, dtype, precision, labels, wrap_loss(training_loss),
+                         generator)
+    return kind(model, optimizer, images, levels, config, dtype, precision, labels, wrap_loss(training_loss))

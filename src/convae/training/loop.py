@@ -1,9 +1,8 @@
 """The training loop: ``train(config)`` runs the seed's experiment and everything it writes.
 
-A run folder holds ``config.json`` (settings, versions, device), ``metrics.jsonl`` (one record per epoch),
-``log.txt`` (the lines printed), ``images/result{K}.png`` (the seed's picture) and ``checkpoints/``.
-Batches are gathered by indexing the uint8 images held on the device; the loop never waits for the device
-except where the progress bar reads the loss, at checkpoints and at the end of an epoch.
+``Trainer`` is set up in named steps (the data and where the run starts, the model and its step, the run folder),
+then ``run`` calls ``run_epoch`` until the last step. The loop never waits for the device except where a progress
+record reads the loss, at checkpoints and at the end of an epoch. The run folder's files are ``convae.runs``'s.
 
 Under torchrun every process runs this same loop on its own slice of each global batch (``Runtime.shard``),
 DDP averages the gradients, and rank 0 alone prints and writes; see docs/distributed.md.
@@ -12,51 +11,36 @@ DDP averages the gradients, and rank 0 alone prints and writes; see docs/distrib
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
-import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import __version__
-from ..config import ConfigError, TrainConfig
-from ..data import DataError, ImageData, StreamedImages, load_for_config, resident_limit
-from ..faults import (FileSystemFault, OutOfMemory, RunBusy, RunLock, available_memory, describe_os_error,
-                      first_line, format_bytes, is_out_of_memory)
-from ..evaluation.elbo import EvalImages, entropy_floor, evaluate_neg_elbo, evaluation_images
-from ..files import atomic_write_json, read_jsonl
+from ..version import __version__
+from ..config import TrainConfig
+from ..data import ImageData, StreamedImages, load_for_config, resident_limit
+from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, OutOfMemory, RunBusy,
+                      TrainingInterrupted)
+from ..faults import available_memory, describe_os_error, first_line, format_bytes, is_out_of_memory
 from ..models import VAE, build_run_model
-from ..objectives import bits_per_dim
-from ..runtime import Runtime, resolve_device, synchronize
 from ..reporting.html import write_report
 from ..reporting.sinks import RunLogger
-from ..visualisation import seed_grid, tile
-from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints, restore,
-                         save_checkpoint, section)
+from ..runs import Checkpoint, RunLock, Start, plan_start, restore
+from ..runtime import Runtime, resolve_device, synchronize
+from ..signals import StopSignals
 from .averaging import WeightAverage
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the step in flight finished and a checkpoint was written."""
-
-    def __init__(self, run_dir: Path, step: int, signal_name: str):
-        super().__init__(f"{signal_name} at step {step}: checkpoint written; resume with: convae train --resume {run_dir}")
-        self.run_dir, self.step, self.signal_name = run_dir, step, signal_name
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became inf or NaN; the last good checkpoint is left as it was."""
+from .epoch import EpochEvaluator
+from .hooks import Hooks
+from .schedule import epoch_order, learning_rate
+from .state import RunState, Window
 
 
 @dataclass
@@ -66,163 +50,9 @@ class TrainResult:
     model: VAE | None = None
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Pieces of the loop
-
-
-def epoch_order(n: int, epoch: int, config: TrainConfig, device: torch.device) -> torch.Tensor:
-    """The order of the training images in ``epoch``: a function of (seed, epoch) alone, so resume needs no state
-    and every rank of a torchrun group computes the same order."""
-    if not config.shuffle:
-        return torch.arange(n, device=device)
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).to(device)
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate for ``step`` (0-based): constant, or one cycle (linear warm-up, cosine to lr / 100)."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    floor = config.lr / 100
-    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def seed_rank(seed: int, rank: int, step: int = 0) -> None:
-    """Give a rank > 0 its own noise stream (dropout, z, binarization). Rank 0 keeps the stream a single-process
-    run has, so a world of one is the plain run bit for bit."""
-    if rank:
-        torch.manual_seed((seed + 1) * 2_654_435_761 + 97 * rank + 7_919 * step)
-
-
-class StopSignals:
-    """Turns SIGINT / SIGTERM into a flag the loop reads between steps (the step in flight always finishes)."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def _handler(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def describe_environment(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "convae": __version__, "device": str(device), "device_name": name,
-            "threads": torch.get_num_threads(), "platform": platform.platform()}
-
-
-def new_run_dir(out: str | None) -> Path:
-    """A fresh run folder. A convae folder that never reached its first checkpoint (a run stopped while it started
-    up) is started again: nothing in it can be resumed."""
-    if out is None:
-        base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-        path, k = base, 1
-        while path.exists():
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
-        return path
-    path = Path(out)
-    unstarted = (path / "config.json").is_file() and not list_checkpoints(path / "checkpoints")
-    if path.exists() and not unstarted and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(f"--out {path}: already exists and is not empty (use --resume {path} to continue that run)")
-    return path
-
-
-class Window:
-    """The loss terms summed on the device since the last progress record, and the clock at its start."""
-
-    def __init__(self, device: torch.device, step: int, started: float):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-        self.step, self.started = step, started
-
-    def close(self, runtime: Runtime, step: int, epoch: int, lr: float, batch: int) -> dict:
-        """The record for ``steps.jsonl``: means over the window (of the global batch under torchrun); then reopen."""
-        now = time.perf_counter()
-        sums = runtime.all_reduce(self.sums.cpu()) / runtime.world_size
-        n = step - self.step
-        loss, likelihood, kl = (sums / n).tolist()
-        record = {"step": step, "epoch": epoch, "loss": loss, "L_likelihood": likelihood, "L_KL": kl, "lr": lr,
-                  "img_per_s": n * batch / max(now - self.started, 1e-9)}
-        self.sums.zero_()
-        self.step, self.started = step, now
-        return record
-
-
-@dataclass
-class Start:
-    """Where a run begins, decided by rank 0 (the only rank that reads the run folder) and sent to the others."""
-
-    run_dir: Path
-    checkpoint: Checkpoint | None = None
-    metrics: list[dict] = field(default_factory=list)
-
-
-def check_same_data(run_dir: Path, fingerprint: str, data: ImageData) -> None:
-    """A resumed run must see the data it started with: the fingerprint in its config.json (runs from before
-    fingerprints were recorded are not checked)."""
-    try:
-        recorded = json.loads((run_dir / "config.json").read_text()).get("data", {})
-    except (OSError, ValueError):
-        return
-    if recorded.get("fingerprint") not in (None, fingerprint):
-        raise ConfigError(f"--resume {run_dir}: the data differ from the run's ({recorded.get('name')}, "
-                          f"{recorded.get('train_images')} + {recorded.get('test_images')} images, fingerprint "
-                          f"{recorded['fingerprint'][:12]}; now {data.name}, {len(data.train_images)} + "
-                          f"{len(data.test_images)} images, {fingerprint[:12]}); resume with the data it started "
-                          "with, or start a new run")
-
-
-def find_start(config: TrainConfig, resume: bool, auto_resume: bool) -> Start:
-    if auto_resume and config.out is not None:
-        resume = bool(list_checkpoints(Path(config.out) / "checkpoints"))
-    if not resume:
-        return Start(new_run_dir(config.out))
-    run_dir = Path(config.out)
-    if not list_checkpoints(run_dir / "checkpoints"):
-        raise ConfigError(f"--resume {run_dir}: the run never reached its first checkpoint; start it again with "
-                          f"--out {run_dir} (or --auto-resume --out {run_dir})")
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint.meta.get("model") != config.model:
-        raise ConfigError(f"--resume {run_dir}: checkpoint is of model {checkpoint.meta.get('model')!r}, "
-                          f"config says {config.model!r}")
-    step = checkpoint.meta["step"]
-    return Start(run_dir, checkpoint, [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["step"] <= step])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The loop
-
-
 def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = False, auto_resume: bool = False,
-          log=print, argv: list[str] | None = None, runtime: Runtime | None = None) -> TrainResult:
+          log=print, argv: list[str] | None = None, runtime: Runtime | None = None,
+          hooks: Hooks | None = None) -> TrainResult:
     """Train (or, with ``resume=True``, continue the run in ``config.out``) and return the run folder and metrics.
 
     ``auto_resume``: continue the run in ``config.out`` if it has a checkpoint, else start it there (what a
@@ -234,62 +64,103 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
     own_runtime = runtime is None
     runtime = runtime or Runtime.from_environment(config.dist_timeout)
     try:
-        return Trainer(config, runtime, data=data, resume=resume, auto_resume=auto_resume, log=log, argv=argv).run()
+        return Trainer(config, runtime, data=data, resume=resume, auto_resume=auto_resume, log=log, argv=argv,
+                       hooks=hooks or Hooks()).run()
     finally:
         if own_runtime:
             runtime.close()
 
 
-class Trainer:
-    """Set up in ``__init__``; ``run`` = ``run_epoch`` until the last step; ``end_epoch`` and ``save`` beside."""
+def describe_environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "convae": __version__, "device": str(device), "device_name": name,
+            "threads": torch.get_num_threads(), "platform": platform.platform()}
 
+
+class Trainer:
     def __init__(self, config: TrainConfig, runtime: Runtime, *, data: ImageData | None, resume: bool,
-                 auto_resume: bool, log, argv):
-        self.lock, self.log = None, log
+                 auto_resume: bool, log, argv, hooks: Hooks, at_step: int | None = None):
+        """``at_step``: resume from the checkpoint of that step rather than the newest (a pack's common step)."""
+        self.config, self.runtime, self.log, self.hooks = config, runtime, log, hooks
+        self.lock: RunLock | None = None
         try:
-            self.setup(config, runtime, data, resume, auto_resume, argv)
+            self.check_settings()
+            start = self.prepare(data, resume, auto_resume, at_step)
+            self.build(start.checkpoint)
+            self.open_run_folder(start, argv, auto_resume)
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
             raise
 
-    def setup(self, config: TrainConfig, runtime: Runtime, data: ImageData | None, resume: bool, auto_resume: bool,
-              argv) -> None:
-        self.config, self.runtime = config, runtime
+    # -- setting up, in order ---------------------------------------------------------------------------------------
+
+    def check_settings(self) -> None:
+        """What the settings, the machine and the process group must agree on, before anything is read."""
+        config, runtime = self.config, self.runtime
         runtime.check_batch(config.batch_size)
         if runtime.distributed and config.iw_train > 1:
             raise ConfigError("--iw-train: K > 1 runs in one process (its K-sample pass bypasses DDP's forward); "
                               "drop it under torchrun")
-        device = self.device = resolve_device(config.device, runtime.local_rank)
-        if runtime.distributed and device.type == "mps":
+        self.device = resolve_device(config.device, runtime.local_rank)
+        if runtime.distributed and self.device.type == "mps":
             raise ConfigError("--device mps: torchrun runs need CPU (gloo) or CUDA (NCCL) devices")
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
-        if self.dtype == torch.float64 and device.type == "mps":
+        if self.dtype == torch.float64 and self.device.type == "mps":
             raise ConfigError("--dtype float64: MPS has no float64")
 
-        # -- everything that can fail on bad input, before any file is written, on every rank --------------------
-        # Rank 0 first: it alone prepares a data cache that the others then open.
-        start, error = None, None
+    def prepare(self, data: ImageData | None, resume: bool, auto_resume: bool, at_step: int | None) -> Start:
+        """The data on every rank and where the run starts (rank 0 decides), with everything that can fail on bad
+        input checked on every rank before any file is written. Rank 0 loads first: it alone prepares a data cache
+        that the others then open."""
+        runtime, start, error = self.runtime, None, None
         if runtime.is_writer:
             try:
                 self.load(data)
-                start = find_start(config, resume, auto_resume)
+                start = plan_start(self.config, resume, auto_resume, at_step)
                 if start.checkpoint is not None:
-                    self.lock = RunLock(start.run_dir, "convae train --resume").acquire()
-                    check_same_data(start.run_dir, self.fingerprint, self.data)
-            except (ConfigError, DataError, CheckpointError, RunBusy) as e:
+                    self.lock = RunLock(start.run.path, "convae train --resume").acquire()
+                    start.run.check_same_data(self.fingerprint, self.data)
+            except (BadInput, RunBusy) as e:
                 error = e
         runtime.agree_on_errors(error)
         if not runtime.is_writer:
             try:
                 self.load(data)
-            except (ConfigError, DataError) as e:
+            except BadInput as e:
                 error = e
         runtime.agree_on_errors(error)
         start = runtime.broadcast(start)
-        self.total_steps = config.epochs * self.steps_per_epoch
-        self.last_step = min(self.total_steps, config.max_steps or self.total_steps)
+        total_steps = self.config.epochs * self.steps_per_epoch
+        self.last_step = min(total_steps, self.config.max_steps or total_steps)
+        return start
 
+    def load(self, data: ImageData | None) -> None:
+        """The run's data on the device, or (larger than ``--resident-max-bytes``) streamed from its cache."""
+        config = self.config
+        if data is None:
+            data = (self.hooks.load_data(config) if self.hooks.load_data is not None else
+                    load_for_config(config, progress=self.runtime.is_writer and not config.quiet))
+        data = data.subset(config.train_limit, config.test_limit)
+        self.fingerprint = data.fingerprint() if self.runtime.is_writer else None
+        self.classes = data.class_count() if config.conditional else 0
+        if config.conditional and self.classes < 2:
+            found = "one class only" if self.classes == 1 else "no class labels (every image has label 0)"
+            raise ConfigError(f"--conditional: {config.source} has {found}; conditioning needs labelled data: MNIST, "
+                              "a folder with one sub-folder per class, or an .npz with labels")
+        streamed = data.train_images.numel() > resident_limit(self.device, config.resident_max_bytes)
+        self.data = data.to(self.device, resident=not streamed)
+        self.streamed = StreamedImages(self.data.train_images, self.device) if streamed else None
+        self.steps_per_epoch = len(self.data.train_images) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"--batch-size {config.batch_size}: larger than the "
+                              f"{len(self.data.train_images)} training images")
+
+    def build(self, checkpoint: Checkpoint | None) -> None:
+        """The model, its optimizer, weight average and step function, and the run's state: fresh, or restored
+        from ``checkpoint`` (weights, Adam, average, this rank's RNG and sums)."""
+        config, runtime, device = self.config, self.runtime, self.device
         say_stderr = (lambda m: print(f"convae: {m}", file=sys.stderr)) if runtime.is_writer else (lambda m: None)
         self.precision = effective_precision(config, device, warn=say_stderr)
         torch.manual_seed(config.seed)
@@ -298,61 +169,31 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         step_module = runtime.wrap(self.model, device)
-        graphs = uses_cuda_graphs(config, device, eager_only=runtime.distributed or self.streamed is not None)
-        self.optimizer = make_optimizer(self.model, config, device, capturable=graphs)
+        eager_only = self.eager_only()
+        self.graphs = uses_cuda_graphs(config, device, eager_only=eager_only)
+        self.optimizer = make_optimizer(self.model, config, device, capturable=self.graphs)
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
-
-        self.step, self.train_seconds = 0, 0.0
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this rank's losses this epoch
-        if start.checkpoint is not None:
-            self.restore(start.checkpoint)
+        if checkpoint is None:
+            self.state = RunState.fresh(device, config.seed, runtime.rank)
         else:
-            seed_rank(config.seed, runtime.rank)
-        self.run_dir = start.run_dir
-        config.out = str(self.run_dir)
-        self.complete = start.checkpoint is not None and self.step >= self.last_step
-        if self.complete and not auto_resume:
-            raise ConfigError(f"--resume {self.run_dir}: the run is already complete at step {self.step} (epoch "
-                              f"{math.ceil(self.step / self.steps_per_epoch)} of {config.epochs}); extend it with "
-                              f"--epochs N (more than {config.epochs}) or --max-steps N (more than {self.step})")
+            restore(checkpoint, self.model, self.optimizer)
+            if self.average is not None:
+                self.average.load(checkpoint.tensors)
+            self.state = RunState.restored(checkpoint, device, config.seed, runtime)
+        self.train_step = self.make_step(step_module, eager_only)
 
-        # -- the run folder (rank 0) ------------------------------------------------------------------------------
-        self.settings = {"config": config.to_dict(), "environment": describe_environment(device),
-                         "precision": self.precision,
-                         "model_parameters": sum(p.numel() for p in self.model.parameters()),
-                         "steps_per_epoch": self.steps_per_epoch, "command": argv,
-                         "data": {**self.data.details, "name": self.data.name, "shape": list(self.data.shape),
-                                  "levels": self.data.levels,
-                                  "train_images": len(self.data.train_images), "test_images": len(self.data.test_images),
-                                  "classes": self.data.classes, "class_count": self.classes,
-                                  "likelihood": self.model.likelihood.name,
-                                  "training_images_bytes": self.data.train_images.numel(),
-                                  "fingerprint": self.fingerprint,
-                                  "streamed": self.streamed is not None},
-                         "distributed": {**runtime.describe(device), "batch_per_rank": config.batch_size // runtime.world_size,
-                                         "batchnorm": runtime.batchnorm_mode(device), "cuda_graphs": graphs}}
-        writes = runtime.is_writer and not self.complete
-        if writes:
-            self.create_run_folder()
-        self.logger = RunLogger(self.run_dir, active=writes, echo=self.log, tensorboard=config.tensorboard,
-                                resume_step=self.step if start.checkpoint is not None else None,
-                                hparams=config.to_dict(), metrics=start.metrics)
-        self.announce(start)
+    def eager_only(self) -> bool:
+        """Whether the step must launch its kernels one by one: under DDP (the step holds collectives) or with
+        streamed data (each batch comes from the host); elsewhere CUDA may record it as a graph."""
+        return self.runtime.distributed or self.streamed is not None
 
-        self.monitor = evaluation_images(self.data.train_images[:config.monitor_images], self.data.levels, config,
-                                         self.data.train_labels[:config.monitor_images])
-        self.test_set = evaluation_images(self.data.test_images, self.data.levels, config, self.data.test_labels)
-        # the least a Bernoulli decoder can score on these targets; for other likelihoods it means nothing
-        self.floor = entropy_floor(self.test_set) if self.model.likelihood.entropy_floor else None
-        self.show_bar = runtime.is_writer and not config.quiet and sys.stderr.isatty()
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.step_counter = torch.full((), self.step, dtype=torch.long, device=device)
-        self.train_step = make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images,
-                                          self.data.levels, config, self.dtype, self.precision, device,
-                                          eager_only=runtime.distributed or self.streamed is not None,
-                                          labels=self.data.train_labels if config.conditional else None)
-        self.last_save, self.stop = time.monotonic(), None
-        self.report_drawn, self.report_cost = 0.0, 0.0
+    def make_step(self, step_module, eager_only: bool):
+        """The function that takes one optimizer step (``engine.make_train_step``)."""
+        config = self.config
+        return make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images, self.data.levels,
+                               config, self.dtype, self.precision, self.device, eager_only=eager_only,
+                               labels=self.data.train_labels if config.conditional else None,
+                               wrap_loss=self.hooks.wrap_loss)
 
     def check_memory(self) -> None:
         """Refuse settings whose weights, gradients, Adam's moments (and average) and one batch's input cannot fit
@@ -379,77 +220,66 @@ class Trainer:
                 f"{config.batch_size} needs {format_bytes(inputs)} more, but {format_bytes(available)} is available "
                 f"on {self.device}; use a smaller --image-size or --batch-size, or another --model")
 
-    def create_run_folder(self) -> None:
-        """The folder, its lock, ``images/`` and ``config.json``; a fault here removes what this call made."""
-        made = not self.run_dir.exists()
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.lock is None:
-                self.lock = RunLock(self.run_dir, "convae train").acquire()
-            (self.run_dir / "images").mkdir(exist_ok=True)
-            atomic_write_json(self.run_dir / "config.json", self.settings)
-        except OSError as e:
-            if self.lock is not None:
-                self.lock.release()
-            if made:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            raise FileSystemFault(f"{describe_os_error(e)}; nothing was trained") from None
-        if self.lock.previous:
-            self.log(f"took over the lock of {self.run_dir} from process {self.lock.previous.get('pid')} on "
-                     f"{self.lock.previous.get('host')}, which ended without releasing it")
+    def open_run_folder(self, start: Start, argv, auto_resume: bool) -> None:
+        """The run folder (rank 0 writes it), its logger and the epoch evaluator; nothing is written for a run that
+        is already complete."""
+        config, runtime = self.config, self.runtime
+        self.run_dir = start.run
+        config.out = str(self.run_dir.path)
+        self.complete = start.checkpoint is not None and self.state.step >= self.last_step
+        if self.complete and not auto_resume:
+            raise ConfigError(f"--resume {self.run_dir.path}: the run is already complete at step {self.state.step} "
+                              f"(epoch {math.ceil(self.state.step / self.steps_per_epoch)} of {config.epochs}); extend "
+                              f"it with --epochs N (more than {config.epochs}) or --max-steps N (more than "
+                              f"{self.state.step})")
+        self.settings = self.describe(argv)
+        writes = runtime.is_writer and not self.complete
+        if writes:
+            self.lock = self.run_dir.create(self.settings, self.lock)
+            if self.lock.previous:
+                self.log(f"took over the lock of {self.run_dir.path} from process {self.lock.previous.get('pid')} "
+                         f"on {self.lock.previous.get('host')}, which ended without releasing it")
+            self.run_dir.trim_to(self.state.step)
+        resumed = start.checkpoint is not None
+        self.logger = RunLogger(self.run_dir, active=writes, echo=self.log, tensorboard=config.tensorboard,
+                                resume_step=self.state.step if resumed else None, hparams=config.to_dict(),
+                                metrics=start.metrics)
+        self.announce(resumed)
+        self.evaluate = EpochEvaluator(self.model, config, self.data, self.run_dir, self.precision, runtime)
+        self.show_bar = runtime.is_writer and not config.quiet and sys.stderr.isatty()
+        self.last_save, self.stop = time.monotonic(), None
+        self.report_drawn, self.report_cost = 0.0, 0.0
 
-    def load(self, data: ImageData | None) -> None:
-        """The run's data on the device, or (larger than ``--resident-max-bytes``) streamed from its cache."""
-        config = self.config
-        data = data if data is not None else load_for_config(config, progress=self.runtime.is_writer and not config.quiet)
-        data = data.subset(config.train_limit, config.test_limit)
-        self.fingerprint = data.fingerprint() if self.runtime.is_writer else None
-        self.classes = data.class_count() if config.conditional else 0
-        if config.conditional and self.classes < 2:
-            found = "one class only" if self.classes == 1 else "no class labels (every image has label 0)"
-            raise ConfigError(f"--conditional: {config.source} has {found}; conditioning needs labelled data: MNIST, "
-                              "a folder with one sub-folder per class, or an .npz with labels")
-        streamed = data.train_images.numel() > resident_limit(self.device, config.resident_max_bytes)
-        self.data = data.to(self.device, resident=not streamed)
-        self.streamed = StreamedImages(self.data.train_images, self.device) if streamed else None
-        self.steps_per_epoch = len(self.data.train_images) // config.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"--batch-size {config.batch_size}: larger than the "
-                              f"{len(self.data.train_images)} training images")
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        """Model and optimizer as saved; this rank's RNG and running sums when the world size is the same."""
-        restore(checkpoint, self.model, self.optimizer)
-        if self.average is not None:
-            self.average.load(checkpoint.tensors)
-        self.step, self.train_seconds = checkpoint.meta["step"], checkpoint.meta["train_seconds"]
-        saved_world, rank = checkpoint.meta.get("world_size", 1), self.runtime.rank
-        sums = [section(checkpoint, "extra", r)["epoch_loss_sum"] for r in range(saved_world)]
-        if saved_world == self.runtime.world_size:
-            self.loss_sum = sums[rank].to(self.device)
-        else:  # another world size: each rank's share of the epoch's losses so far is the mean of the old ranks'
-            self.loss_sum = torch.stack(sums).mean().to(self.device)
-        if rank < saved_world:
-            set_rng_state(section(checkpoint, "rng", rank), self.device)
-        else:
-            seed_rank(self.config.seed, rank, self.step)
-        self.saved_world = saved_world
+    def describe(self, argv) -> dict:
+        """What config.json records beside the settings."""
+        data, runtime = self.data, self.runtime
+        return {"config": self.config.to_dict(), "environment": describe_environment(self.device),
+                "precision": self.precision, "model_parameters": sum(p.numel() for p in self.model.parameters()),
+                "steps_per_epoch": self.steps_per_epoch, "command": argv,
+                "data": {**data.details, "name": data.name, "shape": list(data.shape), "levels": data.levels,
+                         "train_images": len(data.train_images), "test_images": len(data.test_images),
+                         "classes": data.classes, "class_count": self.classes,
+                         "likelihood": self.model.likelihood.name, "training_images_bytes": data.train_images.numel(),
+                         "fingerprint": self.fingerprint, "streamed": self.streamed is not None},
+                "distributed": {**runtime.describe(self.device),
+                                "batch_per_rank": self.config.batch_size // runtime.world_size,
+                                "batchnorm": runtime.batchnorm_mode(self.device), "cuda_graphs": self.graphs}}
 
     def say(self, line: str) -> None:
         self.logger.say(line)
 
-    def announce(self, start: Start) -> None:
-        d = self.settings["distributed"]
-        if start.checkpoint is not None:
+    def announce(self, resumed: bool) -> None:
+        d, step = self.settings["distributed"], self.state.step
+        if resumed:
             restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            self.say(f"resuming {self.run_dir} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1})"
+            self.say(f"resuming {self.run_dir.path} at step {step} (epoch {step // self.steps_per_epoch + 1})"
                      + (f", torchrun restart {restart}" if restart != "0" else "")
-                     + (f", written by {self.saved_world} process(es), now {d['world_size']}"
-                        if self.saved_world != d["world_size"] else ""))
+                     + (f", written by {self.state.saved_world} process(es), now {d['world_size']}"
+                        if self.state.saved_world != d["world_size"] else ""))
         else:
-            self.say(f"run folder {self.run_dir}: model {self.config.model}, {self.settings['model_parameters']:,} "
-                     f"parameters, {len(self.data.train_images)} training images, {self.steps_per_epoch} steps per "
-                     f"epoch, device {self.device}")
+            self.say(f"run folder {self.run_dir.path}: model {self.config.model}, "
+                     f"{self.settings['model_parameters']:,} parameters, {len(self.data.train_images)} training "
+                     f"images, {self.steps_per_epoch} steps per epoch, device {self.device}")
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"
@@ -460,109 +290,141 @@ class Trainer:
 
     def run(self) -> TrainResult:
         if self.complete:  # a re-queued job that had finished: nothing to do, nothing to write
-            if self.lock is not None:
-                self.lock.release()
+            self.close()
             if self.runtime.is_writer:
-                self.log(f"{self.run_dir} is already complete at step {self.step}; nothing to do")
-            return TrainResult(self.run_dir, self.logger.metrics, self.model)
+                self.log(f"{self.run_dir.path} is already complete at step {self.state.step}; nothing to do")
+            return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
         self.model.train()
-        with StopSignals() as signals:
+        with StopSignals() as signals, self.faults_said():
             try:
-                while self.step < self.last_step and self.stop is None:
+                while self.state.step < self.last_step and self.stop is None:
                     self.run_epoch(signals)
-            except OSError as e:
-                raise FileSystemFault(f"{describe_os_error(e)}; training stopped at step {self.step}; "
-                                      f"{self.last_good()}") from None
-            except (RuntimeError, MemoryError) as e:
-                if not is_out_of_memory(e):
-                    raise
-                raise OutOfMemory(f"out of memory at step {self.step + 1} ({first_line(e, 160)}); try a smaller --batch-size, "
-                                  f"--eval-batch-size or --iw-train; {self.last_good()}") from None
             finally:
-                with contextlib.suppress(OSError):  # the fault being reported may be the disk these flush to
-                    self.logger.close()
-                if self.streamed is not None:
-                    self.streamed.close()
-                if self.lock is not None:
-                    self.lock.release()
+                self.close()
         if self.stop is not None:
-            raise TrainingInterrupted(self.run_dir, self.step, self.stop)
-        return TrainResult(self.run_dir, self.logger.metrics, self.model)
+            raise TrainingInterrupted(self.run_dir.path, self.state.step, self.stop)
+        return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
+
+    @contextlib.contextmanager
+    def faults_said(self):
+        """A full disk or memory that ran out, as the one-line fault that names the step and the last good
+        checkpoint."""
+        try:
+            yield
+        except OSError as e:
+            raise FileSystemFault(f"{describe_os_error(e)}; training stopped at step {self.state.step}; "
+                                  f"{self.last_good()}") from None
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise OutOfMemory(f"out of memory at step {self.state.step + 1} ({first_line(e, 160)}); try a "
+                              f"smaller --batch-size, --eval-batch-size or --iw-train; {self.last_good()}") from None
+
+    def close(self) -> None:
+        """Flush and close the logs, stop the prefetching thread, release the run folder."""
+        with contextlib.suppress(OSError):  # the fault being reported may be the disk these flush to
+            self.logger.close()
+        if self.streamed is not None:
+            self.streamed.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def run_epoch(self, signals: StopSignals) -> None:
-        config, batch = self.config, self.config.batch_size
-        epoch, first_index = self.step // self.steps_per_epoch + 1, self.step % self.steps_per_epoch
-        if first_index == 0:
-            self.loss_sum.zero_()
-        order = epoch_order(len(self.data.train_images), epoch, config,
-                            self.device if self.streamed is None else torch.device("cpu"))
-        last_epoch = math.ceil(self.last_step / self.steps_per_epoch)
-        bar = tqdm(total=self.steps_per_epoch * batch, initial=first_index * batch, desc=f"epoch {epoch}/{last_epoch}",
-                   unit="img", unit_scale=False, disable=not self.show_bar, leave=False, dynamic_ncols=True)
-        self.epoch_started, steps_run = time.perf_counter(), 0
-        self.window = Window(self.device, self.step, self.epoch_started)
-        for i in range(first_index, self.steps_per_epoch):
-            lr = learning_rate(config, self.step, self.last_step)
+        self.begin_epoch()
+        for i in range(self.first_index, self.steps_per_epoch):
+            lr = learning_rate(self.config, self.state.step, self.last_step)
+            self.hooks.before_step(self.state.step)
             if self.streamed is not None and i + 1 < self.steps_per_epoch:
-                self.streamed.prefetch(self.runtime.shard(order[(i + 1) * batch:(i + 2) * batch]))
-            terms = self.train_step(self.runtime.shard(order[i * batch:(i + 1) * batch]), lr, self.step)
-            if self.average is not None:
-                self.average.update()
-            loss = terms[0]
-            self.loss_sum += loss
-            self.window.sums += terms
-            self.first_bad = torch.where(torch.isfinite(loss) | (self.first_bad >= 0), self.first_bad, self.step_counter)
-            self.step_counter += 1
-            self.step += 1
-            steps_run += 1
-            if self.step % config.progress_every == 0:
-                record = self.window.close(self.runtime, self.step, epoch, lr, batch)
-                self.logger.log_steps(record)
-                bar.set_postfix(loss=f"{record['loss']:.2f}", img_s=f"{record['img_per_s']:.0f}")
-                bar.update((i + 1) * batch - bar.n)
-            stop, save_now = self.control_point(signals)
-            if stop or self.step == self.last_step:
+                self.streamed.prefetch(self.batch_indices(i + 1))
+            self.record_step(i, self.train_step(self.batch_indices(i), lr, self.state.step), lr)
+            if self.finish_step(*self.control_point(signals)):
                 break
-            if save_now and self.step % self.steps_per_epoch:  # an epoch end checkpoints anyway
-                self.save()
-        bar.close()
+        self.end_steps()
+
+    def begin_epoch(self) -> None:
+        """The epoch's order of images, its progress bar and clock (it may begin mid-way, after a resume)."""
+        state, batch = self.state, self.config.batch_size
+        self.epoch, self.first_index = state.step // self.steps_per_epoch + 1, state.step % self.steps_per_epoch
+        if self.first_index == 0:
+            state.loss_sum.zero_()
+        self.order = epoch_order(len(self.data.train_images), self.epoch, self.config,
+                                 self.device if self.streamed is None else torch.device("cpu"))
+        self.bar = tqdm(total=self.steps_per_epoch * batch, initial=self.first_index * batch, unit="img", leave=False,
+                        desc=f"epoch {self.epoch}/{math.ceil(self.last_step / self.steps_per_epoch)}",
+                        dynamic_ncols=True, disable=not self.show_bar)
+        self.epoch_started, self.epoch_first_step = time.perf_counter(), state.step
+        self.window = Window(self.device, state.step, self.epoch_started)
+
+    def batch_indices(self, i: int) -> torch.Tensor:
+        """This rank's images of the epoch's ``i``-th global batch."""
+        batch = self.config.batch_size
+        return self.runtime.shard(self.order[i * batch:(i + 1) * batch])
+
+    def record_step(self, i: int, terms: torch.Tensor, lr: float) -> None:
+        """What a step taken leaves: the weight average, the sums, the non-finite watch, a progress record every
+        ``progress_every`` steps."""
+        state, config = self.state, self.config
+        self.lr = lr
+        if self.average is not None:
+            self.average.update()
+        state.loss_sum += terms[0]
+        self.window.sums += terms
+        state.watch.record(terms[0])
+        state.step += 1
+        if state.step % config.progress_every == 0:
+            record = self.window.close(self.runtime, state.step, self.epoch, lr, config.batch_size)
+            self.logger.log_steps(record)
+            self.bar.set_postfix(loss=f"{record['loss']:.2f}", img_s=f"{record['img_per_s']:.0f}")
+            self.bar.update((i + 1) * config.batch_size - self.bar.n)
+
+    def finish_step(self, stop: str | None, save_now: bool) -> bool:
+        """After a step: whether the epoch's steps end here (a stop, or the last step); a checkpoint if one is due
+        (an epoch end checkpoints anyway)."""
+        if stop is not None:
+            self.stop = stop
+        if stop is not None or self.state.step == self.last_step:
+            return True
+        if save_now and self.state.step % self.steps_per_epoch:
+            self.save()
+        return False
+
+    def end_steps(self) -> None:
+        """After the steps of an epoch (or of its part before a stop): an epoch end's record and checkpoint, or
+        only a checkpoint where the run was interrupted mid-epoch."""
+        self.bar.close()
         synchronize(self.device)
         seconds = time.perf_counter() - self.epoch_started
-        self.train_seconds += seconds
+        self.state.train_seconds += seconds
         self.check_finite()
-
-        epoch_done = self.step % self.steps_per_epoch == 0
-        if not (epoch_done or self.step == self.last_step):  # interrupted mid-epoch
+        epoch_done = self.state.step % self.steps_per_epoch == 0
+        if not (epoch_done or self.state.step == self.last_step):  # interrupted mid-epoch
             self.save(elapsed=0.0)
             return
-        self.end_epoch(epoch, partial=not epoch_done, lr=lr, seconds=seconds, images=steps_run * batch)
+        images = (self.state.step - self.epoch_first_step) * self.config.batch_size
+        self.end_epoch(self.epoch, partial=not epoch_done, lr=self.lr, seconds=seconds, images=images)
 
-    def control_point(self, signals: StopSignals) -> tuple[bool, bool]:
-        """Whether to stop after this step, and whether to checkpoint. Every rank must answer the same, so under
-        torchrun the ranks agree (one tiny all-reduce) every ``progress_every`` steps; alone, every step."""
-        config = self.config
-        save_now = bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
-        if self.runtime.distributed and self.step % config.progress_every:
-            return False, save_now
+    def control_point(self, signals: StopSignals) -> tuple[str | None, bool]:
+        """Whether to stop after this step (the signal's name), and whether to checkpoint. Every rank must answer the
+        same, so under torchrun the ranks agree (one tiny all-reduce) every ``progress_every`` steps; alone, every
+        step."""
+        config, step = self.config, self.state.step
+        save_now = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+        if self.runtime.distributed and step % config.progress_every:
+            return None, save_now
         timed = bool(config.checkpoint_minutes) and time.monotonic() - self.last_save >= 60 * config.checkpoint_minutes
         stop, timed = self.runtime.any(signals.received is not None, timed)
-        if stop:
-            self.stop = signals.received or "SIGTERM"  # a peer's signal
-        return stop, save_now or timed
+        return (signals.received or "SIGTERM") if stop else None, save_now or timed  # no signal here: a peer's
 
     def last_good(self) -> str:
         """Which checkpoint survives a fault, and the command that continues from it."""
-        found = list_checkpoints(self.run_dir / "checkpoints") if self.runtime.is_writer else []
-        if not found:
-            return "no checkpoint was written"
-        return f"last good checkpoint: {found[-1]}; once the cause is fixed: convae train --resume {self.run_dir}"
+        return self.run_dir.last_good() if self.runtime.is_writer else "no checkpoint was written"
 
     def check_finite(self) -> None:
-        bad = torch.where(self.first_bad >= 0, self.first_bad, torch.iinfo(torch.long).max)
-        bad = int(self.runtime.all_reduce(bad.clone(), "min").item())
-        if bad < torch.iinfo(torch.long).max:
-            previous = list_checkpoints(self.run_dir / "checkpoints") if self.runtime.is_writer else []
-            where = f"last good checkpoint: {previous[-1]}" if previous else "no checkpoint was written"
+        bad = self.state.watch.first(self.runtime)
+        if bad is not None:
+            found = self.run_dir.checkpoint_files() if self.runtime.is_writer else []
+            where = f"last good checkpoint: {found[-1]}" if found else "no checkpoint was written"
             raise NonFiniteLoss(f"loss is not finite at step {bad + 1} (epoch {bad // self.steps_per_epoch + 1}); "
                                 f"stopped; {where}")
 
@@ -573,42 +435,38 @@ class Trainer:
             self.check_finite()  # never checkpoint a model that has gone non-finite
             elapsed = time.perf_counter() - self.epoch_started
         self.runtime.broadcast_buffers(self.model)
-        mine = {f"rng.{k}": v for k, v in rng_state(self.device).items()}
-        mine["extra.epoch_loss_sum"] = self.loss_sum.detach().cpu()
-        rank_states = self.runtime.all_gather(mine)
+        rank_states = self.runtime.all_gather(self.state.rank_tensors(self.device))
         if self.runtime.is_writer:
-            save_checkpoint(self.run_dir / "checkpoints", model=self.model, optimizer=self.optimizer,
-                            rank_states=rank_states, keep=self.config.keep_checkpoints,
-                            shared=self.average.state() if self.average is not None else None,
-                            meta={"model": self.config.model, "step": self.step,
-                                  "epoch": math.ceil(self.step / self.steps_per_epoch),
-                                  "train_seconds": self.train_seconds + elapsed})
+            self.run_dir.save_checkpoint(model=self.model, optimizer=self.optimizer, rank_states=rank_states,
+                                         keep=self.config.keep_checkpoints,
+                                         shared=self.average.state() if self.average is not None else None,
+                                         meta=self.state.meta(self.config.model, self.steps_per_epoch, elapsed))
         self.last_save = time.monotonic()
 
     def end_epoch(self, epoch: int, *, partial: bool, lr: float, seconds: float, images: int) -> None:
-        self.runtime.broadcast_buffers(self.model)
-        steps_in_epoch = self.step - (epoch - 1) * self.steps_per_epoch
-        train_loss = (self.runtime.all_reduce(self.loss_sum.clone()) / self.runtime.world_size / steps_in_epoch).item()
+        state, runtime = self.state, self.runtime
+        runtime.broadcast_buffers(self.model)
+        steps_in_epoch = state.step - (epoch - 1) * self.steps_per_epoch
+        train_loss = (runtime.all_reduce(state.loss_sum.clone()) / runtime.world_size / steps_in_epoch).item()
+        training = {"train_loss": train_loss, "lr": lr, "train_seconds": state.train_seconds,
+                    "epoch_seconds": seconds, "img_per_s": images / max(seconds, 1e-9)}
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
-            record, pictures = end_of_epoch(
-                self.model, self.config, self.run_dir, monitor=self.monitor, test_set=self.test_set, epoch=epoch,
-                step=self.step, partial=partial, train_loss=train_loss, floor=self.floor, precision=self.precision,
-                lr=lr, train_seconds=self.train_seconds, seconds=seconds, images=images, runtime=self.runtime,
-                samples=self.logger.shows_pictures)
+            record, pictures = self.evaluate(epoch, state.step, partial, training, samples=self.logger.shows_pictures)
         d = self.settings["distributed"]
         record.update(world_size=d["world_size"], backend=d["backend"], rank_devices=d["rank_devices"])
         self.logger.log_epoch(record, pictures)
         self.save(elapsed=0.0)
         self.say(f"epoch {epoch}: L_tot = {record['L_tot']:.4f}, L_likelihood = {record['L_likelihood']:.4f}, "
                  f"L_KL = {record['L_KL']:.4f}")
+        floor = self.evaluate.floor
         self.say(f"  test -ELBO = {record['test_neg_elbo']:.2f} nats/image ("
-                 + (f"entropy floor {self.floor:.2f}" if self.floor is not None else
+                 + (f"entropy floor {floor:.2f}" if floor is not None else
                     f"{record['test_bits_per_dim']:.4f} bits/dim" if "test_bits_per_dim" in record else
                     f"likelihood {self.model.likelihood.name}") + "), "
                  f"train loss {record['train_loss']:.2f}, {record['img_per_s']:.0f} img/s, "
                  f"{record['epoch_seconds']:.1f} s" + (" (stopped by --max-steps)" if partial else ""))
-        if self.config.report and self.runtime.is_writer:
-            self.refresh_report(final=self.step == self.last_step)
+        if self.config.report and runtime.is_writer:
+            self.refresh_report(final=state.step == self.last_step)
 
     def refresh_report(self, final: bool) -> None:
         """RUN/report.html at an epoch end, unless the last refresh was recent: drawing its charts takes a second or
@@ -617,48 +475,6 @@ class Trainer:
         started = time.monotonic()
         if not final and started - self.report_drawn < 10 * self.report_cost:
             return
-        write_report([self.run_dir], self.run_dir / "report.html")
+        write_report([self.run_dir.path], self.run_dir.report_file)
         self.report_drawn = time.monotonic()
         self.report_cost = self.report_drawn - started
-
-
-def end_of_epoch(model: VAE, config: TrainConfig, run_dir: Path, *, monitor: EvalImages, test_set: EvalImages,
-                 epoch: int, step: int, partial: bool, train_loss: float, floor: float, lr: float, precision: str,
-                 train_seconds: float, seconds: float, images: int, runtime: Runtime | None = None,
-                 samples: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
-    """What the seed does after each epoch (loss on the first training images, the 3x3 picture), plus the test set.
-    Under torchrun the test set is split among the ranks; rank 0 draws the picture. Returns the metrics record and
-    (on rank 0) the pictures for TensorBoard: inputs over reconstructions, and with ``samples`` 64 samples from the
-    prior (drawn only where a sink shows them: an autoregressive decoder draws them pixel by pixel)."""
-    runtime = runtime or Runtime()
-    started = time.perf_counter()
-    on_monitor = evaluate_neg_elbo(model, monitor, batch_size=len(monitor), precision=precision, seed=config.seed + 1,
-                                   runtime=runtime)
-    on_test = evaluate_neg_elbo(model, test_set, batch_size=config.eval_batch_size, precision=precision,
-                                seed=config.seed + 1, runtime=runtime)
-    pictures = {}
-    if runtime.is_writer:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters())
-            x = monitor.floats(0, 9, p.dtype, p.device)
-            generator = torch.Generator(device=p.device).manual_seed(config.seed + 1)
-            reconstruction = model.reconstruct(x, generator, labels=monitor.labels_of(0, 9, p.device))
-            pictures = {"reconstructions": tile(torch.cat([x, reconstruction]), 9)}
-            if samples:
-                pictures["samples"] = tile(model.sample(64, generator=generator), 8)
-        model.train()
-        name = f"result{epoch}.png" if not partial else f"result{epoch}-step{step}.png"
-        seed_grid(x, reconstruction, run_dir / "images" / name, title=f"epoch {epoch}, step {step}")
-    record = {
-        "epoch": epoch, "step": step, "partial_epoch": partial,
-        "L_tot": on_monitor.neg_elbo, "L_likelihood": on_monitor.likelihood, "L_KL": on_monitor.kl,
-        "test_neg_elbo": on_test.neg_elbo, "test_L_likelihood": on_test.likelihood, "test_L_KL": on_test.kl,
-        "test_kl_per_dim": on_test.kl_per_dim,
-        "entropy_floor": floor, "train_loss": train_loss, "lr": lr,
-        "train_seconds": train_seconds, "epoch_seconds": seconds, "img_per_s": images / max(seconds, 1e-9),
-        "eval_seconds": time.perf_counter() - started,
-    }
-    if model.likelihood.discrete:
-        record["test_bits_per_dim"] = bits_per_dim(on_test.neg_elbo, test_set.dims)
-    return record, pictures

@@ -1,26 +1,27 @@
-"""Opening a finished (or interrupted) run folder: its settings, its model at the newest checkpoint, its data."""
+"""Opening a trained (or interrupted) run folder: its settings, its model at the newest checkpoint, its data."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, TrainConfig
-from ..data import ImageData, load_for_config
-from ..files import read_jsonl
+from ..config import TrainConfig
+from ..data import EvalImages, ImageData, evaluation_images, load_for_config
+from ..errors import CheckpointError, ConfigError
 from ..models import VAE, build_run_model
 from ..runtime import resolve_device
-from ..training.averaging import use_averaged_weights
-from ..training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, restore
-from .elbo import EvalImages, evaluation_images
+from .checkpoint import restore, use_averaged_weights
+from .folder import RunDir
 
 
 @dataclass
 class Run:
+    """A run folder opened for use: its settings and its model (in eval mode, on the device asked for) at the
+    newest checkpoint, with the averaged weights where it kept them."""
+
     path: Path
     config: TrainConfig
     settings: dict
@@ -28,6 +29,10 @@ class Run:
     step: int
     metrics: list[dict]
     weights_sha256: str = ""  # of the weights evaluated (averaged ones under --ema): what an evaluation is of
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
 
     def data(self, test_limit: int | None = None) -> ImageData:
         data = load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
@@ -48,30 +53,18 @@ def check_labels(data: ImageData, classes: int, run_path: Path) -> None:
 def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None, local_rank: int = 0) -> Run:
     """Load ``path``'s config and newest checkpoint; a missing folder, a foreign checkpoint or a model that isn't
     the expected one is a one-line error naming the folder."""
-    path = Path(path)
-    if path.is_file():
-        raise ConfigError(f"{path}: is a file; give the run folder (the one holding config.json)")
-    if not path.is_dir():
-        raise ConfigError(f"{path}: no such run folder")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{path}: not a convae run folder (no config.json)")
-    try:
-        settings = json.loads(config_file.read_text())
-        config = TrainConfig.from_dict(settings["config"]).validate()
-    except ConfigError as e:
-        raise ConfigError(f"{config_file}: {e}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON and UTF-8 errors are ValueErrors
-        raise ConfigError(f"{config_file}: unreadable ({type(e).__name__}: {str(e)[:120]})") from None
+    run = RunDir(path)
+    settings = run.read_settings()
+    config = run.read_config(settings)
     if expect_model is not None and config.model != expect_model:
-        raise ConfigError(f"{path}: a run of model {config.model!r}, not {expect_model!r}")
-    if not list_checkpoints(path / "checkpoints"):
-        raise CheckpointError(f"{path}: has no checkpoint yet (the run never reached its first one): nothing to "
+        raise ConfigError(f"{run.path}: a run of model {config.model!r}, not {expect_model!r}")
+    if not run.checkpoint_files():
+        raise CheckpointError(f"{run.path}: has no checkpoint yet (the run never reached its first one): nothing to "
                               "evaluate")
-    checkpoint = latest_checkpoint(path / "checkpoints")
+    checkpoint = run.latest_checkpoint()
     if checkpoint.meta.get("model") != config.model:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
-                              f"but {config_file} says {config.model!r}")
+                              f"but {run.config_file} says {config.model!r}")
     dev = resolve_device(device, local_rank)
     data = settings.get("data", {})
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
@@ -82,7 +75,7 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with
     weights = weights_sha256(model)
     model = model.to(dev).eval()
-    return Run(path, config, settings, model, checkpoint.meta["step"], read_jsonl(path / "metrics.jsonl"), weights)
+    return Run(run.path, config, settings, model, checkpoint.meta["step"], run.metrics(), weights)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -8,14 +8,16 @@ from pathlib import Path
 import torch
 
 from ..benchmarking.flops import forward_flops_per_image
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from ..data import load_for_config
-from ..models import build_run_model
+from ..errors import ConfigError
+from ..evaluation.artifacts import artifact_scores
+from ..evaluation.evaluate import evaluate_run
 from ..files import atomic_write_json, atomic_write_text
+from ..models import MODELS, build_run_model
+from ..runs import RunDir, open_run
 from ..training import train
 from ..visualisation import rows_grid
-from .report import artifact_scores, evaluate_run
-from .runs import open_run
 
 
 @torch.no_grad()
@@ -29,45 +31,51 @@ def _panel_column(run) -> torch.Tensor:
     return torch.cat([run.model.sample(6, generator=generator), recon]).cpu()
 
 
-def compare(args) -> dict:
-    out = Path(args.out)
-    if args.runs:
-        run_dirs = [Path(r) for r in args.runs]
+def compare(models: list[str], settings: dict, out: Path, *, runs: list[str] | None = None, iw_samples: int = 100,
+            device: str = "auto") -> dict:
+    """Train each of ``models`` with the same ``settings`` (a TrainConfig's, but the model and folder) in
+    ``out/MODEL`` (a folder that holds a run already is reused), or take the finished ``runs``; then evaluate each
+    and write the table and the panel into ``out``."""
+    if runs:
+        run_dirs = [Path(r) for r in runs]
     else:
-        # every setting checked before the first model trains
-        from ..models import MODELS
+        run_dirs = [Path(config.out) for config in train_each(models, settings, out)]
+    opened = [open_run(d, device) for d in run_dirs]  # refuses missing folders and foreign checkpoints first
+    return tabulate(opened, out, iw_samples)
 
-        unknown = [name for name in args.models if name not in MODELS]
-        if unknown:
-            raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
-        configs = [TrainConfig(model=name, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                               train_limit=args.train_limit, out=str(out / name), quiet=True, data=args.data,
-                               image_size=args.image_size, likelihood=args.likelihood, encoder=args.encoder).validate()
-                   for name in args.models]
-        channels = load_for_config(configs[0]).shape[0]
-        for config in configs:  # a model that cannot take these images is refused before any training
-            build_run_model(config, channels)
-        run_dirs = []
-        for k, config in enumerate(configs, 1):
-            if not (Path(config.out) / "config.json").exists():
-                print(f"compare: training {config.model} ({k}/{len(configs)}, {config.epochs} epoch(s)) in "
-                      f"{config.out} ...", file=sys.stderr, flush=True)
-                train(config, log=lambda line: None)
-            else:
-                print(f"compare: reusing {config.out} ({k}/{len(configs)})", file=sys.stderr, flush=True)
-            run_dirs.append(Path(config.out))
-    runs = [open_run(d, args.device) for d in run_dirs]  # refuses missing folders and foreign checkpoints first
 
+def train_each(models: list[str], settings: dict, out: Path) -> list[TrainConfig]:
+    """Every model's settings checked (and refused) before the first one trains; then each trained in turn."""
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
+    configs = [TrainConfig(**{**settings, "model": name, "out": str(out / name), "quiet": True}).validate()
+               for name in models]
+    channels = load_for_config(configs[0]).shape[0]
+    for config in configs:  # a model that cannot take these images is refused before any training
+        build_run_model(config, channels)
+    for k, config in enumerate(configs, 1):
+        if not RunDir(config.out).config_file.exists():
+            print(f"compare: training {config.model} ({k}/{len(configs)}, {config.epochs} epoch(s)) in "
+                  f"{config.out} ...", file=sys.stderr, flush=True)
+            train(config, log=lambda line: None)
+        else:
+            print(f"compare: reusing {config.out} ({k}/{len(configs)})", file=sys.stderr, flush=True)
+    return configs
+
+
+def tabulate(runs: list, out: Path, iw_samples: int) -> dict:
+    """Each run evaluated (test -ELBO, IW bound with ``iw_samples``, dots); the table and the panel in ``out``."""
     rows, panel = [], []
     for run in runs:
-        ev = evaluate_run(run, iw_samples=args.iw_samples, pictures=False)
+        ev = evaluate_run(run, iw_samples=iw_samples, pictures=False)
         art = artifact_scores(run, n=2000, picture=False)
         ends = [m for m in run.metrics if not m.get("partial_epoch")]
         steps_per_epoch = run.settings.get("steps_per_epoch") or 1
         rows.append({
             "model": run.config.model, "run": str(run.path), "epochs": round(run.step / steps_per_epoch, 2),
             "steps": run.step, "batch_size": run.config.batch_size,
-            "test_neg_elbo": ev["test_neg_elbo"], "iw_nll": ev.get("iw_nll"), "iw_samples": args.iw_samples,
+            "test_neg_elbo": ev["test_neg_elbo"], "iw_nll": ev.get("iw_nll"), "iw_samples": iw_samples,
             "entropy_floor": ev["entropy_floor"],
             "dots_samples": art["samples"]["score"], "dots_samples_of_mean": art["samples"]["score_of_mean"],
             "dots_reconstructions": art["reconstructions"]["score"],

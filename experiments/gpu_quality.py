@@ -1,8 +1,8 @@
 """The quality runs of issue 10 on one GPU, as one prepared script that does the next steps of a plan within a
 time budget and hands back what it got, so that the plan can span device sessions.
 
-    OUT=gpu_out python benchmarks/gpu_quality.py --budget 560                          # the first session
-    OUT=gpu_out python benchmarks/gpu_quality.py --budget 560 --carried .gpu/carried   # every later one
+    OUT=gpu_out python experiments/gpu_quality.py --budget 560                          # the first session
+    OUT=gpu_out python experiments/gpu_quality.py --budget 560 --carried .gpu/carried   # every later one
 
 The plan, in order of what matters most (binarized MNIST, the protocol of Burda et al. 2016):
 
@@ -33,7 +33,6 @@ and with `--model resize`, side by side) and evaluates both at K = 1000: the run
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -119,8 +118,10 @@ def probe(name: str) -> float:
 
 def trained(name: str) -> bool:
     """Whether RUNS/name finished its last epoch (metrics.jsonl's last record)."""
+    from convae.runs import RunDir
+
     try:
-        last = json.loads((RUNS / name / "metrics.jsonl").read_text().strip().splitlines()[-1])
+        last = RunDir(RUNS / name).metrics()[-1]
     except (OSError, IndexError, ValueError):
         return False
     return last.get("epoch") == epochs_of(name) and not last.get("partial_epoch")
@@ -129,9 +130,9 @@ def trained(name: str) -> bool:
 def start_training(name: str) -> subprocess.Popen:
     """``convae train`` of recipe ``name`` in the background, its output in WORK/name_train.txt: it goes on from the
     run's newest checkpoint if it has one, else starts afresh."""
-    from convae.training.checkpoint import list_checkpoints
+    from convae.runs import RunDir
 
-    if not list_checkpoints(RUNS / name / "checkpoints"):
+    if not RunDir(RUNS / name).checkpoint_files():
         shutil.rmtree(RUNS / name, ignore_errors=True)
     # --no-tensorboard: nothing here would show the 64 samples an epoch draws (the pixel model pixel by pixel)
     command = convae("train", *RECIPES[name], *SMOKE, "--device", DEVICE, "--out", str(RUNS / name), "--auto-resume",
@@ -156,15 +157,16 @@ def train(name: str, deadline: float) -> None:
 
 def kept_bounds(name: str, k: int) -> int:
     """How many test images' bounds with K samples RUNS/name/eval/iw_kK.json holds."""
-    try:
-        return len(json.loads((RUNS / name / "eval" / f"iw_k{k}.json").read_text())["bounds"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    from convae.runs import RunDir
+
+    return len((RunDir(RUNS / name).read_eval(f"iw_k{k}.json") or {}).get("bounds", []))
 
 
 def bounded(name: str, k: int) -> bool:
     """Whether RUNS/name's bound with K samples is complete (``evaluate`` writes its result file at the end)."""
-    return (RUNS / name / "eval" / f"result_k{k}.json").exists()
+    from convae.runs import RunDir
+
+    return RunDir(RUNS / name).eval_file(f"result_k{k}.json").exists()
 
 
 def evaluate(name: str, k: int, deadline: float, *, frechet: bool = False, pictures: bool = True) -> dict | None:
@@ -187,7 +189,9 @@ def evaluate(name: str, k: int, deadline: float, *, frechet: bool = False, pictu
         return None
     numbers = json.loads(result.stdout)
     numbers["eval_wall_seconds"] = time.monotonic() - started
-    (RUNS / name / "eval" / f"result_k{k}.json").write_text(json.dumps(numbers, indent=2))  # carried with the run
+    from convae.runs import RunDir
+
+    RunDir(RUNS / name).write_eval(f"result_k{k}.json", numbers)  # carried with the run
     log(f"eval {name} K={k}: -ELBO {numbers['test_neg_elbo']:.2f}, IW {numbers['iw_nll']:.2f} "
         f"+- {numbers['iw_nll_std_error']:.2f}, extended from {numbers['iw_extended_from']}, "
         f"{numbers['iw_images_from_earlier']} images read back, in {numbers['eval_wall_seconds']:.0f} s")
@@ -272,12 +276,11 @@ def carry_run(name: str) -> list[str]:
     checkpoint: whole (optimizer and all) for a training cut short, which the next session resumes; for a finished
     one only its weights (the model's and the averaged ones, which is what evaluation reads), and only while a later
     step still evaluates it. Nothing for a training stopped before its first checkpoint: it starts over."""
-    from safetensors.torch import save as save_safetensors
-
-    from convae.training.checkpoint import list_checkpoints, load_checkpoint, meta_digest
+    from convae.runs import RunDir, load_checkpoint
+    from convae.runs.checkpoint import weights_only
 
     run = RUNS / name
-    checkpoints = list_checkpoints(run / "checkpoints")
+    checkpoints = RunDir(run).checkpoint_files()
     finished = trained(name)
     if not checkpoints and not finished:
         return []
@@ -291,11 +294,7 @@ def carry_run(name: str) -> list[str]:
                 tar.add(f, arcname=str(f.relative_to(RUNS)))
         elif checkpoints and needs_weights(name):  # the device tool sends at most 64 MiB: weights only where needed
             checkpoint_file = checkpoints[-1]
-            checkpoint = load_checkpoint(checkpoint_file)
-            weights = save_safetensors({k: v for k, v in checkpoint.tensors.items()
-                                        if k.startswith(("model.", "ema."))})
-            meta = {**checkpoint.meta, "tensors_sha256": hashlib.sha256(weights).hexdigest(), "weights_only": True}
-            meta["meta_sha256"] = meta_digest(meta)
+            weights, meta = weights_only(load_checkpoint(checkpoint_file))
             for suffix, blob in ((".safetensors", weights), (".json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(f"{name}/checkpoints/{checkpoint_file.stem}{suffix}")
                 info.size = len(blob)

@@ -3,7 +3,8 @@
 ``checkpoints/step-00001875.safetensors`` holds the model, the optimizer's tensors and the RNG states;
 ``checkpoints/step-00001875.json`` holds the rest (epoch, step, optimizer hyper-parameters, the tensors file's
 SHA-256). Each file is written atomically and the JSON last, so a checkpoint exists only once both are whole;
-a crash mid-write leaves the previous checkpoint as the latest.
+a crash mid-write leaves the previous checkpoint as the latest. Nothing but this module reads or writes a
+checkpoint's JSON.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .. import __version__
+from ..version import __version__
+from ..errors import CheckpointError
 from ..files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "convae-checkpoint"
 VERSION = 1
+EMA_PREFIX = "ema."  # the averaged weights of --ema, beside the model's ("ema.<parameter name>")
 _NAME = re.compile(r"^step-(\d{8,})\.json$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or from another kind of run."""
 
 
 @dataclass
@@ -209,3 +208,24 @@ def section(checkpoint: Checkpoint, prefix: str, rank: int = 0) -> dict[str, tor
         raise CheckpointError(f"{checkpoint.path}: has no {prefix[:-1]!r} state (world size "
                               f"{checkpoint.meta.get('world_size', 1)})")
     return found
+
+
+def weights_only(checkpoint: Checkpoint) -> tuple[bytes, dict]:
+    """The checkpoint's weights (the model's and the averaged ones: what evaluation reads) without the optimizer's
+    state and RNG states, as (safetensors bytes, JSON content): a smaller file to carry a finished run to another
+    machine. Its JSON says ``weights_only``, and checks itself as every checkpoint's does."""
+    blob = save_safetensors({k: v for k, v in checkpoint.tensors.items() if k.startswith(("model.", EMA_PREFIX))})
+    meta = {**checkpoint.meta, "tensors_sha256": hashlib.sha256(blob).hexdigest(), "weights_only": True}
+    meta["meta_sha256"] = meta_digest(meta)
+    return blob, meta
+
+
+@torch.no_grad()
+def use_averaged_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
+    """Put a checkpoint's averaged weights into ``model`` (for evaluation and inference); False if it has none."""
+    found = {name: tensors[EMA_PREFIX + name] for name, _ in model.named_parameters() if EMA_PREFIX + name in tensors}
+    if not found:
+        return False
+    for name, p in model.named_parameters():
+        p.copy_(found[name])
+    return True

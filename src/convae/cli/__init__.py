@@ -1,0 +1,102 @@
+"""The ``convae`` command line. ``main`` parses, runs one command and turns every expected fault into one line and
+its exit code (``convae.errors``). Each command lives in its own module and imports torch only when it runs, so
+``convae --help`` answers at once, and a Ctrl-C at any moment (torch's import included) is one line and exit 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from ..version import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, ConvaeError
+from ..faults import debug, describe_os_error, first_line, is_out_of_memory
+from ..signals import interrupts_deferred_during_imports
+from . import compare, evaluate, info, sweep, train, use
+from .flags import OneLineParser, speaks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="convae", description="Convolutional variational autoencoders on images. "
+                           "`convae train` reproduces the seed tutorial's experiment on the embedded MNIST.")
+    parser.add_argument("--version", action="version", version=f"convae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    train.add_parser(sub)
+    info.add_parsers(sub)
+    evaluate.add_parsers(sub)
+    use.add_parsers(sub)
+    compare.add_parser(sub)
+    sweep.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, hooks=None) -> int:
+    """Run one ``convae`` command; ``hooks`` (``convae.training.Hooks``) reach a training run it starts."""
+    args = argparse.Namespace(command=None)
+    try:
+        with interrupts_deferred_during_imports():
+            parser = build_parser()
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:
+                _unrecognized(parser, args, unknown)
+            if not getattr(args, "handler", None):
+                parser.print_help()
+                return EXIT_BAD_INPUT
+            args.hooks = hooks
+            code = args.handler(args)
+            sys.stdout.flush()  # a full disk or a closed pipe behind stdout shows here, not at exit
+            return code
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handler (starting up, loading data, evaluating)
+        if speaks():
+            print(f"convae{' ' + args.command if args.command else ''}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConvaeError as e:
+        return _fault(args, str(e), e.exit_code, every_rank=e.every_rank)
+    except OSError as e:  # a write anywhere outside training's own handling (eval, report, bench, stdout)
+        return _fault(args, describe_os_error(e), EXIT_FILESYSTEM)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        return _fault(args, f"out of memory ({first_line(e)}); try a smaller --batch-size, --eval-batch-size, "
+                            "--iw-samples or --image-size", EXIT_OUT_OF_MEMORY)
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
+    """argparse's "unrecognized arguments", said by the subcommand, with the nearest option it has."""
+    import difflib
+
+    command = getattr(args, "command", None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    target = sub.choices.get(command, parser) if (sub and command) else parser
+    options = [o for a in target._actions for o in a.option_strings]
+    hint = ""
+    flag = next((u.split("=")[0] for u in unknown if u.startswith("-")), None)
+    if flag:
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+    target.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+def _fault(args: argparse.Namespace, message: str, code: int, every_rank: bool = False) -> int:
+    """One line on stderr for an expected fault (the traceback too under CONVAE_DEBUG=1), and its exit code."""
+    if debug():
+        traceback.print_exc()
+    if speaks() or every_rank:
+        try:
+            print(f"convae {args.command}: error: {message}", file=sys.stderr)
+        except OSError:
+            pass
+    if code == EXIT_FILESYSTEM:
+        _silence_stdout()
+    return code
+
+
+def _silence_stdout() -> None:
+    """stdout could not be written (e.g. > /dev/full): point it at /dev/null so Python's exit does not try again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,165 @@
+"""Using a trained model from the command line: ``convae sample``, ``encode``, ``decode`` and ``export``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+from ..config import DEVICES
+from ..errors import ConfigError
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("sample", help="draw images from a trained model's prior",
+                       description="Draw N images from the prior of the run's model (mean images of p(x|z)).")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("-n", type=int, default=64, help="how many (default 64)")
+    p.add_argument("--out", required=True, help="grid.png (a picture) or samples.npz (uint8 N x C x H x W)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--label", metavar="K",
+                   help="a model trained with --conditional: draw class K, a number or a class name (default: "
+                        "classes drawn uniformly)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("encode", help="encode a data set with a trained model: latent means and sigmas",
+                       description="Encode images with the run's encoder and write mu, sigma and labels to an .npz.")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("--data", metavar="SOURCE", help="as convae train --data (default: the run's own data)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    p.set_defaults(handler=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode latents (an .npz with z or mu) into images",
+                       description="Decode latents from an .npz (array 'z', or 'mu' as `convae encode` writes).")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("latents", help="an .npz holding 'z' or 'mu' (N x latent_dim)")
+    p.add_argument("--out", required=True, help="images.npz (uint8 N x C x H x W) or grid.png")
+    p.add_argument("--label", metavar="K",
+                   help="a model trained with --conditional: decode every latent as class K, a number or a class "
+                        "name (default: the file's 'labels')")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    p.set_defaults(handler=cmd_decode)
+
+    p = sub.add_parser("export", help="write a trained encoder and decoder as ONNX, TorchScript or safetensors",
+                       description="Write the run's encoder (images -> mu, sigma) and decoder (z -> images) for use "
+                                   "without convae, with model.json describing inputs and outputs.")
+    p.add_argument("run", help="a run folder written by convae train")
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default RUN/export)")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ..inference import load
+
+    model = load(args.run, args.device)
+    try:
+        images = model.sample(args.n, label=args.label, seed=args.seed)
+    except ConfigError as e:
+        raise ConfigError(f"--label {args.label}: {e}" if args.label is not None else str(e)) from None
+    write_images(images, Path(args.out))
+    print(f"{args.n} samples" + (f" of class {args.label}" if args.label is not None else "") + f": {args.out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..data import load_data
+    from ..files import atomic_write_bytes
+    from ..runs import check_labels
+    from ..inference import load
+
+    model = load(args.run, args.device)
+    if args.data:
+        data = load_data(args.data, image_size=model.config.image_size, channels=str(model.channels),
+                         resize=model.config.resize, progress=False)
+    else:
+        data = model.run.data()
+    split = data.test_images if args.split == "test" else data.train_images
+    labels = data.test_labels if args.split == "test" else data.train_labels
+    check_labels(data, model.classes, model.run.path)
+    mus, sigmas = [], []
+    for start in range(0, len(split), 1000):
+        mu, sigma = model.encode(split[start:start + 1000], labels[start:start + 1000] if model.classes else None)
+        mus.append(mu), sigmas.append(sigma)
+    out = Path(args.out)
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=torch.cat(mus).numpy(), sigma=torch.cat(sigmas).numpy(), labels=labels.cpu().numpy())
+    atomic_write_bytes(out, buffer.getvalue())
+    print(f"{len(split)} {args.split} images encoded ({model.latent_dim} dimensions): {out} (mu, sigma, labels)")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..inference import load
+
+    model = load(args.run, args.device)
+    try:
+        with np.load(args.latents, allow_pickle=False) as f:
+            key = "z" if "z" in f.files else "mu" if "mu" in f.files else None
+            if key is None:
+                raise ConfigError(f"{args.latents}: holds no 'z' or 'mu' array (found {', '.join(f.files)})")
+            z = f[key]
+            labels = f["labels"] if model.classes and "labels" in f.files else None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{args.latents}: not a readable .npz file ({type(e).__name__}: {str(e)[:100]})") from None
+    if args.label is not None:
+        try:
+            model.prepare_labels(args.label, 1)  # a class this model knows
+        except ConfigError as e:
+            raise ConfigError(f"--label {args.label}: {e}") from None
+        labels = args.label
+    elif model.classes and labels is None:
+        raise ConfigError(f"{args.latents}: the model is conditional: the file needs a 'labels' array (as `convae "
+                          "encode` writes), or give --label K")
+    try:
+        images = model.decode(z, labels)
+    except ConfigError as e:
+        raise ConfigError(f"{args.latents}: {e}") from None
+    write_images(images, Path(args.out))
+    print(f"{len(images)} images decoded from {args.latents}['{key}']: {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export
+    from ..inference import load
+
+    model = load(args.run, "cpu")
+    out = Path(args.out) if args.out else model.run.path / "export"
+    for path in export(model, args.format, out):
+        print(path)
+    return 0
+
+
+def write_images(images, out: Path) -> None:
+    """Images (a float tensor N x C x H x W in [0, 1]) to ``.npz`` (uint8 N x C x H x W, as `convae train --data`
+    reads them) or to a picture (.png/.jpg)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..files import atomic_write_bytes
+    suffix = out.suffix.lower()
+    if suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, images=(images.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        atomic_write_bytes(out, buffer.getvalue())
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        from ..visualisation import tile
+
+        grid = tile(images, columns=max(1, int(len(images) ** 0.5 + 0.999)))
+        array = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
+        array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG" if suffix == ".png" else "JPEG")
+        atomic_write_bytes(out, buffer.getvalue())
+    else:
+        raise ConfigError(f"--out {out}: give a .npz (arrays) or .png/.jpg (a grid) file name")

@@ -1,0 +1,1 @@
+"""Work made of many runs, above training and evaluation: ``compare`` (several models under one budget)."""

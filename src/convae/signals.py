@@ -1,0 +1,84 @@
+"""Ctrl-C and SIGTERM, handled where it is safe.
+
+* ``interrupts_deferred_during_imports``: for a whole command, SIGINT raises KeyboardInterrupt as usual, except while
+  Python is importing a module (torch and its submodules are imported lazily, some of them deep inside the first
+  optimizer or TensorBoard call): an import cut in the middle leaves a half-made module behind, and what runs next
+  can fail with a traceback (seen: numpy's lazy ``linalg`` recursing). There the interrupt waits, re-checked every
+  20 ms, until the import is done.
+* ``StopSignals``: inside the training loop, SIGINT and SIGTERM only set a flag the loop reads between steps, so the
+  step in flight finishes and a checkpoint is written. An interrupt still waiting for an import counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+RETRY_SECONDS = 0.02
+_pending = False  # a SIGINT received during an import, not yet raised
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum, frame) -> None:
+    global _pending
+    if _importing(frame):
+        _pending = True
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    _pending = False
+    raise KeyboardInterrupt
+
+
+def _retry(signum, frame) -> None:
+    if _pending:
+        _interrupt(signal.SIGINT, frame)
+
+
+@contextlib.contextmanager
+def interrupts_deferred_during_imports():
+    """SIGINT -> KeyboardInterrupt, but never in the middle of an import (the main thread only)."""
+    global _pending
+    try:
+        previous = signal.signal(signal.SIGINT, _interrupt), signal.signal(signal.SIGALRM, _retry)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+        _pending = False
+
+
+class StopSignals:
+    """Turns SIGINT / SIGTERM into a flag the loop reads between steps (the step in flight always finishes)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        global _pending
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+            if _pending:  # an interrupt that waited for an import: the run stops at its first step
+                _pending = False
+                self.received = "SIGINT"
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
