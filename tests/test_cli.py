@@ -186,18 +186,25 @@ def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path, idx_dir, capsys
     assert not (tmp_path / "run").exists()
 
 
-def test_eval_frechet_reports_the_distance_and_its_floor(tmp_path, capsys):
-    out = tmp_path / "fc"
+def test_eval_frechet_reports_the_distance_and_its_floor(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "runs" / "fc"
     code, _, _ = run_cli(capsys, "train", "--model", "fc", "--epochs", "1", "--batch-size", "64", "--train-limit",
                          "512", "--test-limit", "300", "--device", "cpu", "--quiet", "--no-report",
-                         "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+                         "--no-tensorboard", "--out", str(out))
     assert code == 0
-    code, stdout, _ = run_cli(capsys, "eval", str(out), "--frechet", "--no-pictures", "--json")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not the run's parent: the cache still goes beside the run
+    code, stdout, _ = run_cli(capsys, "eval", str(out), "--frechet", "--frechet-samples", "200", "--no-pictures",
+                              "--json")
     result = json.loads(stdout)
-    assert code == 0 and result["frechet_images"] == 300
+    assert code == 0 and result["frechet_images"] == 200
+    assert result["frechet_protocol"]["samples"] == result["frechet_protocol"]["test_images"] == 200
+    assert "512 labelled training images" in result["frechet_protocol"]["features"]
     assert 0 < result["frechet_distance_floor"] < result["frechet_distance"]
     assert 0.1 < result["frechet_classifier_accuracy"] <= 1
-    assert list((tmp_path / "cache" / "classifiers").glob("*.json"))
+    assert {"feature classifier", "samples", "features"} <= set(result["seconds"])
+    assert list((tmp_path / "runs" / ".convae-cache" / "classifiers").glob("*.json"))
+    assert not (tmp_path / "elsewhere" / "runs").exists()
 
 
 def test_eval_frechet_needs_labels(tmp_path, capsys, idx_dir):

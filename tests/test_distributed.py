@@ -335,7 +335,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_one_checkpoint(tm
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(agent.pid, signal.SIGKILL)
-    said = re.findall(r"convae: SIGTERM at step (\d+): checkpoint written; resume with: convae train --resume", err)
+    said = re.findall(r"convae: SIGTERM at step (\d+): checkpoint written; resume with: torchrun --nproc-per-node 2 -m convae train --resume", err)
     assert len(said) == 1, err[-2000:]
     newest = latest_checkpoint(run / "checkpoints")
     assert newest.meta["step"] == int(said[0]) and newest.meta["world_size"] == 2

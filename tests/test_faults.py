@@ -147,11 +147,13 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path,
     try:
         assert holder.stdout.readline().strip() == "held"
         for argv in (["train", "--resume", str(out), "--epochs", "2", "--quiet"],
-                     ["train", "--auto-resume", "--out", str(out), "--epochs", "2", "--quiet"],
-                     ["eval", str(out), "--no-pictures", "--device", "cpu"]):
+                     ["train", "--auto-resume", "--out", str(out), "--epochs", "2", "--quiet"]):
             code, _, err = run_cli(capsys, *argv)
             assert code == EXIT_BUSY, (argv, err)
             assert f"process {holder.pid}" in err and "a test holder" in err
+        # issue 27: evaluating a run in training is allowed (RUN/eval/ has a lock of its own), and says so
+        code, _, err = run_cli(capsys, "eval", str(out), "--no-pictures", "--device", "cpu")
+        assert code == 0 and f"is training (process {holder.pid}" in err and "the training goes on" in err
     finally:
         holder.kill()  # dies holding it: the kernel drops the flock, the file still names the dead holder
         holder.wait()

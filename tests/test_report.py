@@ -139,6 +139,16 @@ def test_report_opens_in_a_real_browser_offline(tmp_path, tiny_data):
             assert page.evaluate("document.getElementById('grid0').naturalWidth") > 0
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
+            # issue 27: at a laptop's width the results table shows every column without scrolling sideways; the
+            # KL-per-dimension chart counts dimensions in whole numbers; the prior samples are on the page
+            page.set_viewport_size({"width": 1280, "height": 800})
+            assert page.evaluate("(() => { const t = document.querySelector('table'); "
+                                 "return t.scrollWidth <= t.clientWidth + 1; })()")
+            ticks = page.evaluate("Array.from(document.querySelectorAll('svg')[3].querySelectorAll("
+                                  "'g[id^=xtick] text')).map(t => t.textContent.trim())")
+            assert ticks and all(re.fullmatch(r"[−-]?\d+", t) for t in ticks), ticks
+            assert page.locator("img[alt='samples from the prior']").evaluate("i => i.naturalWidth") > 0
+
             page.set_viewport_size({"width": 380, "height": 800})  # a phone: nothing wider than the window
             assert page.evaluate("document.documentElement.scrollWidth") <= 380 + 1
             page.screenshot(path=str(tmp_path / "report-narrow.png"), full_page=True)
@@ -146,3 +156,18 @@ def test_report_opens_in_a_real_browser_offline(tmp_path, tiny_data):
             browser.close()
     assert errors == [] and failed == [] and remote == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_stopped_run_leaves_a_report_of_the_step_it_stopped_at(tmp_path, tiny_data):
+    """Issue 27: Ctrl-C or SIGTERM writes a checkpoint; the report is redrawn from it (it showed an older epoch)."""
+    from convae.errors import TrainingInterrupted
+
+    from conftest import sigterm_at
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny(tmp_path / "run", epochs=3), data=tiny_data, log=lambda s: None, hooks=sigterm_at(13))
+    page = (tmp_path / "run" / "report.html").read_text()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name == "step-00000014.json" and steps[-1] == 14
+    assert page.count("<svg") == 4 and "samples from the prior" in page
+    assert (tmp_path / "run" / "report.html").stat().st_mtime >= list_checkpoints(tmp_path / "run" / "checkpoints")[-1].stat().st_mtime

@@ -298,3 +298,32 @@ def test_gaussian_and_bernoulli_match_torch_distributions():
 
 def test_bits_per_dimension_are_nats_over_dims_times_ln2():
     assert bits_per_dim(3072 * math.log(2) * 3.5, 3072) == pytest.approx(3.5)
+
+
+# -- named sources -----------------------------------------------------------------------------------------------
+
+
+def test_fashion_mnist_is_read_from_the_debian_package_folder_or_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    import convae.data.idx as idx
+    from convae.data import IDX_FILES, write_idx
+
+    monkeypatch.setattr(idx, "FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_data("fashion-mnist", progress=False)
+    assert main(["train", "--data", "fashion-mnist", "--out", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data DIR" in err[0]
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    parts = {"train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), "test": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)}
+    for split, images in parts.items():
+        write_idx(folder / f"{IDX_FILES[split + '_images']}.gz", images)
+        write_idx(folder / f"{IDX_FILES[split + '_labels']}.gz", np.arange(len(images), dtype=np.uint8) % 10)
+    monkeypatch.setattr(idx, "FASHION_MNIST_DIR", folder)
+    _load.cache_clear()
+    data = load_data("fashion-mnist", progress=False)
+    assert data.name == "fashion-mnist" and data.classes[9] == "Ankle boot" and data.levels == 255.0
+    assert torch.equal(data.train_images[:, 0], torch.from_numpy(parts["train"]))
+    assert torch.equal(data.test_labels, torch.arange(5) % 10)

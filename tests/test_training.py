@@ -46,7 +46,7 @@ def test_short_run_lowers_the_loss_and_writes_every_file(tmp_path, tiny_data):
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["batch_size"] == 32 and config["environment"]["torch"] == torch.__version__
     assert {"python", "convae", "device"} <= set(config["environment"])
-    assert sorted(p.name for p in (run / "images").iterdir()) == [f"result{k}.png" for k in (1, 2, 3, 4)]
+    assert sorted(p.name for p in (run / "images").iterdir()) == [f"result{k}.png" for k in (1, 2, 3, 4)] + ["samples.png"]
     assert len(list_checkpoints(run / "checkpoints")) == 2  # keep_checkpoints
     assert "epoch 4: L_tot = " in (run / "log.txt").read_text()
     assert (run / "report.html").stat().st_size > 1000

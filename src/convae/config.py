@@ -21,6 +21,7 @@ LR_SCHEDULES = ("constant", "onecycle")
 BINARIZE = ("none", "dynamic")
 RESIZE = ("auto", "bilinear", "pad", "area")
 CHANNELS = ("auto", "1", "3")
+BACKGROUNDS = ("white", "black", "gray")
 
 
 def setting(default, help: str, *, choices: tuple | None = None, resumable: bool = False, metavar: str | None = None,
@@ -78,7 +79,8 @@ class TrainConfig:
     device: str = setting("auto", "auto picks a GPU when there is one", choices=DEVICES, resumable=True)
     shuffle: bool = setting(True, "take batches in order, as the seed does (off: shuffled every epoch)")
     # -- the data -----------------------------------------------------------------------------------------------
-    data: str = setting("mnist", "mnist (the embedded copy), shapes[:N] (generated colour shapes), a "
+    data: str = setting("mnist", "mnist (the embedded copy), fashion-mnist (Debian's dataset-fashion-mnist), "
+                                 "shapes[:N] (generated colour shapes), a "
                                  "folder of image files (sub-folders = labels; train/ and test/ = the split), a folder "
                                  "of IDX files, or a .npy/.npz file", metavar="SOURCE")
     data_dir: str | None = setting(None, "folder with the four MNIST-format IDX files (plain or .gz); same as "
@@ -88,8 +90,14 @@ class TrainConfig:
     resize: str = setting("auto", "MNIST 28 -> 32: bilinear (the seed) or zero padding; auto = pad when --binarize "
                                   "dynamic. Other data: centre-crop then area (auto) or bilinear resize; pad: pad to "
                                   "a square", choices=RESIZE)
-    image_size: int = setting(32, "images are brought to this size, 32 or 64 for the conv models")
+    image_size: int = setting(32, "images are brought to this size: 32 or 64 for the convolutional models, 8 to 1024 "
+                                  "for fc")
     channels: str = setting("auto", "1 gray, 3 colour; auto: from the data", choices=CHANNELS)
+    background: str = setting("white", "what shows through the transparent pixels of images with an alpha channel "
+                                       "(RGBA, LA, a palette's transparent colour), as a viewer shows them",
+                              choices=BACKGROUNDS)
+    skip_bad_images: bool = setting(False, "leave out the image files Pillow cannot read (counted, and listed in the "
+                                           "run's log.txt) instead of refusing them all in one message")
     test_fraction: float = setting(0.1, "held out for testing where the data has no split (fixed seed)")
     cache_dir: str | None = setting(None, "where prepared images are cached (default .convae-cache beside the run "
                                           "folder)")

@@ -29,6 +29,17 @@ from .inference import TrainedModel
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
+class ImageEncoder(nn.Module):
+    """images (and for a conditional model one-hot labels) -> mu, sigma of q(z | x) (every group, flat)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode_onehot(x, onehot)
+
+
 class ImageDecoder(nn.Module):
     """z (and for a conditional model one-hot labels) -> mean images of p(x | z)."""
 
@@ -40,6 +51,22 @@ class ImageDecoder(nn.Module):
         if onehot is not None:
             z = torch.cat([z, onehot], dim=1)
         return self.likelihood.mean(self.decoder(z))
+
+
+def _as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def fixed_axes(onnx_bytes: bytes, shapes: list) -> bytes:
+    """The model's inputs then outputs with every axis but the batch at its size: the tracer leaves some it could not
+    follow (a likelihood's split channels, an fc decoder's reshape) named like ``Clipimages_dim_1``."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    for value, shape in zip([*model.graph.input, *model.graph.output], shapes):
+        for axis, size in zip(value.type.tensor_type.shape.dim[1:], shape):
+            axis.dim_value = int(size)  # setting the value clears a symbolic name
+    return model.SerializeToString()
 
 
 def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
@@ -62,7 +89,7 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         onehot = vae.onehot(torch.tensor([0, vae.classes - 1]), 2)
         examples_x, examples_z = examples_x + (onehot,), examples_z + (onehot,)
         inputs_x, inputs_z = inputs_x + ["labels_onehot"], inputs_z + ["labels_onehot"]
-    modules = {"encoder": (vae.encoder, examples_x, inputs_x, ["mu", "sigma"]),
+    modules = {"encoder": (ImageEncoder(vae).eval(), examples_x, inputs_x, ["mu", "sigma"]),
                # eval(): torch.onnx.export puts a module back in the mode it found, and a new module is in training
                # mode, which would leave the decoder's dropout on after the export
                "decoder": (ImageDecoder(vae).eval(), examples_z, inputs_z, ["images"])}
@@ -75,6 +102,9 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
             if fmt == "onnx":
                 torch.onnx.export(module, examples, buffer, input_names=inputs, output_names=outputs,
                                   dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, dynamo=False)
+                with torch.no_grad():
+                    shapes = [t.shape[1:] for t in (*examples, *_as_tuple(module(*examples)))]
+                buffer = io.BytesIO(fixed_axes(buffer.getvalue(), shapes))
                 path = out / f"{name}.onnx"
             elif fmt == "torchscript":
                 torch.jit.save(torch.jit.trace(module, examples), buffer)

@@ -23,8 +23,13 @@ def debug() -> bool:
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type's name when it has none), cut at ``limit``."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+    """The first line of an exception's message (its type's name when it has none); a longer one than ``limit`` is
+    cut at the last word that fits, and says so with "…"."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 1]
+    return (cut[:cut.rfind(" ")] if " " in cut else cut).rstrip(" ,;:") + "…"
 
 
 def describe_os_error(e: OSError) -> str:

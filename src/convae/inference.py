@@ -1,9 +1,9 @@
 """Using a trained model: ``convae.load(RUN)`` and what it returns.
 
-``TrainedModel`` wraps a run's VAE in eval mode on its device and takes what a user has — uint8 or float arrays
-or tensors, one image or a batch, H x W, C x H x W, N x H x W or N x C x H x W — and prepares it as the run's own
-training did (values in [0, 1], the run's resize, the 8-bit levels of a discrete likelihood) before it reaches
-the model. Outputs are float tensors on the CPU: images in [0, 1] as N x C x H x W, latents as N x latent_dim.
+``TrainedModel`` wraps a run's VAE in eval mode on its device and takes what a user has — Pillow images, uint8 or
+float arrays or tensors, one image or a batch, channels first or last, with or without alpha — and prepares it as
+the run's own training did (alpha over the background, gray or colour, values in [0, 1], the run's resize, the
+8-bit levels of a discrete likelihood) before it reaches the model. Outputs are float tensors on the CPU: images in [0, 1] as N x C x H x W, latents as N x latent_dim.
 A model trained with ``--conditional`` takes the images' class labels too (one per image, or one for all).
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from .data import to_float
 from .errors import ConfigError
+from .models import MODELS
 from .runs import Run, open_run
 
 
@@ -78,15 +79,19 @@ class TrainedModel:
         return self.param.device
 
     def prepare(self, images) -> torch.Tensor:
-        """Images as a user has them -> the model's input, N x C x size x size floats on the model's device."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if x.dim() == 2 or (x.dim() == 3 and x.shape[0] in (1, 3) and self.channels == x.shape[0]):
-            x = x.unsqueeze(0)  # one image
-        if x.dim() == 3:
-            x = x.unsqueeze(1)  # N x H x W
-        if x.dim() != 4 or x.shape[1] != self.channels:
+        """Images as a user has them -> the model's input, N x C x size x size floats on the model's device.
+
+        Accepted: Pillow images (one, or a list), NumPy arrays and tensors (or lists of them) of one image or a batch,
+        gray (H x W, N x H x W), channels first (C x H x W, N x C x H x W) or channels last as NumPy and Pillow give
+        them (H x W x C, N x H x W x C); uint8 (0..255) or floats in [0, 1]. An alpha channel is drawn over the run's
+        ``--background``, as training prepared its images."""
+        x = channels_first(as_tensor(images), self.channels)
+        if x.shape[1] == self.channels + 1:  # with alpha: over the background, as the run's images were prepared
+            x = over_background(x, self.config.background)
+        if x.shape[1] != self.channels:
             raise ConfigError(f"images of shape {tuple(x.shape)}: this model takes {self.channels}-channel images "
-                              "(H x W, C x H x W, N x H x W or N x C x H x W)")
+                              f"({'gray' if self.channels == 1 else 'RGB'}, or with alpha), as H x W x C, "
+                              "C x H x W, N x H x W x C or N x C x H x W arrays or Pillow images")
         if x.dtype == torch.uint8:
             return to_float(x.to(self.device), self.levels, self.config.image_size, self.param.dtype,
                             self.config.resize_mode, self.config.quantize)
@@ -99,6 +104,14 @@ class TrainedModel:
             x = to_float(x, 1.0, self.config.image_size, self.param.dtype, self.config.resize_mode,
                          self.config.quantize)
         return x
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"TrainedModel(model {c.model!r}, encoder {c.encoder or MODELS[c.model].encoder!r}, "
+                f"{self.channels}x{c.image_size}x{c.image_size} images, latent_dim {self.latent_dim}, "
+                f"{self.model.likelihood.name} likelihood"
+                + (f", conditional on {self.classes} classes" if self.classes else "")
+                + f", step {self.run.step}, run {str(self.run.path)!r}, on {self.device})")
 
     def label_numbers(self, names: list[str]) -> list[int]:
         """Class names -> their label numbers (a number written as text is taken as it is)."""
@@ -120,6 +133,17 @@ class TrainedModel:
         x = self.prepare(images)
         mu, sigma = self.model.encode(x, self.prepare_labels(labels, len(x)))
         return mu.float().cpu(), sigma.float().cpu()
+
+    @torch.no_grad()
+    def encode_groups(self, images, labels=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every group of latents of a hierarchical model, named ("z1 4x4", ...): the posterior's means and standard
+        deviations as N x C x S x S maps (``encode`` gives them flat, in that order). One group ("z") for a model of
+        one stochastic layer."""
+        mu, sigma = self.encode(images, labels)
+        if not hasattr(self.model, "named_groups"):
+            return {"z": (mu, sigma)}
+        return {name: (m, s) for (name, m), s in zip(self.model.named_groups(mu).items(),
+                                                   self.model.named_groups(sigma).values())}
 
     @torch.no_grad()
     def decode(self, z, labels=None) -> torch.Tensor:
@@ -148,6 +172,53 @@ class TrainedModel:
         labels = self.prepare_labels(label, n) if label is not None else None
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         return self.model.sample(n, generator=generator, labels=labels).float().cpu()
+
+
+def as_tensor(images) -> torch.Tensor:
+    """A tensor of what a user passes: a tensor, an array (copied where NumPy marks it read-only, as Pillow's are),
+    a Pillow image, or a list of any of these (stacked)."""
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor):
+        return images
+    if isinstance(images, Image.Image):
+        images = np.array(images)  # channels last; a palette image as its indices: convert it first
+    if isinstance(images, (list, tuple)) and images and not isinstance(images[0], (int, float)):
+        return torch.stack([as_tensor(image) for image in images])
+    array = np.asarray(images)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def channels_first(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """N x C x H x W from any accepted layout; a channels-last array is recognised by a last axis of 1 to 4 values
+    where the first is not one (a 4 x 4 image stays ambiguous: give it channels first)."""
+    is_channels = lambda n: n in (1, 2, 3, 4)  # noqa: E731  (gray, gray+alpha, RGB, RGBA)
+    if x.dim() == 2:
+        return x[None, None]
+    if x.dim() == 3:
+        if is_channels(x.shape[-1]) and not is_channels(x.shape[0]):
+            return x.permute(2, 0, 1)[None]  # H x W x C
+        if x.shape[0] == channels or (channels == 3 and x.shape[0] == 4):
+            return x[None]  # C x H x W (for a gray model, 2 x H x W is two images)
+        return x[:, None]  # N x H x W
+    if x.dim() == 4:
+        if is_channels(x.shape[-1]) and not is_channels(x.shape[1]):
+            return x.permute(0, 3, 1, 2)  # N x H x W x C
+        if is_channels(x.shape[1]):
+            return x
+    raise ConfigError(f"images of shape {tuple(x.shape)}: give H x W, H x W x C, C x H x W, N x H x W, "
+                      "N x H x W x C or N x C x H x W (C = 1, 3, or with alpha 2, 4), or Pillow images")
+
+
+def over_background(x: torch.Tensor, background: str) -> torch.Tensor:
+    """N x (C + alpha) x H x W -> N x C x H x W drawn over ``background`` (uint8 stays uint8)."""
+    from .data.prepare import BACKGROUNDS
+
+    scale = 255.0 if x.dtype == torch.uint8 else 1.0
+    colour, alpha = x[:, :-1].double() / scale, x[:, -1:].double() / scale
+    back = torch.tensor(BACKGROUNDS[background], dtype=torch.float64)[: colour.shape[1]].view(1, -1, 1, 1) / 255
+    out = colour * alpha + back * (1 - alpha)
+    return (out * 255).round().to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> TrainedModel:

@@ -33,8 +33,12 @@ def add_parsers(sub) -> None:
             p.add_argument("--no-pictures", action="store_true", help="numbers only: draw no pictures in RUN/eval")
             p.add_argument("--frechet", action="store_true",
                            help="also the Fréchet distance of 10,000 samples to the test images, in the features of "
-                                "a classifier convae trains on the labelled training set (once; cached with its "
-                                "accuracy), and the same distance between training and test images as the floor")
+                                "a classifier convae trains on the labelled training set (once per data set, cached "
+                                "with its accuracy in .convae-cache beside the run), and the same distance between "
+                                "training and test images as the floor")
+            p.add_argument("--frechet-samples", type=int, default=10_000, metavar="N",
+                           help="samples (and test images) of the Fréchet distance (default 10000, the protocol's; "
+                                "fewer is quicker and biased upward)")
         else:
             p.add_argument("--images", type=int, default=2000, help="samples and test images to score (default 2000)")
         p.set_defaults(handler=handler)
@@ -53,15 +57,15 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..runs import RunLock, open_run
+    from ..runs import open_run
     from ..runtime import Runtime
     from ..evaluation.evaluate import evaluate_run
     from ..evaluation.likelihood import iw_bounds_path
 
-    for name in ("iw_samples", "iw_batch_size"):
-        if getattr(args, name) < (0 if name == "iw_samples" else 1):
-            raise ConfigError(f"--{name.replace('_', '-')}: must be >= {0 if name == 'iw_samples' else 1}, got "
-                              f"{getattr(args, name)}")
+    for name in ("iw_samples", "iw_batch_size", "frechet_samples"):
+        least = {"iw_samples": 0, "iw_batch_size": 1, "frechet_samples": 2}[name]
+        if getattr(args, name) < least:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= {least}, got {getattr(args, name)}")
     runtime = Runtime.from_environment()
     try:
         if runtime.distributed and not args.iw_samples:
@@ -71,15 +75,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             error = None
             try:
                 run = open_run(args.run, args.device, args.model, runtime.local_rank)
-                if runtime.is_writer:  # it writes RUN/eval/: not while a training run writes the folder
-                    held.enter_context(RunLock(run.path, "convae eval"))
+                if runtime.is_writer:  # RUN/eval/ is its own: a run in training goes on undisturbed
+                    held.enter_context(evaluation_lock(run, "convae eval"))
             except Exception as e:  # every rank stops on rank 0's (or any rank's) error, none waits for a peer
                 error = e
             runtime.agree_on_errors(error)
             try:
                 result = evaluate_run(run, iw_samples=args.iw_samples, test_limit=args.test_limit,
-                                      pictures=not args.no_pictures, progress=not args.json and sys.stderr.isatty(),
-                                      frechet=args.frechet, runtime=runtime, iw_batch_size=args.iw_batch_size)
+                                      pictures=not args.no_pictures, progress=True, frechet=args.frechet,
+                                      runtime=runtime, iw_batch_size=args.iw_batch_size,
+                                      frechet_samples=args.frechet_samples)
             except KeyboardInterrupt:
                 kept = iw_bounds_path(run.path, args.iw_samples)
                 if args.iw_samples and kept.is_file() and speaks():
@@ -92,6 +97,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(result, indent=2) if args.json else "\n".join(describe_evaluation(run, result)))
     return 0
+
+
+def evaluation_lock(run, what: str):
+    """The lock of RUN/eval/ (one evaluation writes it at a time), to take with ``with``; a run that is still
+    training is not disturbed, and the user is told which checkpoint is evaluated."""
+    from ..runs import RunLock
+
+    training = RunLock(run.path, "convae train").holder()
+    if training is not None:
+        print(f"{what}: {run.path} is training (process {training.get('pid')} on {training.get('host')}, since "
+              f"{training.get('since')}): evaluating its newest checkpoint, step {run.step}, into "
+              f"{run.dir.eval_dir} (the training goes on undisturbed)", file=sys.stderr)
+    run.dir.eval_dir.mkdir(exist_ok=True)
+    return RunLock(run.dir.eval_dir, what)
 
 
 def describe_evaluation(run, result: dict) -> list[str]:
@@ -119,6 +138,9 @@ def describe_evaluation(run, result: dict) -> list[str]:
                  f"{result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
                  f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), KL per "
                  f"dimension up to {max(result['kl_per_dim']):.2f} nats")
+    for group in result.get("groups") or []:
+        lines.append(f"              {group['group']}: {group['active_units']} of {group['units']} units active, KL "
+                     f"{group['kl']:.2f} nats")
     if "frechet_distance" in result:
         lines.append(f"  Fréchet    {result['frechet_distance']:.2f} samples vs test images (floor, training vs test "
                      f"images: {result['frechet_distance_floor']:.2f}; {result['frechet_images']} images, features "
@@ -128,15 +150,38 @@ def describe_evaluation(run, result: dict) -> list[str]:
                      + "  (linear read-out from the latent means)")
     if "pictures" in result:
         lines.append(f"  pictures in {run.dir.eval_dir}: {', '.join(result['pictures'])}")
+    lines.append("  time        " + describe_time(result))
     return lines
+
+
+def describe_time(result: dict) -> str:
+    """Where the evaluation's time went, and what a larger K of the IW bound would cost."""
+    from ..progress import duration
+
+    t = result["seconds"]
+    parts = []
+    if "IW bound" in t:
+        rate = result.get("iw_pairs_per_second")
+        per_k = t["IW bound"] / result["iw_samples"]
+        parts.append(f"IW bound {duration(t['IW bound'])} (encoder {duration(t.get('encoder', 0))}, decoder "
+                     f"{duration(t.get('decoder', 0))}" + (f"; {rate:,.0f} (image, sample) pairs/s, so about "
+                     f"{duration(per_k * 5000)} for K = 5000 from nothing" if rate else "") + ")")
+    parts += [f"{part} {duration(t[part])}" for part in ("test ELBO", "latent usage") if part in t]
+    if "Fréchet distance" in t:
+        parts.append(f"Fréchet distance {duration(t['Fréchet distance'])} (classifier "
+                     f"{duration(t.get('feature classifier', 0))}, samples {duration(t.get('samples', 0))}, "
+                     f"features {duration(t.get('features', 0))})")
+    if "pictures" in t:
+        parts.append(f"pictures {duration(t['pictures'])}")
+    return ", ".join(parts)
 
 
 def cmd_artifacts(args: argparse.Namespace) -> int:
     from ..evaluation.artifacts import artifact_scores
-    from ..runs import RunLock, open_run
+    from ..runs import open_run
 
     run = open_run(args.run, args.device, args.model)
-    with RunLock(run.path, "convae artifacts"):
+    with evaluation_lock(run, "convae artifacts"):
         result = artifact_scores(run, n=args.images)
     if args.json:
         print(json.dumps(result, indent=2))

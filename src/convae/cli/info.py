@@ -68,8 +68,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     rows = []
     for name, spec in MODELS.items():
-        model = build_model(name, args.encoder)
-        rows.append({"model": name, "encoder": args.encoder or spec.encoder, "latent_dim": spec.latent_dim,
+        model = build_model(name, None if spec.builder else args.encoder)  # a ladder reads with its own path
+        rows.append({"model": name, "encoder": spec.encoder if spec.builder else args.encoder or spec.encoder, "latent_dim": spec.latent_dim,
                      "accepts": accepted_shapes(name),
                      "likelihoods": accepted_likelihoods(name),
                      "parameters": sum(p.numel() for p in model.parameters()),
@@ -79,14 +79,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<9} {'encoder':<7} {'z':>4} {'params':>10} {'decoder':>10} {'MFLOP/img':>10} {'dots@init':>9}  description")
+    print(f"{'model':<12} {'encoder':<9} {'z':>4} {'params':>10} {'decoder':>10} {'MFLOP/img':>10} {'dots@init':>9}  description")
     for r in rows:
         flat = "-" if r["constant_input_unflatness"] is None else f"{r['constant_input_unflatness']:.2f}"
-        print(f"{r['model']:<9} {r['encoder']:<7} {r['latent_dim']:>4} {r['parameters']:>10,} {r['decoder_parameters']:>10,} "
+        print(f"{r['model']:<12} {r['encoder']:<9} {r['latent_dim']:>4} {r['parameters']:>10,} {r['decoder_parameters']:>10,} "
               f"{r['forward_mflops_per_image']:>10.1f} {flat:>9}  {r['description']}")
     print("\nimages each model takes (C x H x W; any encoder) and its likelihoods:")
     for r in rows:
-        print(f"  {r['model']:<9} {', '.join(r['accepts'])}; {', '.join(r['likelihoods'])}")
+        print(f"  {r['model']:<12} {', '.join(r['accepts'])}; {', '.join(r['likelihoods'])}")
     print("MFLOP/img: one forward pass at 1x32x32 (2 FLOPs per multiply-add, counted from the layers); a training "
           "step is 3x. "
           "dots@init: a constant feature map through the fresh decoder's upsampling layers, (max - min) / mean of "

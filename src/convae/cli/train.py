@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    """The run's settings and whether it resumes. ``--auto-resume`` resumes when ``--out`` holds a checkpoint:
-    then the options given must be the run's own (a re-queued job repeats its command) or resumable ones."""
+    """The run's settings and whether it resumes (``--resume``, or ``--auto-resume`` where ``--out`` holds a
+    checkpoint): then the options and preset given must ask for the run's own values, or be resumable ones."""
     from ..runs import RunDir, resumed_config
 
     given = given_settings(args)
@@ -36,14 +36,30 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         if args.resume or not args.out:
             raise ConfigError("--auto-resume: needs --out DIR (the run to continue or start) and no --resume")
         if RunDir(args.out).checkpoint_files():
-            return resumed_config(RunDir(args.out), given, args.preset, PRESETS, strict=False), True
+            return resumed_config(RunDir(args.out), given, args.preset, PRESETS), True
     if args.resume:
-        return resumed_config(RunDir(args.resume), given, args.preset, PRESETS, strict=True), True
+        return resumed_config(RunDir(args.resume), given, args.preset, PRESETS), True
     values = dict(PRESETS[args.preset]) if args.preset else {}
     if args.preset:
         values["extra"] = {"preset": args.preset}
     values.update(given)
     return TrainConfig(**values), False
+
+
+def program_as_invoked() -> str:
+    """convae as the user started it, for a command they can paste: ``.venv/bin/convae`` (the script's path as
+    run), ``python3 -m convae``, or under torchrun ``torchrun --nproc-per-node N -m convae``."""
+    import os
+    import shlex
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a worker of torchrun: the user resumes through torchrun again
+        local, world = os.environ.get("LOCAL_WORLD_SIZE", "1"), os.environ.get("WORLD_SIZE", "1")
+        nodes = "" if local == world else " --nnodes ... (as started)"
+        return f"torchrun{nodes} --nproc-per-node {local} -m convae"
+    if sys.argv and sys.argv[0].endswith("__main__.py"):
+        python = (getattr(sys, "orig_argv", None) or [sys.executable])[0]
+        return f"{shlex.quote(python)} -m convae"
+    return shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0] else "convae"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -64,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config, resume = runtime.broadcast(found)
         try:
             result = train(config, resume=resume, auto_resume=args.auto_resume, argv=sys.argv, runtime=runtime,
-                           hooks=args.hooks)
+                           hooks=args.hooks, program=program_as_invoked())
         except TrainingInterrupted as e:
             if runtime.is_writer:
                 print(f"convae: {e}", file=sys.stderr)

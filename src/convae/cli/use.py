@@ -17,6 +17,8 @@ def add_parsers(sub) -> None:
     p.add_argument("-n", type=int, default=64, help="how many (default 64)")
     p.add_argument("--out", required=True, help="grid.png (a picture) or samples.npz (uint8 N x C x H x W)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--scale", type=int, metavar="S", help="a picture's images enlarged S times, nearest neighbour "
+                                                          "(default: to at least 96 pixels; 1: as they are)")
     p.add_argument("--label", metavar="K",
                    help="a model trained with --conditional: draw class K, a number or a class name (default: "
                         "classes drawn uniformly)")
@@ -40,6 +42,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--label", metavar="K",
                    help="a model trained with --conditional: decode every latent as class K, a number or a class "
                         "name (default: the file's 'labels')")
+    p.add_argument("--scale", type=int, metavar="S", help="a picture's images enlarged S times, nearest neighbour "
+                                                          "(default: to at least 96 pixels; 1: as they are)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_decode)
 
@@ -60,7 +64,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         images = model.sample(args.n, label=args.label, seed=args.seed)
     except ConfigError as e:
         raise ConfigError(f"--label {args.label}: {e}" if args.label is not None else str(e)) from None
-    write_images(images, Path(args.out))
+    write_images(images, Path(args.out), args.scale)
     print(f"{args.n} samples" + (f" of class {args.label}" if args.label is not None else "") + f": {args.out}")
     return 0
 
@@ -123,7 +127,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         images = model.decode(z, labels)
     except ConfigError as e:
         raise ConfigError(f"{args.latents}: {e}") from None
-    write_images(images, Path(args.out))
+    write_images(images, Path(args.out), args.scale)
     print(f"{len(images)} images decoded from {args.latents}['{key}']: {args.out}")
     return 0
 
@@ -139,9 +143,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_images(images, out: Path) -> None:
+GRID_PIXELS = 96  # each image of a picture grid is drawn at least this wide (nearest neighbour: no new detail)
+
+
+def write_images(images, out: Path, scale: int | None = None) -> None:
     """Images (a float tensor N x C x H x W in [0, 1]) to ``.npz`` (uint8 N x C x H x W, as `convae train --data`
-    reads them) or to a picture (.png/.jpg)."""
+    reads them) or to a picture (.png/.jpg): a grid, each image enlarged ``scale`` times (by default so that it is
+    at least 96 pixels wide; 1: as they are)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -155,7 +163,11 @@ def write_images(images, out: Path) -> None:
     elif suffix in (".png", ".jpg", ".jpeg"):
         from ..visualisation import tile
 
-        grid = tile(images, columns=max(1, int(len(images) ** 0.5 + 0.999)))
+        if scale is not None and scale < 1:
+            raise ConfigError(f"--scale: must be a positive integer, got {scale}")
+        scale = scale or max(1, -(-GRID_PIXELS // images.shape[-1]))
+        enlarged = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        grid = tile(enlarged, columns=max(1, int(len(images) ** 0.5 + 0.999)), pad=2 * scale)
         array = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
         array = array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy()
         buffer = io.BytesIO()

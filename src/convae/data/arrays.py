@@ -54,7 +54,7 @@ def _labels(loaded, key: str, path: Path) -> np.ndarray | None:
 
 
 def as_images(array: np.ndarray, path: Path, key: str | None = None) -> np.ndarray:
-    """Any accepted layout and dtype -> uint8 N x C x H x W (C = 1 or 3; an alpha channel is dropped)."""
+    """Any accepted layout and dtype -> uint8 N x C x H x W (C = 1, 3, or 4 with an alpha channel)."""
     where = f"{path}" + (f"['{key}']" if key else "")
     if array.ndim == 3:
         array = array[:, None]
@@ -66,8 +66,6 @@ def as_images(array: np.ndarray, path: Path, key: str | None = None) -> np.ndarr
                             "N x C x H x W)")
     else:
         raise DataError(f"{where}: shape {array.shape}: expected N x H x W, N x H x W x C or N x C x H x W images")
-    if array.shape[1] == 4:
-        array = array[:, :3]
     if len(array) == 0 or min(array.shape[2:]) < 1:
         raise DataError(f"{where}: holds no images (shape {array.shape})")
     if array.dtype == np.uint8:

@@ -68,14 +68,22 @@ class PreparedCache:
             return None
         return images, labels, meta
 
-    def write(self, shape: tuple[int, ...], fill: Callable[[np.ndarray], None], labels: np.ndarray,
+    def write(self, shape: tuple[int, ...], fill: Callable[[np.ndarray], list[int]], labels: np.ndarray,
               meta: dict) -> None:
-        """Allocate the array on disk, let ``fill`` write the images into it, then publish it atomically."""
+        """Allocate the array on disk, let ``fill`` write the images into it, then publish it atomically. ``fill``
+        returns the rows it could not fill (unreadable files being skipped): those are left out, and the labels and
+        ``meta["n_train"]`` with them (rows below it are training images)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.images_path.with_name(f".{self.images_path.name}.{os.getpid()}.tmp")
+        kept = None
         try:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            fill(array)
+            dropped = sorted(set(fill(array) or []))
+            if dropped:
+                kept = np.setdiff1d(np.arange(shape[0]), dropped)
+                array = self._compacted(array, kept, tmp)
+                shape = array.shape
+                meta = {**meta, "n_train": meta["n_train"] - sum(r < meta["n_train"] for r in dropped)}
             array.flush()
             del array
             with open(tmp, "rb+") as f:
@@ -84,8 +92,25 @@ class PreparedCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        labels = labels if kept is None else labels[kept]
         tmp_labels = self.labels_path.with_name(f".{self.labels_path.name}.{os.getpid()}.tmp.npy")
         np.save(tmp_labels, labels.astype(np.int64))
         os.replace(tmp_labels, self.labels_path)
         atomic_write_json(self.meta_path, {**meta, "format": FORMAT, "key": self.key, "shape": list(shape),
                                            "images_bytes": self.images_path.stat().st_size})
+
+    @staticmethod
+    def _compacted(array: np.memmap, kept: np.ndarray, path: Path) -> np.memmap:
+        """``array`` with only the rows ``kept``, in a new file at ``path`` (in slices: it may not fit in memory)."""
+        staging = path.with_name(path.name + ".all")
+        del array
+        os.replace(path, staging)
+        try:
+            full = np.load(staging, mmap_mode="r")
+            compact = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(kept), *full.shape[1:]))
+            for start in range(0, len(kept), 4096):
+                compact[start:start + 4096] = full[kept[start:start + 4096]]
+            del full
+        finally:
+            staging.unlink(missing_ok=True)
+        return compact

@@ -97,3 +97,21 @@ def write_idx(path: str | Path, array: np.ndarray | torch.Tensor) -> None:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(header + array.tobytes())
+
+
+# Debian's dataset-fashion-mnist package puts the four gzipped IDX files here (a module attribute, so that tests
+# can point it elsewhere).
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+def read_fashion_mnist() -> ImageData:
+    """Fashion-MNIST (Xiao et al. 2017), 60,000 + 10,000 gray 28 x 28, from Debian's package when it is installed."""
+    folder = FASHION_MNIST_DIR
+    if not all((folder / stem).is_file() or (folder / f"{stem}.gz").is_file() for stem in IDX_FILES.values()):
+        raise DataError(f"--data fashion-mnist: {folder} does not hold its four IDX files; install them with "
+                        "`apt-get install dataset-fashion-mnist`, or pass --data DIR with the four IDX files")
+    data = read_idx_folder(folder)
+    data.name, data.classes = "fashion-mnist", list(FASHION_MNIST_CLASSES)
+    return data

@@ -9,6 +9,29 @@ from PIL import Image
 from ..errors import DataError
 
 RESAMPLE = {"auto": Image.Resampling.BOX, "area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}  # --background
+
+
+def without_alpha(image: Image.Image, background: str = "white") -> tuple[Image.Image, bool]:
+    """The image as it looks over ``background`` where it is transparent (an alpha channel, or a palette's or a
+    mode's transparent colour); and whether any pixel was. Pillow's own conversion would drop the alpha and keep
+    whatever colour the transparent pixels happen to hold (often not what a viewer shows)."""
+    if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in image.info:
+        return image, False
+    rgba = image.convert("RGBA")  # a palette's transparency too, without Pillow's warning about it
+    if rgba.getchannel("A").getextrema()[0] == 255:
+        return rgba.convert("RGB"), False
+    canvas = Image.new("RGBA", rgba.size, BACKGROUNDS[background] + (255,))
+    return Image.alpha_composite(canvas, rgba).convert("RGB"), True
+
+
+def composite_arrays(rgba: np.ndarray, background: str = "white") -> tuple[np.ndarray, int]:
+    """uint8 N x 4 x H x W -> N x 3 x H x W over ``background`` (as ``without_alpha``), and how many images had a
+    transparent pixel."""
+    colour, alpha = rgba[:, :3].astype(np.float32), rgba[:, 3:].astype(np.float32) / 255
+    back = np.array(BACKGROUNDS[background], dtype=np.float32)[None, :, None, None]
+    out = np.rint(colour * alpha + back * (1 - alpha)).astype(np.uint8)
+    return out, int((rgba[:, 3] < 255).reshape(len(rgba), -1).any(1).sum())
 
 
 def square(image: Image.Image, policy: str) -> Image.Image:
@@ -26,26 +49,29 @@ def square(image: Image.Image, policy: str) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def prepare_image(image: Image.Image, size: int, channels: int, policy: str) -> np.ndarray:
-    """A Pillow image -> uint8 array channels x size x size. Pillow's BOX and BILINEAR filters average over the
-    source pixels each output pixel covers when shrinking (antialiasing)."""
+def prepare_image(image: Image.Image, size: int, channels: int, policy: str,
+                  background: str = "white") -> tuple[np.ndarray, bool]:
+    """A Pillow image -> uint8 array channels x size x size, and whether it had transparent pixels (drawn over
+    ``background``). Pillow's BOX and BILINEAR filters average over the source pixels each output pixel covers when
+    shrinking (antialiasing)."""
+    image, transparent = without_alpha(image, background)
     image = image.convert("RGB" if channels == 3 else "L")
     image = square(image, policy)
     if image.size != (size, size):
         image = image.resize((size, size), RESAMPLE.get(policy, Image.Resampling.BOX))
     array = np.asarray(image, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), transparent
 
 
 def prepare_array(images: np.ndarray, size: int, channels: int, policy: str) -> np.ndarray:
-    """uint8 N x C x H x W at any size and channel count -> N x channels x size x size."""
+    """uint8 N x C x H x W at any size and 1 or 3 channels -> N x channels x size x size."""
     n, c, h, w = images.shape
     if (c, h, w) == (channels, size, size):
         return images
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     for k in range(n):
         array = images[k, 0] if c == 1 else images[k].transpose(1, 2, 0)
-        out[k] = prepare_image(Image.fromarray(array), size, channels, policy)
+        out[k] = prepare_image(Image.fromarray(array), size, channels, policy)[0]
     return out
 
 

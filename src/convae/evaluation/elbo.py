@@ -38,7 +38,7 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
     model.eval()
     p = next(model.parameters())
     sums = torch.zeros(3, dtype=torch.float64, device=p.device)
-    kl_dims = torch.zeros(model.latent_dim, dtype=torch.float64, device=p.device)
+    kl_dims = torch.zeros(model.kl_unit_count, dtype=torch.float64, device=p.device)
     try:
         for start in range(runtime.rank * batch_size, len(data), runtime.world_size * batch_size):
             x = data.floats(start, start + batch_size, p.dtype, p.device)

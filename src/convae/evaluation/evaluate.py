@@ -5,36 +5,38 @@ from __future__ import annotations
 
 import torch
 
-from ..data import EvalImages, cache_root, evaluation_images, shapes_factors
+from ..data import EvalImages, cache_for, evaluation_images, shapes_factors
 from ..errors import ConfigError
 from ..objectives import bits_per_dim
+from ..progress import Stopwatch
 from ..runs import Run
 from ..runtime import Runtime
 from .elbo import entropy_floor, evaluate_neg_elbo
-from .latents import latent_usage, posterior_parameters
+from .latents import latent_usage, posterior_parameters, usage_by_group
 from .likelihood import IW_BATCH, iw_bounds_path, kept_iw_bound
 from .pictures import class_names, draw_pictures
+
+FRECHET_SAMPLES = 10_000  # the protocol's sample count (and as many test images); --frechet-samples
 
 
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
                  progress: bool = False, frechet: bool = False, runtime: Runtime | None = None,
-                 iw_batch_size: int = IW_BATCH) -> dict:
-    """Everything ``convae eval`` reports for ``run`` (and writes to RUN/eval/). Under torchrun the ranks share the
-    IW bound, the costly part; the rest is rank 0's, and the other ranks get an empty dict."""
+                 iw_batch_size: int = IW_BATCH, frechet_samples: int = FRECHET_SAMPLES) -> dict:
+    """Everything ``convae eval`` reports for ``run`` (and writes to RUN/eval/), with the seconds each part took
+    (``seconds``). Under torchrun the ranks share the IW bound, the costly part; the rest is rank 0's, and the other
+    ranks get an empty dict."""
     runtime = runtime or Runtime()
+    watch = Stopwatch(next(run.model.parameters()).device)
     data = run.data(test_limit)
     test_set = run.test_set(data)
     if iw_samples:
-        iw, resumed, extended = kept_iw_bound(run, test_set, iw_samples, progress, runtime, iw_batch_size)
+        with watch("IW bound"):
+            iw, resumed, extended = kept_iw_bound(run, test_set, iw_samples, progress, runtime, iw_batch_size, watch)
     if not runtime.is_writer:
         return {}
-    elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
-    protocol = ("binarized: trained on dynamically binarized images, tested on one fixed binarization (seed 0), "
-                f"28x28 {'padded' if run.config.resize_mode == 'pad' else 'resized'} to {run.config.image_size}x{run.config.image_size}"
-                if run.config.binarize == "dynamic" else
-                f"{run.model.likelihood.name} likelihood on {'colour' if test_set.images.shape[1] == 3 else 'gray'} "
-                f"{run.config.image_size}x{run.config.image_size} images ({run.config.source}); "
-                "not comparable with published binarized-MNIST NLLs")
+    with watch("test ELBO"):
+        elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
+    protocol = describe_protocol(run, data, test_set)
     if run.model.classes:
         protocol += (f"; conditional on the label ({run.model.classes} classes): the bounds are on log p(x | label), "
                      "not comparable with an unconditional model's log p(x)")
@@ -52,22 +54,50 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
                        "iw_bounds_file": str(iw_bounds_path(run.path, iw.k))})
         if run.model.likelihood.discrete:
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
-    result.update(latent_usage(*posterior_parameters(run.model, test_set)))
-    factors = shapes_factors(data)
-    if factors is not None:  # generated shapes: how much of each known factor a linear read-out recovers
-        from .factors import factor_recovery
+    with watch("latent usage"):
+        mu, sigma = posterior_parameters(run.model, test_set)
+        result.update(latent_usage(mu, sigma))
+        groups = usage_by_group(run.model, mu, elbo.kl_per_dim)
+        if groups is not None:  # the KL against each group's own prior, not N(0, I)
+            result.update(kl_per_dim=elbo.kl_per_dim, groups=groups)
+        factors = shapes_factors(data)
+        if factors is not None:  # generated shapes: how much of each known factor a linear read-out recovers
+            from .factors import factor_recovery
 
-        n_train, n = len(data.train_images), min(len(data.train_images), 5000)
-        train_set = evaluation_images(data.train_images[:n], data.levels, run.config, data.train_labels[:n])
-        result["factor_recovery"] = factor_recovery(run.model, train_set, test_set, factors[:n],
-                                                    factors[n_train:n_train + len(test_set)])
+            n_train, n = len(data.train_images), min(len(data.train_images), 5000)
+            train_set = evaluation_images(data.train_images[:n], data.levels, run.config, data.train_labels[:n])
+            result["factor_recovery"] = factor_recovery(run.model, train_set, test_set, factors[:n],
+                                                        factors[n_train:n_train + len(test_set)])
     if frechet:
-        result.update(frechet_scores(run, data, test_set, progress))
+        with watch("Fréchet distance"):
+            result.update(frechet_scores(run, data, test_set, progress, frechet_samples, watch))
     if pictures:
-        result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.dir.eval_dir,
-                                           class_names(data, run.model.classes))
+        with watch("pictures"):
+            result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.dir.eval_dir,
+                                               class_names(data, run.model.classes))
+    result["seconds"] = watch.seconds
+    if iw_samples and watch.seconds.get("decoder"):
+        drawn = (len(test_set) - resumed) * iw.k - (extended["images"] * extended["k"] if extended else 0)
+        result["iw_pairs_per_second"] = drawn / watch.seconds["IW bound"] if drawn > 0 else None
     run.dir.write_eval("eval.json", result)  # always the numbers just printed
     return result
+
+
+def describe_protocol(run: Run, data, test_set: EvalImages) -> str:
+    """What the numbers are of, named: the data set, the binarization, the sizes, the likelihood; and with what they
+    may be compared."""
+    size, stored = run.config.image_size, data.shape[-1]
+    where = data.name if data.name == run.config.source else f"{data.name} ({run.config.source})"
+    if run.config.binarize == "dynamic":
+        resized = "padded" if run.config.resize_mode == "pad" else "resized"
+        return (f"binarized {where}: trained on dynamically binarized images, tested on one fixed binarization (seed "
+                f"0), {stored}x{stored} {resized} to {size}x{size}"
+                + ("; the protocol of published binarized-MNIST NLLs" if data.name == "mnist" else
+                   "; compare with results on binarized " + data.name + " by this protocol"))
+    kind = "colour" if test_set.images.shape[1] == 3 else "gray"
+    return (f"{run.model.likelihood.name} likelihood on {kind} {size}x{size} images of {where}; "
+            + ("not comparable with published binarized-MNIST NLLs" if data.name == "mnist" else
+               f"compare only with runs on {data.name} with the same likelihood and size"))
 
 
 def arithmetic(model: torch.nn.Module) -> str:
@@ -82,21 +112,33 @@ def arithmetic(model: torch.nn.Module) -> str:
     return described
 
 
-def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False) -> dict:
-    """Fréchet distance of the run's samples to the test images, and its floor (training vs test images), in the
-    feature space of the classifier cached for this data (trained on first use, on the labelled images the run
-    trained on)."""
-    from .frechet import cached_classifier, sample_quality
+def frechet_scores(run: Run, data, test_set: EvalImages, progress: bool = False, samples: int = FRECHET_SAMPLES,
+                   watch: Stopwatch | None = None) -> dict:
+    """Fréchet distance of ``samples`` of the run's samples to as many test images, and its floor (training vs test
+    images), in the feature space of the classifier cached for this data (in the run's cache, trained on first use,
+    on the labelled images the run trained on); with the protocol, to say what the number is of."""
+    from .frechet import CLASSIFIER_VERSION, FEATURES, cached_classifier, sample_quality
 
     if data.classes is None and int(data.train_labels.max()) == int(data.train_labels.min()):
         raise ConfigError(f"--frechet: {run.config.source} has no labels to train the feature classifier on")
+    if samples < 2:
+        raise ConfigError(f"--frechet-samples: at least 2 (a covariance needs them), got {samples}")
+    watch = watch or Stopwatch()
     device = next(run.model.parameters()).device
     data = data.subset(run.config.train_limit, None)  # the training set the run saw
     gray_train = EvalImages(data.train_images, data.levels, run.config.image_size, run.config.resize_mode,
                             run.config.quantize)
-    classifier = cached_classifier(cache_root(run.config.cache_dir), gray_train, data.train_labels, test_set,
-                                   data.test_labels, binarize=run.config.binarize, device=device, progress=progress)
+    with watch("feature classifier"):
+        classifier = cached_classifier(cache_for(run.config, run.path), gray_train, data.train_labels, test_set,
+                                       data.test_labels, binarize=run.config.binarize, device=device,
+                                       progress=progress)
     train_set = evaluation_images(data.train_images, data.levels, run.config, data.train_labels)
-    scores = sample_quality(run.model, classifier.model, test_set, train_set, binary=run.config.binarize == "dynamic")
+    scores = sample_quality(run.model, classifier.model, test_set, train_set, n=samples,
+                            binary=run.config.binarize == "dynamic", progress=progress, watch=watch)
+    protocol = {"samples": scores["frechet_images"], "test_images": scores["frechet_images"],
+                "features": f"{FEATURES} units of convae's classifier (version {CLASSIFIER_VERSION}) trained on the "
+                            f"run's {len(gray_train)} labelled training images",
+                "classifier_test_accuracy": classifier.accuracy,
+                "binary": run.config.binarize == "dynamic"}
     return {**scores, "frechet_classifier_accuracy": classifier.accuracy,
-            "frechet_classifier": str(classifier.path)}
+            "frechet_classifier": str(classifier.path), "frechet_protocol": protocol}

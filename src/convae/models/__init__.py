@@ -14,9 +14,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ModelSpec:
     decoder: str          # "module:Class" in convae.models
-    latent_dim: int
+    latent_dim: int       # at 32 x 32
     encoder: str = "mlp"  # a key of ENCODERS
     description: str = ""
+    builder: str | None = None  # "module:function" building the whole model (one with its own encoder), or None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -31,6 +32,12 @@ MODELS: dict[str, ModelSpec] = {
                         "residual encoder and resize-convolution decoder (one stochastic layer)"),
     "pixel": ModelSpec("autoregressive:PixelDecoder", 32, "resnet",
                        "residual encoder; residual decoder + PixelCNN head (autoregressive p(x|z))"),
+    "ladder": ModelSpec("ladder:TopDown", 3328, "bottom-up",
+                        "hierarchical: 5 groups of spatial latents (4x4, 4x4, 8x8, 8x8, 16x16), bottom-up + top-down",
+                        builder="ladder:build_ladder"),
+    "ladder-pixel": ModelSpec("ladder:TopDown", 3328, "bottom-up",
+                              "the hierarchical ladder with the PixelCNN head on top (autoregressive p(x|z))",
+                              builder="ladder:build_ladder_pixel"),
 }
 
 ENCODERS: dict[str, str] = {"mlp": "encoders:MLPEncoder", "conv": "encoders:ConvEncoder",

@@ -46,19 +46,12 @@ class GatedBlock(nn.Module):
         return h + self.mix(F.elu(self.masked(F.elu(h)) + self.condition(features)))
 
 
-class PixelDecoder(nn.Module):
-    """``ResNetDecoder`` features + a PixelCNN head; one gray channel (binary MNIST is what it is for)."""
+class MaskedHead:
+    """The PixelCNN head itself, for any module that has the features it reads: a 5x5 mask-"A" layer, ``layers``
+    gated residual masked layers conditioned on the features, a 1x1 output. ``PixelDecoder`` and the ladder's head
+    mix it in (their state-dict names stay ``first``, ``blocks``, ...)."""
 
-    autoregressive = True
-
-    def __init__(self, latent_dim: int = 32, image_size: int = 32, out_channels: int = 1, width: int = 32,
-                 trunk_width: int = 16, features: int = 32, layers: int = 4):
-        super().__init__()
-        if out_channels != 1:
-            raise ValueError(f"the pixel model draws gray images with one output per pixel (Bernoulli or continuous "
-                             f"Bernoulli likelihood), not {out_channels} output channel(s)")
-        self.latent_dim = latent_dim
-        self.trunk = ResNetDecoder(latent_dim, image_size, features, trunk_width)
+    def build_head(self, width: int, features: int, layers: int, out_channels: int) -> None:
         self.first = MaskedConv2d(1, width, 5, "A")
         self.first_condition = nn.Conv2d(features, width, 1)
         self.blocks = nn.ModuleList(GatedBlock(width, features) for _ in range(layers))
@@ -73,19 +66,14 @@ class PixelDecoder(nn.Module):
             h = block(h, features)
         return self.out(F.elu(h))
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every pixel given z and the pixels before it in ``x``."""
-        return self.head(x, self.trunk(z))
-
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, draw) -> torch.Tensor:
-        """A new image for each z, pixel by pixel: ``draw(logits)`` turns one pixel's logits into its value.
+    def draw_pixels(self, features: torch.Tensor, draw) -> torch.Tensor:
+        """A new image for these features, pixel by pixel: ``draw(logits)`` turns one pixel's logits into its value.
         Only the window that can reach the current pixel is recomputed (``reach`` rows above it and columns to either
         side): a convolution of a cropped map is exact ``reach`` pixels in from the crop's edges, as each layer's
         zero padding there spoils one more ring (two for the 5x5 layer)."""
-        features = self.trunk(z)
         n, _, height, width = features.shape
-        x = torch.zeros(n, 1, height, width, device=z.device, dtype=features.dtype)
+        x = torch.zeros(n, 1, height, width, device=features.device, dtype=features.dtype)
         for row in range(height):
             for col in range(width):
                 x[:, :, row, col] = draw(self.pixel_logits(x, features, row, col))
@@ -96,6 +84,31 @@ class PixelDecoder(nn.Module):
         top, left, right = max(0, row - self.reach), max(0, col - self.reach), min(x.shape[-1], col + self.reach + 1)
         logits = self.head(x[:, :, top:row + 1, left:right], features[:, :, top:row + 1, left:right])
         return logits[:, :, -1, col - left]
+
+
+class PixelDecoder(MaskedHead, nn.Module):
+    """``ResNetDecoder`` features + a PixelCNN head; one gray channel (binary MNIST is what it is for)."""
+
+    autoregressive = True
+
+    def __init__(self, latent_dim: int = 32, image_size: int = 32, out_channels: int = 1, width: int = 32,
+                 trunk_width: int = 16, features: int = 32, layers: int = 4):
+        super().__init__()
+        if out_channels != 1:
+            raise ValueError(f"the pixel model draws gray images with one output per pixel (Bernoulli or continuous "
+                             f"Bernoulli likelihood), not {out_channels} output channel(s)")
+        self.latent_dim = latent_dim
+        self.trunk = ResNetDecoder(latent_dim, image_size, features, trunk_width)
+        self.build_head(width, features, layers, out_channels)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every pixel given z and the pixels before it in ``x``."""
+        return self.head(x, self.trunk(z))
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, draw) -> torch.Tensor:
+        """A new image for each z, pixel by pixel (``MaskedHead.draw_pixels``)."""
+        return self.draw_pixels(self.trunk(z), draw)
 
     padding_reach = ResNetDecoder.padding_reach
 

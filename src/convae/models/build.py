@@ -17,14 +17,20 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     spec = MODELS[name]
-    encoder = encoder or spec.encoder
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r} (choose from {', '.join(ENCODERS)})")
     p_x = make_likelihood(likelihood, gaussian_sigma)
-    encoder_class, decoder_class = resolve(ENCODERS[encoder]), resolve(spec.decoder)
-    model = VAE(encoder_class(image_size=image_size, latent_dim=spec.latent_dim, channels=channels, classes=classes),
-                decoder_class(latent_dim=spec.latent_dim + classes, image_size=image_size,
-                              out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x, classes)
+    if spec.builder is not None:  # a model with its own encoder (the hierarchical ones)
+        if encoder is not None:
+            raise ValueError(f"--encoder {encoder}: model {name!r} reads images with its own bottom-up path")
+        model = resolve(spec.builder)(image_size, channels, p_x, classes)
+    else:
+        encoder = encoder or spec.encoder
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r} (choose from {', '.join(ENCODERS)})")
+        encoder_class, decoder_class = resolve(ENCODERS[encoder]), resolve(spec.decoder)
+        model = VAE(encoder_class(image_size=image_size, latent_dim=spec.latent_dim, channels=channels,
+                                  classes=classes),
+                    decoder_class(latent_dim=spec.latent_dim + classes, image_size=image_size,
+                                  out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x, classes)
     model.apply(keras_init)
     for module in model.modules():  # e.g. ICNR for sub-pixel convolutions, after the default init
         if hasattr(module, "special_init"):
@@ -33,7 +39,8 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
 
 
 def accepted_shapes(name: str) -> list[str]:
-    """The image shapes model ``name`` takes (by building it), e.g. ["1x32x32", "3x64x64"]."""
+    """The image shapes model ``name`` takes (by building it), e.g. ["1x32x32", "3x64x64"], and "any size (8 to
+    1024)" for a model that also builds at sizes other than 32 and 64 (fully connected ones)."""
     shapes = []
     for size in (32, 64):
         for channels in (1, 3):
@@ -42,6 +49,11 @@ def accepted_shapes(name: str) -> list[str]:
                 shapes.append(f"{channels}x{size}x{size}")
             except ValueError:
                 pass
+    try:
+        build_model(name, image_size=20)
+        shapes.append("any size (8 to 1024)")
+    except ValueError:
+        pass
     return shapes
 
 

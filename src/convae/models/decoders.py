@@ -146,7 +146,7 @@ class FCDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, self.out_channels, self.image_size, self.image_size)
+        return self.net(z).view(z.shape[0], self.out_channels, self.image_size, self.image_size)  # a traced export keeps C x H x W
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:

@@ -61,6 +61,11 @@ class VAE(nn.Module):
         """Standard-normal values one sample of z is made from (``log_weight_terms`` takes N x K x noise_dim)."""
         return self.latent_dim
 
+    @property
+    def kl_unit_count(self) -> int:
+        """How many latent units the KL term is reported by (``kl_units``' columns)."""
+        return self.latent_dim
+
     def kl_units(self, out: VAEOutput, dtype: torch.dtype | None = None) -> torch.Tensor:
         """N x U: each latent unit's KL(q(z_u | x) || N(0, 1)) (the seed's formula), in float32 at least, or in
         ``dtype``."""
@@ -114,8 +119,16 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x) (or q(z | x, y)): its means and standard deviations."""
-        onehot = self.onehot(labels, len(x))
+        return self.encode_onehot(x, self.onehot(labels, len(x)))
+
+    def encode_onehot(self, x: torch.Tensor, onehot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` with the labels as one-hot rows already (what an exported encoder takes)."""
         return self.encoder(x) if onehot is None else self.encoder(x, onehot)
+
+    def infer(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        """What ``log_weight_terms`` draws its samples of z from: here the posterior's (mu, sigma); a hierarchical
+        model's are its bottom-up features."""
+        return self.encode(x, labels)
 
     def decoder_input(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """What the decoder reads: z, and for a conditional model the one-hot label beside it."""

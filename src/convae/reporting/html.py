@@ -103,7 +103,8 @@ def _png(path: Path) -> str:
 def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
     """(title, svg) for each plot; runs overlaid, one colour each."""
     plots = []
-    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
+                         "svg.fonttype": "none"})  # text as text: smaller, selectable, readable by a test
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for k, run in enumerate(runs):
@@ -162,6 +163,7 @@ def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
             ax.bar([d + k * width for d in range(len(order))], order, width=width, color=COLOURS[k % len(COLOURS)],
                    label=f"{run.name} (epoch {run.metrics[-1]['epoch']})")
         ax.axhline(0.01, color="0.5", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are counted, not measured
         ax.set_xlabel("latent dimensions, sorted by KL")
         ax.set_ylabel("test KL, nats", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
@@ -220,6 +222,16 @@ def _results_table(runs: list[RunFiles]) -> str:
             "data.</p>")
 
 
+def _samples(run: RunFiles) -> str:
+    """The prior samples training drew at its last report refresh (RUN/images/samples.png), where there are any."""
+    path = run.path / "images" / "samples.png"
+    if not path.is_file():
+        return ""
+    return (f"<h3>Samples from the prior</h3><figure><img class='wide' alt='samples from the prior' src='{_png(path)}'>"
+            "<figcaption>64 samples (z from the prior, the same draws each time), as training left the model"
+            "</figcaption></figure>")
+
+
 def _epoch_slider(run: RunFiles, index: int) -> str:
     if not run.epoch_pictures:
         return "<p class='missing'>No per-epoch pictures yet (they appear after the first epoch).</p>"
@@ -265,8 +277,9 @@ body{font:15px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-s
 max-width:960px;padding:1rem 1.25rem 3rem}
 h1{font-size:1.6rem;margin:.5rem 0 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
 h3{font-size:1.05rem}.meta,.note{color:#555;font-size:.9rem}.missing{background:#fff7e0;padding:.5rem .75rem;
-border-left:3px solid #e0a800}table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0;display:block;
-overflow-x:auto}th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
+border-left:3px solid #e0a800}table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;display:block;
+overflow-x:auto}th,td{padding:.25rem .45rem;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom;min-width:3.5rem}
 figure{margin:1rem 0}figcaption{font-size:.9rem;color:#444}svg{max-width:100%;height:auto}
 img.grid,img.wide{max-width:100%;height:auto;image-rendering:pixelated;display:block}input[type=range]{width:min(
 360px,80vw);vertical-align:middle}code{background:#f4f4f4;padding:0 .25rem;border-radius:3px;font-size:.85rem;
@@ -295,6 +308,7 @@ def build_report(run_dirs: list[str | Path]) -> str:
     for k, run in enumerate(runs):
         body.append(f"<h2 style='color:{_hex(k)}'>{html.escape(run.name)}</h2><h3>Reconstructions by epoch</h3>")
         body.append(_epoch_slider(run, k))
+        body.append(_samples(run))
         body.append("<h3>Evaluation</h3>" + _evaluation_section(run))
     body += ["<h2>Settings and environment</h2>", _settings_table(runs)]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "

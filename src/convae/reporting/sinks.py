@@ -58,6 +58,12 @@ class RunLogger:
             self.log_file.write(line + "\n")
             self.log_file.flush()
 
+    def note(self, line: str) -> None:
+        """A line for log.txt alone (the caller says it to the user its own way)."""
+        if self.active:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+
     def log_steps(self, record: dict) -> None:
         """``record``: step, epoch, loss, L_likelihood, L_KL (means over the steps since the last record), lr,
         img_per_s."""

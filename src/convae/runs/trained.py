@@ -35,7 +35,8 @@ class Run:
         return RunDir(self.path)
 
     def data(self, test_limit: int | None = None) -> ImageData:
-        data = load_for_config(self.config, progress=False).subset(None, test_limit or self.config.test_limit)
+        data = load_for_config(self.config, progress=False, run_path=self.path).subset(
+            None, test_limit or self.config.test_limit)
         check_labels(data, self.model.classes, self.path)
         return data
 
@@ -59,9 +60,12 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     if expect_model is not None and config.model != expect_model:
         raise ConfigError(f"{run.path}: a run of model {config.model!r}, not {expect_model!r}")
     if not run.checkpoint_files():
-        raise CheckpointError(f"{run.path}: has no checkpoint yet (the run never reached its first one): nothing to "
-                              "evaluate")
-    checkpoint = run.latest_checkpoint()
+        raise CheckpointError(f"{run.path}: has no checkpoint yet (the run never reached its first one): no trained "
+                              "model to use yet")
+    try:
+        checkpoint = run.latest_checkpoint()
+    except CheckpointError:  # a run in training may have just replaced it: once more, with the newest there is now
+        checkpoint = run.latest_checkpoint()
     if checkpoint.meta.get("model") != config.model:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
                               f"but {run.config_file} says {config.model!r}")

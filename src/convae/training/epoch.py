@@ -14,7 +14,7 @@ from ..models import VAE
 from ..objectives import bits_per_dim
 from ..runs import RunDir
 from ..runtime import Runtime
-from ..visualisation import seed_grid, tile
+from ..visualisation import rows_grid, seed_grid, tile
 
 
 class EpochEvaluator:
@@ -68,3 +68,14 @@ class EpochEvaluator:
         name = f"result{epoch}.png" if not partial else f"result{epoch}-step{step}.png"
         seed_grid(x, reconstruction, self.run.images / name, title=f"epoch {epoch}, step {step}")
         return pictures
+
+    @torch.no_grad()
+    def draw_samples(self, epoch: int, step: int) -> None:
+        """RUN/images/samples.png: 64 samples from the prior now, for the report (the same draws at every epoch)."""
+        model = self.model
+        model.eval()
+        p = next(model.parameters())
+        samples = model.sample(64, generator=torch.Generator(device=p.device).manual_seed(self.config.seed + 1))
+        model.train()
+        rows_grid(list(samples.view(8, 8, *samples.shape[1:])), self.run.images / "samples.png",
+                  title=f"samples from the prior, epoch {epoch} (step {step})")

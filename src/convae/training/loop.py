@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..version import __version__
 from ..config import TrainConfig
@@ -29,7 +29,8 @@ from ..data import ImageData, StreamedImages, load_for_config, resident_limit
 from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, OutOfMemory, RunBusy,
                       TrainingInterrupted)
 from ..faults import available_memory, describe_os_error, first_line, format_bytes, is_out_of_memory
-from ..models import VAE, build_run_model
+from ..models import MODELS, VAE, build_run_model
+from ..progress import Progress, duration
 from ..reporting.html import write_report
 from ..reporting.sinks import RunLogger
 from ..runs import Checkpoint, RunLock, Start, plan_start, restore
@@ -52,20 +53,21 @@ class TrainResult:
 
 def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = False, auto_resume: bool = False,
           log=print, argv: list[str] | None = None, runtime: Runtime | None = None,
-          hooks: Hooks | None = None) -> TrainResult:
+          hooks: Hooks | None = None, program: str = "convae") -> TrainResult:
     """Train (or, with ``resume=True``, continue the run in ``config.out``) and return the run folder and metrics.
 
     ``auto_resume``: continue the run in ``config.out`` if it has a checkpoint, else start it there (what a
     restarted torchrun group or a re-queued job wants). Under torchrun (``RANK``/``WORLD_SIZE`` set) the process
     group is joined here unless ``runtime`` is given. Nothing is written until the settings, the data and any
-    checkpoint have been checked, on every rank.
+    checkpoint have been checked, on every rank. ``program``: how the user started convae (``.venv/bin/convae``,
+    ``python -m convae``), for the commands a message tells them to run.
     """
     config.validate()
     own_runtime = runtime is None
     runtime = runtime or Runtime.from_environment(config.dist_timeout)
     try:
         return Trainer(config, runtime, data=data, resume=resume, auto_resume=auto_resume, log=log, argv=argv,
-                       hooks=hooks or Hooks()).run()
+                       hooks=hooks or Hooks(), program=program).run()
     finally:
         if own_runtime:
             runtime.close()
@@ -80,9 +82,9 @@ def describe_environment(device: torch.device) -> dict:
 
 class Trainer:
     def __init__(self, config: TrainConfig, runtime: Runtime, *, data: ImageData | None, resume: bool,
-                 auto_resume: bool, log, argv, hooks: Hooks, at_step: int | None = None):
+                 auto_resume: bool, log, argv, hooks: Hooks, at_step: int | None = None, program: str = "convae"):
         """``at_step``: resume from the checkpoint of that step rather than the newest (a pack's common step)."""
-        self.config, self.runtime, self.log, self.hooks = config, runtime, log, hooks
+        self.config, self.runtime, self.log, self.hooks, self.program = config, runtime, log, hooks, program
         self.lock: RunLock | None = None
         try:
             self.check_settings()
@@ -103,6 +105,9 @@ class Trainer:
         if runtime.distributed and config.iw_train > 1:
             raise ConfigError("--iw-train: K > 1 runs in one process (its K-sample pass bypasses DDP's forward); "
                               "drop it under torchrun")
+        if config.iw_train > 1 and MODELS[config.model].builder is not None:
+            raise ConfigError(f"--iw-train: K > 1 trains models of one stochastic layer; {config.model!r} has several "
+                              "(its IW bound is evaluated all the same: convae eval --iw-samples K)")
         self.device = resolve_device(config.device, runtime.local_rank)
         if runtime.distributed and self.device.type == "mps":
             raise ConfigError("--device mps: torchrun runs need CPU (gloo) or CUDA (NCCL) devices")
@@ -246,7 +251,8 @@ class Trainer:
                                 metrics=start.metrics)
         self.announce(resumed)
         self.evaluate = EpochEvaluator(self.model, config, self.data, self.run_dir, self.precision, runtime)
-        self.show_bar = runtime.is_writer and not config.quiet and sys.stderr.isatty()
+        self.show_bar = runtime.is_writer and not config.quiet  # a bar on a terminal, else a line every 15 s
+        self.planned_said = False
         self.last_save, self.stop = time.monotonic(), None
         self.report_drawn, self.report_cost = 0.0, 0.0
 
@@ -268,6 +274,17 @@ class Trainer:
     def say(self, line: str) -> None:
         self.logger.say(line)
 
+    def say_data_notes(self) -> None:
+        """What preparing the images did that a user should know: transparency drawn over the background, files
+        skipped (each named, in log.txt)."""
+        details = self.data.details
+        if details.get("transparent"):
+            self.say(f"{details['transparent']} image(s) with transparent pixels drawn over {details['background']} "
+                     "(--background)")
+        skipped = details.get("skipped") or []
+        if skipped:
+            self.say(f"{len(skipped)} unreadable image file(s) skipped (--skip-bad-images): {', '.join(skipped)}")
+
     def announce(self, resumed: bool) -> None:
         d, step = self.settings["distributed"], self.state.step
         if resumed:
@@ -280,6 +297,7 @@ class Trainer:
             self.say(f"run folder {self.run_dir.path}: model {self.config.model}, "
                      f"{self.settings['model_parameters']:,} parameters, {len(self.data.train_images)} training "
                      f"images, {self.steps_per_epoch} steps per epoch, device {self.device}")
+            self.say_data_notes()
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"
@@ -299,11 +317,21 @@ class Trainer:
             try:
                 while self.state.step < self.last_step and self.stop is None:
                     self.run_epoch(signals)
+                if self.stop is not None:
+                    self.stopped()
             finally:
                 self.close()
-        if self.stop is not None:
-            raise TrainingInterrupted(self.run_dir.path, self.state.step, self.stop)
         return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
+
+    def stopped(self):
+        """After a stop signal (the checkpoint written): the report shows the step it stopped at, log.txt says how to
+        go on, and the caller learns it as ``TrainingInterrupted``."""
+        if self.config.report and self.runtime.is_writer:
+            self.refresh_report(final=True)
+        interrupted = TrainingInterrupted(self.run_dir.path, self.state.step, self.stop,
+                                          f"{self.program} train --resume {shlex.quote(str(self.run_dir.path))}")
+        self.logger.note(str(interrupted))
+        raise interrupted
 
     @contextlib.contextmanager
     def faults_said(self):
@@ -350,11 +378,22 @@ class Trainer:
             state.loss_sum.zero_()
         self.order = epoch_order(len(self.data.train_images), self.epoch, self.config,
                                  self.device if self.streamed is None else torch.device("cpu"))
-        self.bar = tqdm(total=self.steps_per_epoch * batch, initial=self.first_index * batch, unit="img", leave=False,
-                        desc=f"epoch {self.epoch}/{math.ceil(self.last_step / self.steps_per_epoch)}",
-                        dynamic_ncols=True, disable=not self.show_bar)
+        epochs = math.ceil(self.last_step / self.steps_per_epoch)
+        self.bar = Progress(self.steps_per_epoch * batch, f"epoch {self.epoch}/{epochs}", "img", show=self.show_bar,
+                            initial=self.first_index * batch)
         self.epoch_started, self.epoch_first_step = time.perf_counter(), state.step
         self.window = Window(self.device, state.step, self.epoch_started)
+
+    def say_plan(self, img_per_s: float) -> None:
+        """Once the first steps have been timed: what the run will do, and about how long it will take."""
+        self.planned_said = True
+        config, argv = self.config, self.settings.get("command") or []
+        default = config.epochs == TrainConfig.epochs and "--epochs" not in argv and "preset" not in config.extra
+        left = (self.last_step - self.state.step) * config.batch_size / max(img_per_s, 1e-9)
+        self.say(f"planned: {math.ceil(self.last_step / self.steps_per_epoch)} epochs of {self.steps_per_epoch} steps"
+                 + (" (the seed's 100: --epochs N for fewer)" if default else "")
+                 + f"; at {img_per_s:,.0f} img/s about {duration(left)} of training"
+                 + (" to go" if self.state.step > self.steps_per_epoch else "") + ", evaluations besides")
 
     def batch_indices(self, i: int) -> torch.Tensor:
         """This rank's images of the epoch's ``i``-th global batch."""
@@ -375,8 +414,9 @@ class Trainer:
         if state.step % config.progress_every == 0:
             record = self.window.close(self.runtime, state.step, self.epoch, lr, config.batch_size)
             self.logger.log_steps(record)
-            self.bar.set_postfix(loss=f"{record['loss']:.2f}", img_s=f"{record['img_per_s']:.0f}")
-            self.bar.update((i + 1) * config.batch_size - self.bar.n)
+            self.bar.update((i + 1) * config.batch_size - self.bar.done, loss=f"{record['loss']:.2f}")
+            if not self.planned_said:
+                self.say_plan(record["img_per_s"])
 
     def finish_step(self, stop: str | None, save_now: bool) -> bool:
         """After a step: whether the epoch's steps end here (a stop, or the last step); a checkpoint if one is due
@@ -418,7 +458,7 @@ class Trainer:
 
     def last_good(self) -> str:
         """Which checkpoint survives a fault, and the command that continues from it."""
-        return self.run_dir.last_good() if self.runtime.is_writer else "no checkpoint was written"
+        return self.run_dir.last_good(self.program) if self.runtime.is_writer else "no checkpoint was written"
 
     def check_finite(self) -> None:
         bad = self.state.watch.first(self.runtime)
@@ -475,6 +515,8 @@ class Trainer:
         started = time.monotonic()
         if not final and started - self.report_drawn < 10 * self.report_cost:
             return
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            self.evaluate.draw_samples(self.epoch, self.state.step)
         write_report([self.run_dir.path], self.run_dir.report_file)
         self.report_drawn = time.monotonic()
         self.report_cost = self.report_drawn - started
