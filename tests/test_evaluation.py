@@ -232,3 +232,44 @@ def test_eval_says_how_it_computed():
             assert arithmetic(model) == "float32, convolutions and matrix products in TF32"
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "continuous-bernoulli", "logistic", "gaussian"])
+def test_the_likelihood_of_k_samples_per_image_is_the_likelihood_of_the_image_copied_k_times(name):
+    from convae.models.likelihoods import make_likelihood
+
+    likelihood = make_likelihood(name)
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 8, 8)
+    x[0] = x[0].round()  # a binary image beside gray ones
+    params = 25 * torch.randn(3 * 4, likelihood.params_per_channel, 8, 8)  # beyond the seed's logit clip too
+    copied = likelihood.nll(params, x.repeat_interleave(4, 0)).view(3, 4)
+    # float32 sums of 64 terms, in another order for the Bernoulli's broadcast form
+    torch.testing.assert_close(likelihood.nll_of_samples(params, x, 4), copied, rtol=1e-6, atol=1e-4)
+
+
+def test_a_bf16_decoder_bound_is_close_to_the_fp32_one_and_kept_apart(trained_run, capsys, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    results = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["eval", str(run), "--iw-samples", "6", "--iw-batch-size", "16", "--json", "--no-pictures",
+                     "--device", "cpu", "--iw-precision", precision]) == 0
+        results[precision] = json.loads(capsys.readouterr().out)
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert fp32["iw_precision"] == "fp32" and bf16["iw_precision"] == "bf16"
+    assert fp32["iw_bounds_file"].endswith("iw_k6.json") and bf16["iw_bounds_file"].endswith("iw_k6_bf16.json")
+    assert json.loads((run / "eval" / "iw_k6_bf16.json").read_text())["precision"] == "bf16"
+    # bfloat16 products (8-bit mantissa) in the decoder only: the mean bound moves by far less than a nat, but moves
+    assert fp32["iw_nll"] != bf16["iw_nll"] and abs(fp32["iw_nll"] - bf16["iw_nll"]) < 0.5
+    # a file written before bounds were keyed by precision holds float32 ones: still read back as such
+    kept = run / "eval" / "iw_k6.json"
+    old = json.loads(kept.read_text())
+    del old["precision"]
+    kept.write_text(json.dumps(old))
+    assert main(["eval", str(run), "--iw-samples", "6", "--iw-batch-size", "16", "--json", "--no-pictures",
+                 "--device", "cpu"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["iw_images_from_earlier"] == again["n_test_images"] and again["iw_nll"] == fp32["iw_nll"]

@@ -171,3 +171,22 @@ def test_exported_encoder_and_decoder_match_eager_pytorch(run_dir, tmp_path, fmt
     torch.testing.assert_close(got_mu, mu, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_sigma, sigma, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_images, images, rtol=1e-4, atol=1e-5)
+
+
+def test_the_mutual_information_by_products_is_the_pairwise_formula():
+    """latent_usage computes log q(z_j | x_i) for every pair through matrix products (a hierarchy's 3,328 latent
+    values would need an N x N x D tensor otherwise); the same numbers as the formula written out pair by pair."""
+    import math
+
+    from convae.evaluation.latents import latent_usage
+
+    torch.manual_seed(0)
+    mu = torch.randn(300, 50, dtype=torch.float64)
+    sigma = torch.rand(300, 50, dtype=torch.float64) * 0.5 + 0.05
+    n, d = mu.shape
+    z = mu + sigma * torch.randn(mu.shape, generator=torch.Generator().manual_seed(0), dtype=mu.dtype)
+    normal = -0.5 * d * math.log(2 * math.pi)
+    own = normal - sigma.log().sum(1) - 0.5 * ((z - mu) / sigma).square().sum(1)
+    pairs = normal - sigma.log().sum(1)[None] - 0.5 * ((z[:, None] - mu[None]) / sigma[None]).square().sum(2)
+    expected = (own - (torch.logsumexp(pairs, 1) - math.log(n))).mean().item()
+    assert latent_usage(mu, sigma)["mutual_information"] == pytest.approx(expected, abs=1e-10)

@@ -70,6 +70,9 @@ def test_a_ladder_run_evaluates_loads_encodes_its_groups_and_exports(ladder_run,
     assert code == 0 and result["iw_nll"] < result["test_neg_elbo"] + 1
     assert [g["group"] for g in result["groups"]] == ["z1 4x4", "z2 4x4", "z3 8x8", "z4 8x8", "z5 16x16"]
     assert sum(g["kl"] for g in result["groups"]) == pytest.approx(result["test_L_KL"], rel=1e-5)
+    assert run_cli(capsys, "report", str(ladder_run), "--out", str(tmp_path / "page.html"))[0] == 0
+    page = (tmp_path / "page.html").read_text()
+    assert "Latent groups, top down" in page and all(f"<td>{g['group']}</td>" in page for g in result["groups"])
     model = convae.load(ladder_run, device="cpu")
     images = torch.rand(5, 1, 32, 32)
     groups = model.encode_groups(images)

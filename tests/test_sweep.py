@@ -36,9 +36,11 @@ MEMBERS = [dict(seed=0), dict(seed=1, beta=0.5), dict(seed=2, kl_warmup=5, free_
 @pytest.mark.layouts  # compares packed arithmetic with the solo run's
 @pytest.mark.parametrize("strategy", ["batched", "threads"])
 def test_a_packed_member_is_its_solo_run_within_float32_rounding(tmp_path, tiny_data, strategy):
-    """Same initial weights, data order and noise: the figures agree to float32 rounding after the first epoch
-    (1e-5 relative; measured here: 3e-8) and to that rounding grown by a second epoch of training after it (1e-3;
-    measured: 3e-5); a member that drew other noise or another order differs by what seeds do (1-2 % here)."""
+    """Same initial weights, data order and noise: the figures agree to float32 rounding grown by training. A
+    packed member computes with one thread (or vmap's kernels), the solo run with the default thread count: another
+    layout. After the first epoch (8 steps) 2e-4 relative (measured: 3e-8 with oneDNN's AVX-512 kernels, 4e-5 under
+    ONEDNN_MAX_CPU_ISA=AVX2, where thread counts change its rounding), after the second 1e-3 (measured: 3e-5); a
+    member that drew other noise or another order differs by what seeds do (1-2 % here)."""
     configs = [tiny(tmp_path / f"packed{k}", **m) for k, m in enumerate(MEMBERS)]
     outcomes = Pack(configs, data=tiny_data, runtime=Runtime(), strategy=strategy, log=lambda s: None).run()
     assert [o.status for o in outcomes] == ["done"] * 3
@@ -46,9 +48,9 @@ def test_a_packed_member_is_its_solo_run_within_float32_rounding(tmp_path, tiny_
         solo = train(tiny(tmp_path / f"solo{k}", **m), data=tiny_data, log=lambda s: None).metrics
         packed = RunDir(tmp_path / f"packed{k}").metrics()
         assert [p["step"] for p in packed] == [s["step"] for s in solo] == [8, 16]
-        for p, s, rel in zip(packed, solo, (1e-5, 1e-3)):
+        for p, s, rel in zip(packed, solo, (2e-4, 1e-3)):
             for key in ("test_neg_elbo", "L_tot", "train_loss"):
-                assert p[key] == pytest.approx(s[key], rel=rel), (k, p["epoch"], key)
+                assert p[key] == pytest.approx(s[key], rel=rel), (k, p["epoch"], key, p[key], s[key])
     assert json.loads((tmp_path / "packed2" / "config.json").read_text())["config"]["ema"] == 0.9
     assert any(k.startswith("ema.") for k in RunDir(tmp_path / "packed2").latest_checkpoint().tensors)
 

@@ -17,6 +17,7 @@ from .models import ENCODERS, LIKELIHOODS, MODELS
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+IW_PRECISIONS = ("auto", "fp32", "bf16")  # how the IW bound's decoder computes (evaluation/likelihood.py)
 LR_SCHEDULES = ("constant", "onecycle")
 BINARIZE = ("none", "dynamic")
 RESIZE = ("auto", "bilinear", "pad", "area")

@@ -19,7 +19,8 @@ import torch
 from ..config import TrainConfig
 from ..models import build_model
 from ..runtime import synchronize
-from ..training.engine import make_optimizer, make_train_step, native_bf16
+from ..runtime import native_bf16
+from ..training.engine import make_optimizer, make_train_step
 from .flops import train_flops_per_image
 
 SEED_EPOCH_IMAGES = 60_000  # 1,875 steps of 32

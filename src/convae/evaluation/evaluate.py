@@ -21,7 +21,8 @@ FRECHET_SAMPLES = 10_000  # the protocol's sample count (and as many test images
 
 def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None, pictures: bool = True,
                  progress: bool = False, frechet: bool = False, runtime: Runtime | None = None,
-                 iw_batch_size: int = IW_BATCH, frechet_samples: int = FRECHET_SAMPLES) -> dict:
+                 iw_batch_size: int = IW_BATCH, frechet_samples: int = FRECHET_SAMPLES,
+                 iw_precision: str = "fp32") -> dict:
     """Everything ``convae eval`` reports for ``run`` (and writes to RUN/eval/), with the seconds each part took
     (``seconds``). Under torchrun the ranks share the IW bound, the costly part; the rest is rank 0's, and the other
     ranks get an empty dict."""
@@ -31,7 +32,8 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     test_set = run.test_set(data)
     if iw_samples:
         with watch("IW bound"):
-            iw, resumed, extended = kept_iw_bound(run, test_set, iw_samples, progress, runtime, iw_batch_size, watch)
+            iw, resumed, extended = kept_iw_bound(run, test_set, iw_samples, progress, runtime, iw_batch_size, watch,
+                                                  iw_precision)
     if not runtime.is_writer:
         return {}
     with watch("test ELBO"):
@@ -50,8 +52,9 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
     if iw_samples:
         result.update({"iw_nll": iw.nll, "iw_samples": iw.k, "iw_nll_std_error": iw.std_error,
+                       "iw_precision": iw.precision,
                        "iw_images_from_earlier": resumed, "iw_extended_from": extended,
-                       "iw_bounds_file": str(iw_bounds_path(run.path, iw.k))})
+                       "iw_bounds_file": str(iw_bounds_path(run.path, iw.k, iw.precision))})
         if run.model.likelihood.discrete:
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
     with watch("latent usage"):

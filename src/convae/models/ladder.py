@@ -282,10 +282,14 @@ class LadderVAE(VAE):
     def decode(self, z: torch.Tensor, x: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.parameters_of_x(self.decoder.state(z, self.onehot(labels, len(z))), x)
 
-    def log_weight_terms(self, x: torch.Tensor, posterior, eps: torch.Tensor,
-                         labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # every group's prior and posterior come from the top-down path: the bound decodes in float32 only
+    decoder_holds_no_density = False
+
+    def log_weight_terms(self, x: torch.Tensor, posterior, eps: torch.Tensor, labels: torch.Tensor | None = None,
+                         decode_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log p(x | z_k), sum_g log p(z_g,k | z_>g,k), sum_g log q(z_g,k | x, z_>g,k), each N x K, for K samples of
-        every group (eps: N x K x noise_dim) from the features ``posterior`` = ``infer(x)``."""
+        every group (eps: N x K x noise_dim) from the features ``posterior`` = ``infer(x)``. ``decode_dtype`` is
+        not used (``decoder_holds_no_density``)."""
         n, k, _ = eps.shape
         features, onehot = posterior
         repeated = ({s: f.repeat_interleave(k, 0) for s, f in features.items()},
@@ -294,9 +298,9 @@ class LadderVAE(VAE):
         steps, h = self.walk(repeated, lambda g, shape: parts[g], n * k)
         log_p = sum(gaussian_log_density(z, *prior) for _, prior, _, z in steps)
         log_q = sum(gaussian_log_density(z, *post) for _, _, post, z in steps)
-        targets = x.repeat_interleave(k, 0)
-        log_px_z = -self.likelihood.nll(self.parameters_of_x(h, targets), targets)
-        return log_px_z.view(n, k), log_p.view(n, k), log_q.view(n, k)
+        targets = x.repeat_interleave(k, 0) if self.head is not None else None  # a head reads the pixels
+        log_px_z = -self.likelihood.nll_of_samples(self.parameters_of_x(h, targets), x, k)
+        return log_px_z, log_p.view(n, k), log_q.view(n, k)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, generator: torch.Generator | None = None, *,

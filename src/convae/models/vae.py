@@ -84,20 +84,29 @@ class VAE(nn.Module):
         return self.loss_terms(self(x, labels, generator=generator), x)
 
     def log_weight_terms(self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor], eps: torch.Tensor,
-                         labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         labels: torch.Tensor | None = None, decode_dtype: torch.dtype | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log p(x | z_k), log p(z_k), log q(z_k | x), each N x K, for z_k = mu + sigma * eps_k (``posterior`` =
         ``encode(x)``, eps: N x K x noise_dim): the pieces of the importance weights, for training (IWAE) and for
-        the evaluation bound alike."""
+        the evaluation bound alike. ``decode_dtype`` (bfloat16): the decoder's products in that dtype under
+        autocast; z, the latent densities and the likelihood stay in float32 at least."""
         mu, sigma = posterior
         n, k, d = eps.shape
         z = mu[:, None] + sigma[:, None] * eps
-        targets = x[:, None].expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
-        repeated = None if labels is None else labels.reshape(-1, 1).expand(n, k).reshape(n * k)
-        log_px_z = -self.likelihood.nll(self.decode(z.reshape(n * k, d), targets, repeated), targets).view(n, k)
+        # only a PixelCNN head reads the image while decoding: then it is copied for each sample
+        targets = x.repeat_interleave(k, 0) if self.autoregressive else None
+        repeated = None if labels is None else labels.reshape(-1).repeat_interleave(k)
+        with torch.autocast(x.device.type, dtype=decode_dtype or torch.bfloat16, enabled=decode_dtype is not None):
+            params = self.decode(z.reshape(n * k, d), targets, repeated)
+        log_px_z = -self.likelihood.nll_of_samples(params, x, k)
         z, eps, sigma = (at_least_float32(t) for t in (z, eps, sigma))
         log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
         log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]
         return log_px_z, log_pz, log_qz
+
+    # the latent densities of the weights come from the encoder and z alone, not the decoder: the decoder may
+    # compute in bfloat16 for the bound (a hierarchy's priors come from its top-down path: it says False)
+    decoder_holds_no_density = True
 
     @property
     def autoregressive(self) -> bool:

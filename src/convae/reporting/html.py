@@ -264,6 +264,12 @@ def _evaluation_section(run: RunFiles) -> str:
                      + ", or build this page with <code>convae report --eval</code>.</p>")
     if run.evaluation:
         parts.append(f"<p class='note'>Protocol: {html.escape(run.evaluation.get('protocol', ''))}</p>")
+        groups = run.evaluation.get("groups")
+        if groups:  # a hierarchy: each group of latents against its own prior
+            rows = "".join(f"<tr><td>{html.escape(g['group'])}</td><td>{g['active_units']} of {g['units']}</td>"
+                           f"<td>{g['kl']:.2f}</td></tr>" for g in groups)
+            parts.append("<table class='groups'><caption>Latent groups, top down</caption><tr><th>group</th>"
+                         f"<th>active units</th><th>KL (nats)</th></tr>{rows}</table>")
     return "".join(parts)
 
 

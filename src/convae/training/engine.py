@@ -18,18 +18,7 @@ from ..config import TrainConfig
 from ..data import to_float
 from ..models.noise import Draws, noise_from
 from ..objectives import Objective, training_loss
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run in hardware here (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+from ..runtime import native_bf16
 
 
 def effective_precision(config: TrainConfig, device: torch.device, warn=print) -> str:
