@@ -32,7 +32,7 @@ def add_parsers(sub) -> None:
             p.add_argument("--iw-precision", choices=IW_PRECISIONS, default="fp32",
                            help="the decoder's products for the IW bound: fp32 (the same numbers on every machine), "
                                 "or bf16 (the latent densities, the likelihood and the sums stay float32/float64; "
-                                "within 0.02 nats of fp32, measured; 2-3x faster where the hardware multiplies "
+                                "within 0.002 nats of fp32, measured; about 2x faster where the hardware multiplies "
                                 "bfloat16 natively); auto = bf16 there (a GPU, a CPU with AMX or AVX-512 BF16), else "
                                 "fp32. Bounds of each precision are kept apart (default fp32)")
             p.add_argument("--test-limit", type=int, help="only the first N test images")
