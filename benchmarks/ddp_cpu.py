@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import time
 
 import torch
@@ -25,16 +23,9 @@ import torch.multiprocessing as mp
 
 from convae.config import TrainConfig
 from convae.models import build_model
+from convae.benchmarking.bench import cpu_description
 from convae.runtime import Runtime
 from convae.training.engine import make_optimizer, make_train_step
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def _worker(rank: int, world: int, threads: int, port: int, batch: int, steps: int, warmup: int, rounds: int, out):
@@ -118,7 +109,7 @@ def main() -> None:
             print(f"batch {batch:>4}  {p} process(es) x {t} thread(s): {median:8.0f} img/s, "
                   f"{batch / median * 1e3:6.1f} ms/step ({median / base:.2f}x {layouts[0][0]}x{layouts[0][1]})"
                   + (f"; gradient all-reduce alone {ar:.2f} ms" if ar else ""), flush=True)
-    report = {"cpu": cpu_model(), "torch": torch.__version__, "cores": os.cpu_count(), "steps": args.steps,
+    report = {"cpu": cpu_description(), "torch": torch.__version__, "cores": os.cpu_count(), "steps": args.steps,
               "rounds": args.rounds, "repeats": args.repeats, "results": results}
     print(f"CPU: {report['cpu']}, {report['cores']} cores, torch {report['torch']}")
     if args.json_out:

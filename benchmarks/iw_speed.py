@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -82,17 +81,6 @@ def decoder_flops_per_pair(run: str) -> float:
     return counter.get_total_flops() / 64
 
 
-def cpu_description() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    except OSError:
-        return platform.processor()
-    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("Model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("Flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
-    return f"{model} ({' '.join(wanted)})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="trained run folders")
@@ -106,7 +94,7 @@ def main() -> None:
 
     here = str(Path(__file__).resolve().parents[1] / "src")
     sys.path.insert(0, here)
-    from convae.benchmarking.bench import matmul_peak_gflops
+    from convae.benchmarking.bench import cpu_description, matmul_peak_gflops
     from convae.runtime import native_bf16
 
     variants = (["baseline"] if args.baseline_src else []) + ["fp32"]

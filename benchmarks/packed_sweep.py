@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -29,18 +27,9 @@ from convae.config import TrainConfig
 from convae.data import ImageData
 from convae.models import build_run_model
 from convae.runtime import synchronize
+from convae.benchmarking.bench import cpu_description
 from convae.training.engine import make_train_step
 from convae.training.packed import pack_step, probe_lane
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next(line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags"))
-        return name + " (" + " ".join(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")) + ")"
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -92,7 +81,7 @@ def main() -> None:
             rates[way].append(one_round(way))
     medians = {way: statistics.median(r) for way, r in rates.items()}
     result = {"model": args.model, "batch_size": args.batch_size, "members": args.members, "steps": args.steps,
-              "rounds": args.rounds, "device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+              "rounds": args.rounds, "device": str(device), "cpu": cpu_description(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "img_per_s_rounds": rates, "img_per_s": medians,
               "ratio_to_in_turn": {w: medians[w] / medians["in turn"] for w in ("threads", "batched")}}
     print(f"{args.members} x {args.model}, batch {args.batch_size}, {device} ({result['cpu']}, "

@@ -14,23 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from convae.benchmarking.bench import cpu_model_and_flags
+
 PRESETS = {"seed": ["--preset", "seed", "--epochs", "10"], "fast": ["--preset", "fast"]}
 
 
 def cpu_description() -> dict:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
-        flags = [f for f in info.get("Flags", "").split() if f.startswith(("avx", "amx", "fma"))]
-        return {"model_name": info.get("Model name", platform.processor()), "flags": flags}
-    except OSError:
-        return {"model_name": platform.processor(), "flags": []}
+    name, flags = cpu_model_and_flags()
+    return {"model_name": name, "flags": [f for f in flags if f.startswith(("avx", "amx", "fma"))]}
 
 
 def curve(run: Path) -> list[dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -18,8 +19,7 @@ import torch
 
 from ..config import TrainConfig
 from ..models import build_model
-from ..runtime import synchronize
-from ..runtime import native_bf16
+from ..runtime import native_bf16, synchronize
 from ..training.engine import make_optimizer, make_train_step
 from .flops import train_flops_per_image
 
@@ -55,6 +55,26 @@ def device_name(device: str) -> str:
     if device == "cpu":
         return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return device
+
+
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what decides speed and rounding
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """lscpu's model name and flags (the platform's processor name, no flags, where lscpu is missing)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    except OSError:
+        lines = []
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+    return info.get("Model name") or platform.processor() or platform.machine(), info.get("Flags", "").split()
+
+
+def cpu_description() -> str:
+    """The CPU as figures should name it: "Model name (avx2 avx512f ...)"."""
+    name, flags = cpu_model_and_flags()
+    shown = [f for f in CPU_FLAGS_SHOWN if f in flags]
+    return f"{name} ({' '.join(shown)})" if shown else name
 
 
 def matmul_peak_gflops(device: str, precision: str, repeats: int = 5) -> float | None:
