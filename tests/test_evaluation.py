@@ -246,6 +246,15 @@ def test_the_likelihood_of_k_samples_per_image_is_the_likelihood_of_the_image_co
     copied = likelihood.nll(params, x.repeat_interleave(4, 0)).view(3, 4)
     # float32 sums of 64 terms, in another order for the Bernoulli's broadcast form
     torch.testing.assert_close(likelihood.nll_of_samples(params, x, 4), copied, rtol=1e-6, atol=1e-4)
+    if name != "bernoulli":  # the others copy the image: the same function by construction
+        return
+    # the Bernoulli's other path, with a gradient asked for (IWAE training): the same numbers and gradient
+    params.requires_grad_()
+    with_grad = likelihood.nll_of_samples(params, x, 4)
+    torch.testing.assert_close(with_grad, copied, rtol=1e-6, atol=1e-4)
+    (gradient,) = torch.autograd.grad(with_grad.sum(), params)
+    (expected,) = torch.autograd.grad(likelihood.nll(params, x.repeat_interleave(4, 0)).sum(), params)
+    torch.testing.assert_close(gradient, expected)
 
 
 def test_a_bf16_decoder_bound_is_close_to_the_fp32_one_and_kept_apart(trained_run, capsys, tmp_path):

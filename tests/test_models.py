@@ -231,3 +231,50 @@ def test_pixel_model_samples_and_reconstructs_binary_images():
 def test_pixel_model_refuses_colour():
     with pytest.raises(ValueError, match="gray images"):
         build_model("pixel", channels=3)
+
+
+@pytest.mark.parametrize("name", ["seed", "resize", "subpixel", "resnet", "pixel", "ladder"])
+def test_a_frozen_copy_folds_batchnorms_and_computes_what_the_model_does(name):
+    from convae.models.frozen import frozen_copy
+
+    torch.manual_seed(0)
+    model = build_model(name)
+    for module in model.modules():  # trained-looking statistics, not the identity BatchNorm of a fresh model
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.5, 0.5)
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+    x = torch.rand(6, 1, 32, 32)
+    frozen = frozen_copy(model, channels_last=True)
+    model.eval()
+    with torch.no_grad():
+        expected, got = model.decode(model.encode(x)[0], x), frozen.decode(frozen.encode(x)[0], x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # float32 rounding of the folded weights
+    batchnorms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in frozen.modules())
+    if name in ("seed", "resize"):
+        # resize: every BatchNorm follows its convolution; seed: two have a crop or a zero pad between (a BN after
+        # a zero pad is not a conv's affine map at the padded pixels: left alone). Each ReLU follows a fresh map.
+        assert batchnorms == 4 and left == {"resize": 0, "seed": 2}[name]
+        relus = [m for m in frozen.decoder.modules() if isinstance(m, nn.ReLU)]
+        assert len(relus) == 3 + (name == "resize") and all(relu.inplace for relu in relus)
+        assert [m.inplace for m in frozen.encoder.modules() if isinstance(m, nn.ELU)] == [True]  # after a Linear
+    assert not any(p.requires_grad for p in frozen.parameters())
+    # the model itself untouched: its weights, their memory layout, its BatchNorms
+    assert all(torch.equal(value, weights[key]) for key, value in model.state_dict().items())
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) == batchnorms
+
+
+def test_activations_work_in_place_only_on_a_map_nothing_else_holds():
+    from convae.models.frozen import activate_in_place
+
+    layers = nn.Sequential(nn.ReLU(), nn.Linear(4, 4), nn.Identity(), nn.ELU(), nn.ReLU(), nn.Dropout(0.1), nn.ReLU(),
+                           nn.Flatten(), nn.ReLU())
+    assert activate_in_place(layers) == 2
+    # the caller's input, after Dropout (hands back its input in eval mode), after a view: not in place
+    assert [layers[i].inplace for i in (0, 3, 4, 6, 8)] == [False, True, True, False, False]
+    x = torch.randn(3, 4)
+    kept = x.clone()
+    layers.eval()(x)
+    assert torch.equal(x, kept)

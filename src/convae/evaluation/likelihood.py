@@ -26,6 +26,7 @@ from ..config import IW_PRECISIONS
 from ..data import EvalImages
 from ..files import atomic_write_json
 from ..models import VAE
+from ..models.frozen import frozen_copy
 from ..progress import Progress, Stopwatch
 from ..runs import Run, RunDir
 from ..runtime import Runtime, native_bf16
@@ -114,14 +115,10 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
     if fewer_bounds and not 0 < fewer_k < k:
         raise ValueError(f"bounds with K = {fewer_k} cannot be extended to K = {k}")
     runtime = runtime or Runtime()
-    was_training = model.training
-    model.eval()
     p = next(model.parameters())
-    # oneDNN's (transposed) convolutions run 1.5-3x faster on NHWC maps (docs/performance.md): the weights in that
-    # layout for the bound (the maps follow them), and back as they were after
-    nhwc = p.device.type == "cpu" and all(t.is_contiguous() for t in model.parameters() if t.dim() == 4)
-    if nhwc:
-        model.to(memory_format=torch.channels_last)
+    # the model as the bound runs it: BatchNorms folded into their convolutions, and on a CPU the weights in NHWC
+    # memory, where oneDNN's (transposed) convolutions run 1.5-3x faster (docs/performance.md)
+    model = frozen_copy(model, channels_last=p.device.type == "cpu")
     bounds = [float(b) for b in done]
     starts = range(len(bounds), len(data), batch_size)
     rounds = [starts[i:i + runtime.world_size] for i in range(0, len(starts), runtime.world_size)]
@@ -150,9 +147,6 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
                 save(bounds)
     finally:
         bar.close()
-        model.train(was_training)
-        if nhwc:
-            model.to(memory_format=torch.contiguous_format)
     b = torch.tensor(bounds, dtype=torch.float64)
     return IWResult(-b.mean().item(), k, len(b), (b.std() / math.sqrt(len(b))).item() if len(b) > 1 else 0.0, bounds,
                     precision)

@@ -54,17 +54,23 @@ class Bernoulli(Likelihood):
 
     def nll_of_samples(self, params, x, k):
         """The seed's term per pixel, softplus(l) - x l for the clipped logits l (what binary cross-entropy with
-        logits computes), with the image broadcast over its K samples instead of copied K times: a third fewer
-        passes over the N x K x pixels values, the cost the bound pays beside the decoder. Always float32 at least,
-        even inside an autocast region."""
+        logits computes), summed over the pixels as sum log(1 + e^l) - x . l. Where no gradient is asked for (the
+        bound), the first sum is computed as exp, +1, log in place in the logits' copy: on 2 CPU cores about 2x
+        faster than softplus (whose log1p is slow) and its fresh output, and as accurate here: |l| <= LOGIT_BOUND
+        keeps e^l finite, and the e^l < 6e-8 that 1 + e^l drops are below float32's rounding of the sum. The second
+        is one matrix product per image, its image broadcast over its K samples instead of copied K times.
+        Always float32 at least, even inside an autocast region."""
         n = len(x)
         with torch.autocast(params.device.type, enabled=False):
             # a copy of its own (float32 at least), clipped in place: one large allocation fewer
             logits = params.to(torch.promote_types(params.dtype, torch.float32), copy=True)
             logits = logits.clamp_(-LOGIT_BOUND, LOGIT_BOUND).view(n, k, -1)
-            nll = F.softplus(logits)
-            nll.addcmul_(logits, x.to(logits.dtype).reshape(n, 1, -1), value=-1)
-            return nll.sum(-1)
+            x_dot_logits = torch.bmm(logits, x.to(logits.dtype).reshape(n, -1, 1)).squeeze(-1)
+            if logits.requires_grad:  # training (IWAE): autograd keeps values for the backward pass, no steps in place
+                log_one_plus_exp = F.softplus(logits)
+            else:
+                log_one_plus_exp = logits.exp_().add_(1).log_()
+            return log_one_plus_exp.sum(-1) - x_dot_logits
 
     def mean(self, params):
         return torch.sigmoid(params)
