@@ -90,19 +90,20 @@ def test_unknown_model_and_encoder_are_refused():
     ((64, 1, 4, 4), (3, 64, 8, 8)),                # seed layer 4: kernel = stride -> tile path
     ((8, 5, 2, 2), (2, 8, 3, 5)),                  # non-square input, several output channels
 ])
-def test_matmul_transposed_conv_equals_pytorchs(args, shape):
+@pytest.mark.parametrize("bias", [False, True])  # the seed's layers have none; a folded BatchNorm gives one
+def test_matmul_transposed_conv_equals_pytorchs(args, shape, bias):
     from convae.models.decoders import ConvTranspose2d
 
-    reference = nn.ConvTranspose2d(*args, bias=False).double()
-    ours = ConvTranspose2d(*args, bias=False).double()
+    reference = nn.ConvTranspose2d(*args, bias=bias).double()
+    ours = ConvTranspose2d(*args, bias=bias).double()
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     a, b = reference(x), ours(x)
     assert torch.allclose(a, b, atol=1e-12)
     grad = torch.randn_like(a)
-    ga = torch.autograd.grad(a, (x, reference.weight), grad)
-    gb = torch.autograd.grad(b, (x, ours.weight), grad)
-    assert all(torch.allclose(u, v, atol=1e-12) for u, v in zip(ga, gb))
+    ga = torch.autograd.grad(a, (x, *reference.parameters()), grad)
+    gb = torch.autograd.grad(b, (x, *ours.parameters()), grad)
+    assert len(ga) == 2 + bias and all(torch.allclose(u, v, atol=1e-12) for u, v in zip(ga, gb))
 
 
 @pytest.mark.parametrize("in_channels, out_channels, shape, bias", [
@@ -278,3 +279,18 @@ def test_activations_work_in_place_only_on_a_map_nothing_else_holds():
     kept = x.clone()
     layers.eval()(x)
     assert torch.equal(x, kept)
+
+
+@pytest.mark.parametrize("out_channels, bias", [(1, False), (3, True)])
+def test_a_resize_convolution_by_phases_equals_upsampling_then_the_3x3_conv(out_channels, bias):
+    from convae.models.decoders import ResizeConv2d
+    from convae.models.frozen import ResizePhases, paint_by_phases
+
+    torch.manual_seed(0)
+    conv = ResizeConv2d(5, out_channels, bias=bias).double()
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)  # not square: rows and columns kept apart
+    expected = nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2, mode="nearest"), conv.weight,
+                                    conv.bias, padding=1)
+    torch.testing.assert_close(ResizePhases(conv)(x), expected, rtol=0, atol=1e-12)
+    layers = nn.Sequential(conv, nn.ReLU(), ResizeConv2d(5, 16))
+    assert paint_by_phases(layers) == 1 and isinstance(layers[0], ResizePhases)  # not the 16-channel layer

@@ -34,15 +34,23 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         k, s = self.kernel_size, self.stride
         plain = (self.padding == (0, 0) and self.output_padding == (0, 0) and self.dilation == (1, 1)
-                 and self.groups == 1 and output_size is None and self.bias is None)
+                 and self.groups == 1 and output_size is None)
         n, c_in, h, w = x.shape
         if plain and h == 1 and w == 1:
-            return (x.reshape(n, c_in) @ self.weight.reshape(c_in, -1)).view(n, self.out_channels, *k)
+            return self.product(x.reshape(n, c_in)).view(n, self.out_channels, *k)
         if plain and k == s:
-            tiles = x.permute(0, 2, 3, 1).reshape(n * h * w, c_in) @ self.weight.reshape(c_in, -1)
+            tiles = self.product(x.permute(0, 2, 3, 1).reshape(n * h * w, c_in))
             tiles = tiles.view(n, h, w, self.out_channels, k[0], k[1])
             return tiles.permute(0, 3, 1, 4, 2, 5).reshape(n, self.out_channels, h * k[0], w * k[1])
         return super().forward(x, output_size)
+
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (M x C_in) times the kernel as a C_in x (C_out k k) matrix, plus the bias of each output channel
+        (the seed's layers have none; a BatchNorm folded into the layer for evaluation gives one)."""
+        columns = self.weight.reshape(self.in_channels, -1)
+        if self.bias is None:
+            return rows @ columns
+        return torch.addmm(self.bias.repeat_interleave(columns.shape[1] // self.out_channels), rows, columns)
 
 
 class ResizeConv2d(nn.Conv2d):
