@@ -7,6 +7,7 @@ In-process workers (torch.multiprocessing, the environment torchrun would set) c
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -38,9 +39,19 @@ TIMING = {"train_seconds", "epoch_seconds", "img_per_s", "eval_seconds"}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and below the kernel's ephemeral range: a port the kernel hands out (bind to 0) may be taken
+    again, before its job listens on it, by the connections of an earlier process group (gloo's go to ephemeral
+    ports), which once failed a run with EADDRINUSE."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    chooser = random.Random()  # seeded by the OS: concurrent test sessions choose apart
+    for _ in range(200):
+        port = chooser.randrange(max(1024, low - 16384), low)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def join_as(rank: int, world: int, port: int) -> None:
