@@ -234,9 +234,9 @@ def test_pixel_model_refuses_colour():
         build_model("pixel", channels=3)
 
 
-@pytest.mark.parametrize("name", ["seed", "resize", "subpixel", "resnet", "pixel", "ladder"])
+@pytest.mark.parametrize("name", ["seed", "resize", "subpixel", "resnet", "pixel", "ladder", "fc"])
 def test_a_frozen_copy_folds_batchnorms_and_computes_what_the_model_does(name):
-    from convae.models.frozen import frozen_copy
+    from convae.models.frozen import Float32Linear, frozen_copy
 
     torch.manual_seed(0)
     model = build_model(name)
@@ -260,11 +260,37 @@ def test_a_frozen_copy_folds_batchnorms_and_computes_what_the_model_does(name):
         relus = [m for m in frozen.decoder.modules() if isinstance(m, nn.ReLU)]
         assert len(relus) == 3 + (name == "resize") and all(relu.inplace for relu in relus)
         assert [m.inplace for m in frozen.encoder.modules() if isinstance(m, nn.ELU)] == [True]  # after a Linear
+    # the fully connected decoder's first layer reads z (20 values): kept float32, with the tanh after it; no layer
+    # of the others is that narrow and followed by an activation in an nn.Sequential
+    kept = [m for m in frozen.modules() if isinstance(m, Float32Linear)]
+    assert kept == ([frozen.decoder.net[0]] if name == "fc" else [])
+    if name == "fc":  # nothing folded: the same names, the layer replaced included
+        assert list(frozen.state_dict()) == list(model.state_dict())
     assert not any(p.requires_grad for p in frozen.parameters())
     # the model itself untouched: its weights, their memory layout, its BatchNorms
     assert all(torch.equal(value, weights[key]) for key, value in model.state_dict().items())
     assert all(p.is_contiguous() for p in model.parameters())
     assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) == batchnorms
+
+
+def test_a_narrow_linear_layer_computes_float32_inside_a_bfloat16_autocast_region():
+    from convae.models.frozen import Float32Linear, keep_narrow_products_float32
+
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Linear(20, 50), nn.Tanh(), nn.Linear(50, 40))
+    z = torch.randn(7, 20)
+    with torch.no_grad():
+        expected = layers[1](layers[0](z))  # float32 throughout
+        assert keep_narrow_products_float32(layers) == 1 and type(layers[2]) is nn.Linear  # 50 inputs: left
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = layers[1](layers[0](z.bfloat16()))  # a bfloat16 input is read as float32 too
+            out = layers[2](hidden)
+    assert isinstance(layers[0], Float32Linear) and hidden.dtype == torch.float32 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(hidden, layers[1](torch.nn.functional.linear(z.bfloat16().float(), layers[0].weight,
+                                                                            layers[0].bias)), rtol=0, atol=0)
+    assert not torch.equal(expected, hidden.to(torch.bfloat16).float())  # a bfloat16 output would have rounded it
+    with torch.no_grad():
+        torch.testing.assert_close(layers[1](layers[0](z)), expected, rtol=0, atol=0)  # without autocast: nn.Linear
 
 
 def test_activations_work_in_place_only_on_a_map_nothing_else_holds():
