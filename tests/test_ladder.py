@@ -45,10 +45,10 @@ def test_the_iw_bound_with_one_sample_is_the_elbo_in_expectation_and_tightens():
     from convae.evaluation.likelihood import log_weights
 
     torch.manual_seed(0)
-    model = build_model("ladder").double().eval()
+    model = build_model("ladder").eval()  # float32: the check is statistical (4 standard errors), far above its rounding
     for p in model.parameters():  # away from the initial posterior = prior, so that the KL is not zero
         p.data.add_(torch.randn_like(p) * 0.02)
-    x = torch.bernoulli(torch.full((3, 1, 32, 32), 0.3, dtype=torch.float64))
+    x = torch.bernoulli(torch.full((3, 1, 32, 32), 0.3))
     with torch.no_grad():
         w = log_weights(model, x, 400, torch.Generator().manual_seed(1))
         elbo = torch.stack([-model.loss(x, generator=torch.Generator().manual_seed(s)).total for s in range(400)])
