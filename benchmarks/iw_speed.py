@@ -14,6 +14,8 @@ decoder reaches (its FLOPs per pair counted by torch's FlopCounterMode, over a l
 same dtype, as `convae bench` measures it).
 
     python benchmarks/iw_speed.py runs/fc runs/resize --k 1000 --images 100 --rounds 3 --baseline-src /tmp/ad8fd22/src
+
+``--device cuda`` times it on the GPU (the matmul rates then are the GPU's; benchmarks/gpu_iw_check.sh runs it).
 """
 
 from __future__ import annotations
@@ -37,24 +39,24 @@ try:
 except ImportError:  # older checkouts kept it beside the ELBO
     from convae.evaluation.elbo import evaluation_images
 from convae.data import load_for_config
-run, k, n, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-trained = convae.load(run, device="cpu")
+run, k, n, precision, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+trained = convae.load(run, device=device)
 model, config = trained.model, trained.config
 data = load_for_config(config, progress=False)
 labels = data.test_labels[:n] if model.classes else None
 test = evaluation_images(data.test_images[:n], data.levels, config, labels)
 options = {} if precision == "baseline" else {"precision": precision}
 start = time.perf_counter()
-result = importance_weighted_nll(model, test, k, batch_size=100, seed=0, **options)
+result = importance_weighted_nll(model, test, k, batch_size=100, seed=0, **options)  # its bounds come to the host
 print(json.dumps({"seconds": time.perf_counter() - start, "nll": result.nll}))
 """
 
 
-def run_variant(run: str, k: int, n: int, variant: str, src: str) -> dict:
+def run_variant(run: str, k: int, n: int, variant: str, src: str, device: str = "cpu") -> dict:
     env = dict(os.environ, PYTHONPATH=src)
     run = str(Path(run).resolve())
-    done = subprocess.run([sys.executable, "-c", CHILD, run, str(k), str(n), variant], capture_output=True, text=True,
-                          env=env, cwd=Path(run).resolve().parent)
+    done = subprocess.run([sys.executable, "-c", CHILD, run, str(k), str(n), variant, device], capture_output=True,
+                          text=True, env=env, cwd=Path(run).resolve().parent)
     if done.returncode:
         raise SystemExit(f"{variant} on {run} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-src", help="src/ of the older checkout to compare with")
     parser.add_argument("--bf16", action="store_true", help="time bf16 even where the CPU emulates it")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--json-out")
     args = parser.parse_args()
 
@@ -97,15 +100,17 @@ def main() -> None:
     from convae.benchmarking.bench import cpu_description, matmul_peak_gflops
     from convae.runtime import native_bf16
 
+    device = torch.device(args.device)
     variants = (["baseline"] if args.baseline_src else []) + ["fp32"]
-    if args.bf16 or native_bf16(torch.device("cpu")):
+    if args.bf16 or native_bf16(device):
         variants.append("bf16")
-    peak = {p: (matmul_peak_gflops("cpu", p) or float("nan")) * 1e9 for p in ("fp32", "bf16")}
+    peak = {p: (matmul_peak_gflops(device.type, p) or float("nan")) * 1e9 for p in ("fp32", "bf16")}
     peak["baseline"] = peak["fp32"]
-    report = {"cpu": cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(), "k": args.k,
-              "images": args.images, "rounds": args.rounds, "matmul_gflops": {d: peak[d] / 1e9 for d in ("fp32", "bf16")},
-              "runs": []}
-    print(f"{report['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} threads; large matmul: "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
+    report = {"device": where, "cpu": cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "k": args.k, "images": args.images, "rounds": args.rounds,
+              "matmul_gflops": {d: peak[d] / 1e9 for d in ("fp32", "bf16")}, "runs": []}
+    print(f"{where}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; large matmul: "
           f"{peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16")
     for run in args.runs:
         flops = decoder_flops_per_pair(run)
@@ -113,7 +118,8 @@ def main() -> None:
         nll = {}
         for _ in range(args.rounds):
             for variant in variants:
-                result = run_variant(run, args.k, args.images, variant, args.baseline_src if variant == "baseline" else here)
+                result = run_variant(run, args.k, args.images, variant,
+                                     args.baseline_src if variant == "baseline" else here, args.device)
                 times[variant].append(result["seconds"])
                 nll[variant] = result["nll"]
         pairs = args.k * args.images
