@@ -106,8 +106,9 @@ def main() -> None:
         variants.append("bf16")
     peak = {p: (matmul_peak_gflops(device.type, p) or float("nan")) * 1e9 for p in ("fp32", "bf16")}
     peak["baseline"] = peak["fp32"]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
-    report = {"device": where, "cpu": cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    cpu = cpu_description()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    report = {"device": where, "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "k": args.k, "images": args.images, "rounds": args.rounds,
               "matmul_gflops": {d: peak[d] / 1e9 for d in ("fp32", "bf16")}, "runs": []}
     print(f"{where}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; large matmul: "

@@ -116,9 +116,9 @@ def importance_weighted_nll(model: VAE, data: EvalImages, k: int, *, batch_size:
         raise ValueError(f"bounds with K = {fewer_k} cannot be extended to K = {k}")
     runtime = runtime or Runtime()
     p = next(model.parameters())
-    # the model as the bound runs it (models/frozen.py): a copy with its BatchNorms folded into their convolutions,
-    # activations in place, and on a CPU its weights in NHWC memory, where oneDNN's (transposed) convolutions run
-    # 1.5-3x faster (docs/performance.md); the caller's model is not touched
+    # the model as the bound runs it: a copy made for a long evaluation (models/frozen.py says what it changes), on a
+    # CPU with its weights in NHWC memory, where oneDNN's (transposed) convolutions run 1.5-3x faster
+    # (docs/performance.md); the caller's model is not touched
     model = frozen_copy(model, channels_last=p.device.type == "cpu")
     bounds = [float(b) for b in done]
     starts = range(len(bounds), len(data), batch_size)

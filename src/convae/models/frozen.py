@@ -5,9 +5,10 @@ folded into it (in eval mode BatchNorm is the affine map y = s x + t per channel
 with weights s W and bias s b + t: one pass over the largest maps fewer per layer), a resize convolution to the few
 channels of an image is computed by phases (``ResizePhases``), a Linear layer that reads only a few inputs (z) stays
 float32 under autocast (``Float32Linear``), the activations that follow a layer's fresh output there work in place
-(no new map to allocate and fault in), and on request its 4-D weights are in channels-last memory (oneDNN's (transposed) convolutions run 1.5-3x faster on NHWC maps, and the maps follow
-the weights). The model itself is left as it was, so training and the seed's numbers never see any of this; the
-copy computes the same function up to float32 rounding.
+(no new map to allocate and fault in), and on request its 4-D weights are in channels-last memory (oneDNN's
+(transposed) convolutions run 1.5-3x faster on NHWC maps, and the maps follow the weights). The model itself is left
+as it was, so training and the seed's numbers never see any of this; the copy computes the same function up to
+float32 rounding.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def fold_batch_norms(layers: nn.Sequential) -> int:
                 and not norm.training and norm.running_mean is not None and conv.groups == 1):
             # fuse_conv_bn_eval copies the module (a subclass keeps its forward) and scales output channel c of W
             # (dimension 0 of a Conv's weights, 1 of a ConvTranspose's) by gamma_c / sqrt(var_c + eps)
-            layers._modules[conv_name] = fuse_conv_bn_eval(conv, norm,
-                                                            transpose=isinstance(conv, nn.modules.conv._ConvTransposeNd))
+            transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+            layers._modules[conv_name] = fuse_conv_bn_eval(conv, norm, transpose=transposed)
             layers._modules[norm_name] = nn.Identity()
             folded += 1
     return folded
