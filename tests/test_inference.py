@@ -39,6 +39,10 @@ def test_load_takes_images_as_users_have_them(run_dir, tiny_data):
         model.encode(np.zeros((2, 3, 32, 32), np.uint8))
     with pytest.raises(ConfigError, match=r"float images must lie in \[0, 1\]"):
         model.encode(np.full((2, 32, 32), 2.0, np.float32))
+    half_missing = np.full((2, 32, 32), 0.5, np.float32)
+    half_missing[1, 3, 4] = np.nan  # min and max of the rest lie in [0, 1]
+    with pytest.raises(ConfigError, match="these hold NaN or infinite values"):
+        model.encode(half_missing)
     with pytest.raises(ConfigError, match="this model takes N x 100"):
         model.decode(np.zeros((2, 7)))
 

@@ -129,6 +129,9 @@ def test_npz_with_its_own_split_and_labels(tmp_path):
     (np.zeros((4, 5), np.uint8), r"shape \(4, 5\): expected N x H x W"),
     (np.zeros((4, 8, 8), np.int16), "dtype int16 is not supported"),
     (np.full((4, 8, 8), 2.0), r"float images must lie in \[0, 1\]"),
+    (np.where(np.arange(4)[:, None, None] == 2, np.nan, np.full((4, 8, 8), 0.5)),  # one image, else in range
+     r"bad.npy: 1 image\(s\) hold NaN or infinite values \(the first: image 2\); float images must lie in \[0, 1\]"),
+    (np.full((4, 8, 8), np.inf, np.float32), r"4 image\(s\) hold NaN or infinite values \(the first: image 0\)"),
     (np.zeros((4, 5, 8, 8), np.uint8), "no channel axis of 1, 3 or 4"),
 ])
 def test_bad_arrays_are_refused_by_name(tmp_path, array, message):

@@ -97,6 +97,8 @@ class TrainedModel:
                             self.config.resize_mode, self.config.quantize)
         if not x.is_floating_point():
             raise ConfigError(f"images of dtype {x.dtype}: give uint8 (0..255) or floats in [0, 1]")
+        if x.numel() and not bool(x.isfinite().all()):  # NaN passes both comparisons below
+            raise ConfigError("float images must lie in [0, 1]; these hold NaN or infinite values")
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise ConfigError("float images must lie in [0, 1]")
         x = x.to(self.device, self.param.dtype)

@@ -73,8 +73,12 @@ def as_images(array: np.ndarray, path: Path, key: str | None = None) -> np.ndarr
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
-        low, high = float(np.nanmin(array)), float(np.nanmax(array))
-        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= 1):
+        unfinished = ~np.isfinite(array).reshape(len(array), -1).all(axis=1)  # NaN would become 0 in the cast
+        if unfinished.any():
+            raise DataError(f"{where}: {int(unfinished.sum())} image(s) hold NaN or infinite values (the first: image "
+                            f"{int(np.argmax(unfinished))}); float images must lie in [0, 1]")
+        low, high = float(array.min()), float(array.max())
+        if not (0 <= low and high <= 1):
             raise DataError(f"{where}: float images must lie in [0, 1], found values in [{low:g}, {high:g}]")
         return np.rint(array * 255).astype(np.uint8)
     raise DataError(f"{where}: dtype {array.dtype} is not supported (uint8, bool, or floats in [0, 1])")
