@@ -114,7 +114,7 @@ def test_every_unreadable_file_is_named_in_one_message_or_skipped_on_request(tmp
     base = ["train", "--data", str(root), "--image-size", "32", "--model", "fc", "--epochs", "1", "--batch-size",
             "4", "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard", "--out", str(out)]
     code, _, err = run_cli(capsys, *base)
-    assert code == 2 and err.count("\n") == 1 and "3 file(s) Pillow cannot read" in err
+    assert code == 2 and err.count("\n") == 1 and "3 unusable image file(s)" in err
     assert all(name in err for name in ("empty.png", "fake.jpg", "broken.png")) and "--skip-bad-images" in err
     assert not out.exists()
     code, _, err = run_cli(capsys, *base, "--skip-bad-images")

@@ -97,6 +97,46 @@ def test_bad_folders_name_the_file(tmp_path):
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written
 
 
+
+def test_16_bit_and_float_gray_images_keep_their_scale_and_bad_values_are_named(tmp_path):
+    """Pillow's convert("L") clips at 255: a 16-bit ramp would come out nearly white and a float one black."""
+    ramp = np.linspace(0, 1, 24 * 40).reshape(24, 40)  # 40 wide: the centre 24 x 24 is kept
+    as_8_bit, deep = tmp_path / "eight", tmp_path / "deep"
+    for folder in (as_8_bit, deep):
+        folder.mkdir()
+    for k in range(5):
+        shifted = (ramp + k / 10) / 1.4
+        Image.fromarray(np.rint(shifted * 255).astype(np.uint8), "L").save(as_8_bit / f"{k}.png")
+        Image.fromarray(np.rint(shifted * 65535).astype(np.uint16)).save(deep / f"{k}.png")  # mode I;16
+        Image.fromarray(shifted.astype(np.float32), "F").save(deep / f"{k}.tif")
+    assert Image.open(deep / "0.png").mode == "I;16" and Image.open(deep / "0.tif").mode == "F"
+    expected = load(as_8_bit, tmp_path, image_size=12, test_fraction=0.2)
+    got = load(deep, tmp_path, image_size=12, test_fraction=0.2)
+    assert expected.shape == got.shape == (1, 12, 12) and len(got.train_images) + len(got.test_images) == 10
+    reference = {bytes(i.numpy()): i for i in torch.cat([expected.train_images, expected.test_images])}
+    for image in torch.cat([got.train_images, got.test_images]):  # each within a level of its 8-bit twin
+        nearest = min(reference.values(), key=lambda r: (r.int() - image.int()).abs().max().item())
+        assert (nearest.int() - image.int()).abs().max() <= 1
+    assert 0.2 < got.train_images.float().mean() / 255 < 0.8
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    Image.fromarray(np.full((8, 8), 2.0, np.float32), "F").save(bad / "over.tif")
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), "F").save(bad / "nan.tif")
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(bad / "wide.tif")
+    for k in range(4):
+        Image.fromarray(np.full((8, 8), k / 4, np.float32), "F").save(bad / f"fine{k}.tif")
+    with pytest.raises(DataError, match=r"bad: 3 unusable image file\(s\)") as refused:
+        load(bad, tmp_path)
+    message = str(refused.value)
+    assert f"{bad / 'over.tif'}: float pixels in [2, 2]; float images must lie in [0, 1]" in message
+    assert f"{bad / 'nan.tif'}: float pixels hold NaN or infinite values" in message
+    assert f"{bad / 'wide.tif'}: I-mode pixels in [70000, 70000]; integer images must fit in 16 bits" in message
+    kept = load(bad, tmp_path, image_size=8, skip_bad_images=True, test_fraction=0.25)
+    assert len(kept.details["skipped"]) == 3
+    assert sorted(torch.cat([kept.train_images, kept.test_images])[:, 0, 0, 0].tolist()) == [0, 64, 128, 191]
+
+
 # -- arrays ------------------------------------------------------------------------------------------------------
 
 

@@ -97,8 +97,9 @@ class TrainConfig:
     background: str = setting("white", "what shows through the transparent pixels of images with an alpha channel "
                                        "(RGBA, LA, a palette's transparent colour), as a viewer shows them",
                               choices=BACKGROUNDS)
-    skip_bad_images: bool = setting(False, "leave out the image files Pillow cannot read (counted, and listed in the "
-                                           "run's log.txt) instead of refusing them all in one message")
+    skip_bad_images: bool = setting(False, "leave out the image files Pillow cannot read or whose pixels convae "
+                                           "cannot take (counted, and listed in the run's log.txt) instead of "
+                                           "refusing them all in one message")
     test_fraction: float = setting(0.1, "held out for testing where the data has no split (fixed seed)")
     cache_dir: str | None = setting(None, "where prepared images are cached (default .convae-cache beside the run "
                                           "folder)")

@@ -34,6 +34,31 @@ def composite_arrays(rgba: np.ndarray, background: str = "white") -> tuple[np.nd
     return out, int((rgba[:, 3] < 255).reshape(len(rgba), -1).any(1).sum())
 
 
+DEEP_GRAY = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}  # 16- and 32-bit integer gray, float gray
+
+
+def deep_gray_as_float(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit integer gray image, or a float one, as mode ``F`` on the 8-bit scale (0..255), so cropping
+    and resizing work on all its bits. Pillow's own ``convert("L")`` clips at 255: it turns a 16-bit image nearly
+    white and a float image in [0, 1] black. Integers are read as 16-bit (0..65535 -> 0..255; Pillow opens some
+    16-bit files as 32-bit ``I``), floats as [0, 1], as float arrays are; values outside are refused."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(values).all():
+            raise DataError("float pixels hold NaN or infinite values; float images must lie in [0, 1]")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise DataError(f"float pixels in [{low:g}, {high:g}]; float images must lie in [0, 1]")
+        scaled = values * 255
+    else:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise DataError(f"{image.mode}-mode pixels in [{low}, {high}]; integer images must fit in 16 bits "
+                            "(0..65535)")
+        scaled = values / 257  # 65535 / 257 = 255 exactly
+    return Image.fromarray(scaled.astype(np.float32), "F")
+
+
 def square(image: Image.Image, policy: str) -> Image.Image:
     """Centre-crop (or, with ``pad``, pad with black) to a square."""
     w, h = image.size
@@ -55,10 +80,14 @@ def prepare_image(image: Image.Image, size: int, channels: int, policy: str,
     ``background``). Pillow's BOX and BILINEAR filters average over the source pixels each output pixel covers when
     shrinking (antialiasing)."""
     image, transparent = without_alpha(image, background)
-    image = image.convert("RGB" if channels == 3 else "L")
+    deep = image.mode in DEEP_GRAY
+    image = deep_gray_as_float(image) if deep else image.convert("RGB" if channels == 3 else "L")
     image = square(image, policy)
     if image.size != (size, size):
         image = image.resize((size, size), RESAMPLE.get(policy, Image.Resampling.BOX))
+    if deep:  # to 8 bits once, after resizing; gray to RGB repeats the value, as Pillow's "L" -> "RGB" does
+        gray = np.rint(np.asarray(image, dtype=np.float32)).clip(0, 255).astype(np.uint8)[None]
+        return (gray if channels == 1 else np.repeat(gray, 3, axis=0)), transparent
     array = np.asarray(image, dtype=np.uint8)
     return (array[None] if channels == 1 else array.transpose(2, 0, 1)), transparent
 

@@ -164,8 +164,8 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
 
 def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: dict, cache: PreparedCache,
                     progress: bool) -> None:
-    """Decode every file once into the cache. A file Pillow cannot read (at its header, or truncated further in) is
-    collected, not fatal at once: all of them are named in one message at the end, or with ``skip_bad_images``
+    """Decode every file once into the cache. A file Pillow cannot read (at its header, or truncated further in), or
+    whose pixels convae cannot take, is collected, not fatal at once: all of them are named in one message at the end, or with ``skip_bad_images``
     left out (and listed in the data's details)."""
     bad: list[tuple[Path, str]] = []
     modes = {}
@@ -201,8 +201,12 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
             dropped = []
             for k, (path, _) in enumerate(pairs):
                 try:
-                    out[k], alpha = prepare_image(open_image(path), size, channels, settings["resize"],
-                                                  settings["background"])
+                    image = open_image(path)  # its errors name the file
+                    try:
+                        out[k], alpha = prepare_image(image, size, channels, settings["resize"],
+                                                      settings["background"])
+                    except DataError as e:  # pixel values convae cannot take (a float image outside [0, 1])
+                        raise DataError(f"{path}: {e}") from None
                     details["transparent"] += alpha
                 except DataError as e:
                     bad.append((path, str(e)))
@@ -232,7 +236,7 @@ def unreadable_message(bad: list[tuple[Path, str]], folder: Path) -> str:
     """Every unreadable file in one line: the first ``BAD_FILES_NAMED`` with the reason, then a count."""
     named = "; ".join(why for _, why in bad[:BAD_FILES_NAMED])
     more = f"; and {len(bad) - BAD_FILES_NAMED} more" if len(bad) > BAD_FILES_NAMED else ""
-    return (f"{folder}: {len(bad)} file(s) Pillow cannot read: {named}{more}; remove them, or give "
+    return (f"{folder}: {len(bad)} unusable image file(s): {named}{more}; remove them, or give "
             "--skip-bad-images to train without them")
 
 
