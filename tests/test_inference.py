@@ -29,6 +29,7 @@ def test_load_takes_images_as_users_have_them(run_dir, tiny_data):
     as_float = uint8.float() / 255
     torch.testing.assert_close(model.encode(as_float.numpy())[0], mu)   # floats in [0, 1], from NumPy
     torch.testing.assert_close(model.encode(uint8[:, 0])[0], mu)        # N x H x W
+    assert torch.equal(model.encode(uint8.numpy().astype(np.uint16) * 257)[0], mu)  # 16 bits, as a 16-bit PNG
     torch.testing.assert_close(model.encode(uint8[0, 0])[0], mu[:1])     # one H x W image
     images = model.decode(mu)
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1

@@ -137,15 +137,31 @@ def test_16_bit_and_float_gray_images_keep_their_scale_and_bad_values_are_named(
     assert sorted(torch.cat([kept.train_images, kept.test_images])[:, 0, 0, 0].tolist()) == [0, 64, 128, 191]
 
 
+def test_a_cielab_tiff_is_read_in_colour_and_in_gray(tmp_path):
+    """Pillow converts LAB to RGB but refuses LAB to gray (a ValueError, once a traceback here)."""
+    root = tmp_path / "lab"
+    root.mkdir()
+    for k in range(4):
+        Image.new("LAB", (8, 8), (60 * k, 200, 128)).save(root / f"{k}.tif")
+    colour = load(root, tmp_path, image_size=8, test_fraction=0.25)
+    gray = load(root, tmp_path, image_size=8, test_fraction=0.25, channels="1")
+    rgb = torch.cat([colour.train_images, colour.test_images])
+    by_hand = [np.asarray(Image.open(root / f"{k}.tif").convert("RGB")) for k in range(4)]
+    assert sorted(map(bytes, rgb.permute(0, 2, 3, 1).numpy())) == sorted(map(bytes, by_hand))
+    as_gray = [np.asarray(Image.fromarray(a).convert("L")) for a in by_hand]
+    assert sorted(map(bytes, torch.cat([gray.train_images, gray.test_images])[:, 0].numpy())) == sorted(
+        map(bytes, as_gray))
+
+
 # -- arrays ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW", "float"])
+@pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW", "float", "uint16"])
 def test_npy_layouts_and_dtypes(tmp_path, layout):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (20, 3, 12, 12), dtype=np.uint8)
     array = {"NHW": images[:, 0], "NHWC": images.transpose(0, 2, 3, 1), "NCHW": images,
-             "float": images.transpose(0, 2, 3, 1) / 255.0}[layout]
+             "float": images.transpose(0, 2, 3, 1) / 255.0, "uint16": images.astype(np.uint16) * 257}[layout]
     np.save(tmp_path / "x.npy", array)
     data = load(tmp_path / "x.npy", tmp_path, image_size=12)
     channels = 1 if layout == "NHW" else 3

@@ -83,8 +83,8 @@ class TrainedModel:
 
         Accepted: Pillow images (one, or a list), NumPy arrays and tensors (or lists of them) of one image or a batch,
         gray (H x W, N x H x W), channels first (C x H x W, N x C x H x W) or channels last as NumPy and Pillow give
-        them (H x W x C, N x H x W x C); uint8 (0..255) or floats in [0, 1]. An alpha channel is drawn over the run's
-        ``--background``, as training prepared its images."""
+        them (H x W x C, N x H x W x C); uint8 (0..255), uint16 (0..65535) or floats in [0, 1]. An alpha channel is
+        drawn over the run's ``--background``, as training prepared its images."""
         x = channels_first(as_tensor(images), self.channels)
         if x.shape[1] == self.channels + 1:  # with alpha: over the background, as the run's images were prepared
             x = over_background(x, self.config.background)
@@ -92,11 +92,13 @@ class TrainedModel:
             raise ConfigError(f"images of shape {tuple(x.shape)}: this model takes {self.channels}-channel images "
                               f"({'gray' if self.channels == 1 else 'RGB'}, or with alpha), as H x W x C, "
                               "C x H x W, N x H x W x C or N x C x H x W arrays or Pillow images")
+        if x.dtype == torch.uint16:  # a 16-bit image (Pillow's I;16): 0..65535 -> 0..255, as training reads one
+            x = torch.round(x.to(torch.int32) / 257).to(torch.uint8)
         if x.dtype == torch.uint8:
             return to_float(x.to(self.device), self.levels, self.config.image_size, self.param.dtype,
                             self.config.resize_mode, self.config.quantize)
         if not x.is_floating_point():
-            raise ConfigError(f"images of dtype {x.dtype}: give uint8 (0..255) or floats in [0, 1]")
+            raise ConfigError(f"images of dtype {x.dtype}: give uint8 (0..255), uint16 (0..65535) or floats in [0, 1]")
         if x.numel() and not bool(x.isfinite().all()):  # NaN passes both comparisons below
             raise ConfigError("float images must lie in [0, 1]; these hold NaN or infinite values")
         if x.numel() and (x.min() < 0 or x.max() > 1):

@@ -1,6 +1,6 @@
 """Images in a NumPy file: ``.npy`` (one array) or ``.npz`` (``train`` and ``test``, with ``train_labels`` and
 ``test_labels``; or Keras' ``x_train``/``y_train``/``x_test``/``y_test``; or one array of images with ``labels``).
-Shapes N x H x W, N x H x W x C or N x C x H x W; uint8, bool, or floats in [0, 1]."""
+Shapes N x H x W, N x H x W x C or N x C x H x W; uint8, uint16 (scaled to 8 bits), bool, or floats in [0, 1]."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def as_images(array: np.ndarray, path: Path, key: str | None = None) -> np.ndarr
         return np.ascontiguousarray(array)
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:  # 16-bit images, as a 16-bit PNG is read: 0..65535 -> 0..255
+        return np.rint(array / 257).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         unfinished = ~np.isfinite(array).reshape(len(array), -1).all(axis=1)  # NaN would become 0 in the cast
         if unfinished.any():
@@ -81,4 +83,4 @@ def as_images(array: np.ndarray, path: Path, key: str | None = None) -> np.ndarr
         if not (0 <= low and high <= 1):
             raise DataError(f"{where}: float images must lie in [0, 1], found values in [{low:g}, {high:g}]")
         return np.rint(array * 255).astype(np.uint8)
-    raise DataError(f"{where}: dtype {array.dtype} is not supported (uint8, bool, or floats in [0, 1])")
+    raise DataError(f"{where}: dtype {array.dtype} is not supported (uint8, uint16, bool, or floats in [0, 1])")

@@ -42,7 +42,7 @@ def deep_gray_as_float(image: Image.Image) -> Image.Image:
     and resizing work on all its bits. Pillow's own ``convert("L")`` clips at 255: it turns a 16-bit image nearly
     white and a float image in [0, 1] black. Integers are read as 16-bit (0..65535 -> 0..255; Pillow opens some
     16-bit files as 32-bit ``I``), floats as [0, 1], as float arrays are; values outside are refused."""
-    values = np.asarray(image, dtype=np.float64)
+    values = np.asarray(image, dtype=np.float32)  # exact for 16-bit integers
     if image.mode == "F":
         if not np.isfinite(values).all():
             raise DataError("float pixels hold NaN or infinite values; float images must lie in [0, 1]")
@@ -56,7 +56,7 @@ def deep_gray_as_float(image: Image.Image) -> Image.Image:
             raise DataError(f"{image.mode}-mode pixels in [{low}, {high}]; integer images must fit in 16 bits "
                             "(0..65535)")
         scaled = values / 257  # 65535 / 257 = 255 exactly
-    return Image.fromarray(scaled.astype(np.float32), "F")
+    return Image.fromarray(scaled, "F")
 
 
 def square(image: Image.Image, policy: str) -> Image.Image:
@@ -80,8 +80,16 @@ def prepare_image(image: Image.Image, size: int, channels: int, policy: str,
     ``background``). Pillow's BOX and BILINEAR filters average over the source pixels each output pixel covers when
     shrinking (antialiasing)."""
     image, transparent = without_alpha(image, background)
+    if image.mode == "LAB":  # CIELab TIFFs: Pillow converts them to RGB, but not to gray directly
+        image = image.convert("RGB")
     deep = image.mode in DEEP_GRAY
-    image = deep_gray_as_float(image) if deep else image.convert("RGB" if channels == 3 else "L")
+    if deep:
+        image = deep_gray_as_float(image)
+    else:
+        try:
+            image = image.convert("RGB" if channels == 3 else "L")
+        except ValueError as e:  # a mode Pillow cannot convert
+            raise DataError(f"mode {image.mode}: {e}") from None
     image = square(image, policy)
     if image.size != (size, size):
         image = image.resize((size, size), RESAMPLE.get(policy, Image.Resampling.BOX))

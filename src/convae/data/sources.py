@@ -165,8 +165,8 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
 def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: dict, cache: PreparedCache,
                     progress: bool) -> None:
     """Decode every file once into the cache. A file Pillow cannot read (at its header, or truncated further in), or
-    whose pixels convae cannot take, is collected, not fatal at once: all of them are named in one message at the end, or with ``skip_bad_images``
-    left out (and listed in the data's details)."""
+    whose pixels convae cannot take, is collected, not fatal at once: all of them are named in one message at the
+    end, or with ``skip_bad_images`` left out (and listed in the data's details)."""
     bad: list[tuple[Path, str]] = []
     modes = {}
     for path in every:
