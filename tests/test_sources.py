@@ -72,6 +72,22 @@ def test_one_image_is_centre_cropped_and_area_resized_as_by_hand(tmp_path):
     assert np.abs(data.train_images[0, 0].numpy().astype(float) - expected).max() <= 1
 
 
+def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path):
+    """Tag 1: as stored; 3: turned half round; 6: a quarter clockwise; 8: a quarter anticlockwise (phone photos)."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    pixels = np.random.default_rng(4).integers(0, 256, (12, 20), dtype=np.uint8)  # 12 high, 20 wide
+    upright = {1: pixels, 3: np.rot90(pixels, 2), 6: np.rot90(pixels, -1), 8: np.rot90(pixels, 1)}
+    for tag in upright:
+        exif = Image.Exif()
+        exif[0x0112] = tag  # Orientation
+        Image.fromarray(pixels, "L").save(root / f"{tag}.png", exif=exif)
+    data = load(root, tmp_path, image_size=12, test_fraction=0.25)
+    square = lambda a: a[4:16] if a.shape[0] == 20 else a[:, 4:16]  # noqa: E731  (the centre crop)
+    expected = sorted(bytes(np.ascontiguousarray(square(a))) for a in upright.values())
+    assert sorted(map(bytes, torch.cat([data.train_images, data.test_images])[:, 0].numpy())) == expected
+
+
 def test_train_and_test_subfolders_are_the_split_and_mixed_channels_are_converted(tmp_path, capsys):
     root = tmp_path / "split"
     write_folder(root / "train", per_class=4, mode="L")

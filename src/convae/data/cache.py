@@ -19,7 +19,7 @@ import numpy as np
 
 from ..files import atomic_write_json
 
-FORMAT = "convae-image-cache/2"  # 2: 16-bit and float gray scaled to 8 bits (1 clipped them at 255)
+FORMAT = "convae-image-cache/2"  # 2: 16-bit and float gray scaled to 8 bits (1 clipped them), photos upright by EXIF
 
 
 def cache_key(source: dict, settings: dict) -> str:

@@ -4,14 +4,16 @@ the split."""
 
 from __future__ import annotations
 
+import contextlib
+import struct
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -31,12 +33,16 @@ def labelled(files: list[Path], root: Path) -> tuple[list[int], list[str] | None
 
 
 def open_image(path: Path) -> Image.Image:
+    """The decoded image, upright as a viewer shows it: a camera stores a photo taken on its side as it was shot,
+    with an EXIF orientation tag that says how to turn it (Pillow does not turn it by itself)."""
     try:
         image = Image.open(path)
         image.load()
-        return image
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {str(e)[:120]})") from None
+    with contextlib.suppress(ValueError, OSError, SyntaxError, KeyError, struct.error):  # a damaged EXIF block:
+        ImageOps.exif_transpose(image, in_place=True)  # the pixels as stored, as a viewer that ignores it shows
+    return image
 
 
 def image_mode(path: Path) -> str:
