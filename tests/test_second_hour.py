@@ -105,6 +105,8 @@ def folder_with_bad_files(root):
     whole = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(whole, format="PNG")
     (root / "broken.png").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])  # truncated mid-way
+    for name in ("IMG_0001.HEIC", "IMG_0002.HEIC", "labels.csv", "README"):  # not image types convae reads
+        (root / name).write_bytes(b"...")
     return root
 
 
@@ -121,6 +123,7 @@ def test_every_unreadable_file_is_named_in_one_message_or_skipped_on_request(tmp
     assert code == 0, err
     log = (out / "log.txt").read_text()
     assert "3 unreadable image file(s) skipped" in log and "broken.png" in log
+    assert "4 file(s) left out, of types convae does not read as images: (no extension) 1, .csv 1, .heic 2" in log
     data = json.loads((out / "config.json").read_text())["data"]
     assert data["train_images"] + data["test_images"] == 12 and len(data["skipped"]) == 3
 

@@ -88,6 +88,19 @@ def test_photos_are_turned_upright_as_their_exif_orientation_says(tmp_path):
     assert sorted(map(bytes, torch.cat([data.train_images, data.test_images])[:, 0].numpy())) == expected
 
 
+def test_every_image_type_pillow_reads_is_taken_and_other_files_are_counted(tmp_path):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for k, ext in enumerate(["png", "jfif", "tga", "pbm", "pnm", "jpeg"]):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / f"{k}.{ext}")
+    for name in ("a.HEIC", "notes.txt", ".DS_Store"):  # a hidden file is not counted
+        (root / name).write_text("x")
+    data = load(root, tmp_path, image_size=8, test_fraction=0.2)
+    assert len(data.train_images) + len(data.test_images) == 6
+    assert data.details["left_out"] == {".heic": 1, ".txt": 1}
+
+
 def test_train_and_test_subfolders_are_the_split_and_mixed_channels_are_converted(tmp_path, capsys):
     root = tmp_path / "split"
     write_folder(root / "train", per_class=4, mode="L")

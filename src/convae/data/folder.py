@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"}
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm",
+              ".pnm", ".tga"}
+WITH_A_PLUGIN = {".avif", ".jp2", ".j2k", ".heic", ".heif"}  # read where this Pillow has the codec (pillow-heif: HEIC)
+
+
+def readable_extensions() -> set[str]:
+    Image.init()
+    return EXTENSIONS | (WITH_A_PLUGIN & set(Image.registered_extensions()))
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder``, sorted, skipping hidden files and folders (a cache kept inside)."""
-    files = [p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    return sorted(files)
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted, skipping hidden files and folders (a cache kept inside)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def labelled(files: list[Path], root: Path) -> tuple[list[int], list[str] | None]:
@@ -61,13 +68,17 @@ def list_folder(folder: Path) -> dict:
     split = (folder / "train").is_dir() and (folder / "test").is_dir()
     parts = {"train": folder / "train", "test": folder / "test"} if split else {"all": folder}
     listing = {}
+    readable, left_out = readable_extensions(), Counter()  # left out: files of other types (HEIC photos, a CSV)
     for name, root in parts.items():
-        files = image_files(root)
+        everything = visible_files(root)
+        files = [p for p in everything if p.suffix.lower() in readable]
         if not files:
-            raise DataError(f"{root}: no image files ({', '.join(sorted(e[1:] for e in EXTENSIONS))}) in it or "
+            raise DataError(f"{root}: no image files ({', '.join(sorted(e[1:] for e in readable))}) in it or "
                             "below it")
         listing[name] = (files, *labelled(files, root))
+        left_out.update(p.suffix.lower() or "(no extension)" for p in everything if p.suffix.lower() not in readable)
     if split and listing["train"][2] != listing["test"][2]:
         raise DataError(f"{folder}: train/ and test/ name different classes ({listing['train'][2]} against "
                         f"{listing['test'][2]})")
-    return {"split_given": split, "parts": listing, "classes": next(iter(listing.values()))[2]}
+    return {"split_given": split, "parts": listing, "classes": next(iter(listing.values()))[2],
+            "left_out": dict(sorted(left_out.items()))}

@@ -159,7 +159,9 @@ def _prepared_folder(folder: Path, settings: dict, cache_dir: Path, progress: bo
     if cached is None:
         _prepare_folder(folder, listing, every, settings, cache, progress)
         cached = cache.open()
-    return _from_cache(cached, folder.name or "folder", str(folder), "folder", cache)
+    data = _from_cache(cached, folder.name or "folder", str(folder), "folder", cache)
+    data.details["left_out"] = listing["left_out"]  # listed afresh each time: the cache's key knows only images
+    return data
 
 
 def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: dict, cache: PreparedCache,

@@ -275,12 +275,16 @@ class Trainer:
         self.logger.say(line)
 
     def say_data_notes(self) -> None:
-        """What preparing the images did that a user should know: transparency drawn over the background, files
-        skipped (each named, in log.txt)."""
+        """What preparing the images did that a user should know: transparency drawn over the background, files of
+        other types left out (counted by type), files skipped (each named, in log.txt)."""
         details = self.data.details
         if details.get("transparent"):
             self.say(f"{details['transparent']} image(s) with transparent pixels drawn over {details['background']} "
                      "(--background)")
+        left_out = details.get("left_out") or {}
+        if left_out:
+            self.say(f"{sum(left_out.values())} file(s) left out, of types convae does not read as images: "
+                     + ", ".join(f"{kind} {count}" for kind, count in left_out.items()))
         skipped = details.get("skipped") or []
         if skipped:
             self.say(f"{len(skipped)} unreadable image file(s) skipped (--skip-bad-images): {', '.join(skipped)}")
