@@ -56,7 +56,7 @@ def deep_gray_as_float(image: Image.Image) -> Image.Image:
             raise DataError(f"{image.mode}-mode pixels in [{low}, {high}]; integer images must fit in 16 bits "
                             "(0..65535)")
         scaled = values / 257  # 65535 / 257 = 255 exactly
-    return Image.fromarray(scaled, "F")
+    return Image.fromarray(scaled)  # float32 2-D: mode F
 
 
 def square(image: Image.Image, policy: str) -> Image.Image:
