@@ -126,7 +126,6 @@ def test_bad_folders_name_the_file(tmp_path):
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written
 
 
-
 def test_16_bit_and_float_gray_images_keep_their_scale_and_bad_values_are_named(tmp_path):
     """Pillow's convert("L") clips at 255: a 16-bit ramp would come out nearly white and a float one black."""
     ramp = np.linspace(0, 1, 24 * 40).reshape(24, 40)  # 40 wide: the centre 24 x 24 is kept
