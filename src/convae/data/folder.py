@@ -12,16 +12,18 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from .prepare import DEEP_GRAY
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm",
               ".pnm", ".tga"}
 WITH_A_PLUGIN = {".avif", ".jp2", ".j2k", ".heic", ".heif"}  # read where this Pillow has the codec (pillow-heif: HEIC)
+GRAY_MODES = {"1", "L", "LA"} | DEEP_GRAY
 
 
 def readable_extensions() -> set[str]:
+    """The file types a folder's images are read from: EXTENSIONS, and those of WITH_A_PLUGIN this Pillow opens."""
     Image.init()
     return EXTENSIONS | (WITH_A_PLUGIN & set(Image.registered_extensions()))
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def visible_files(folder: Path) -> list[Path]:
