@@ -42,7 +42,7 @@ def test_every_setting_is_an_option_with_its_help_choices_and_default():
         assert action is not None, f"setting {f.name} has no option"
         assert action.option_strings == [option_name(f.name)] and action.default is None, f.name
         assert action.help.startswith(f.metadata["help"]), f.name
-        if f.default is not None and not isinstance(f.default, bool):
+        if f.default not in (None, dataclasses.MISSING) and not isinstance(f.default, bool):
             assert action.help.endswith(f"(default {f.default})"), f.name
         if f.metadata["choices"] and f.name != "model":  # the model is checked against the catalog, by name
             assert tuple(action.choices) == f.metadata["choices"], f.name

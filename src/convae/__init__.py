@@ -1,6 +1,21 @@
-"""convae: convolutional variational autoencoders on images, starting from the ADCME.jl seed tutorial."""
+"""convae: convolutional variational autoencoders on images, starting from the ADCME.jl seed tutorial.
+
+The public contract, all of it (docs/own-model.md): using a trained run, ``load``; bringing a model of your own,
+``register_model`` on a factory that returns a ``VAE`` made of your pieces, with ``Prior`` / ``Posterior`` (defaults
+``StandardNormal`` / ``DiagonalGaussian``; ``gaussian_log_prob`` for densities made of Gaussians), ``make_encoder``
+and ``make_decoder`` for convae's own networks, and the noise a training
+step draws, ``standard_normal`` and ``Dropout`` (what lets packed sweeps batch your model); ``load_plugin`` imports a
+module of models as ``--plugin`` does. Everything else may change between versions.
+"""
 
 from .version import __version__
+from .models.registry import load_plugin, register_model
+
+# the parts that need torch, imported when first asked for (``import convae`` stays fast)
+_LAZY = {"VAE": "models.vae", "Prior": "models.densities", "Posterior": "models.densities",
+         "StandardNormal": "models.densities", "DiagonalGaussian": "models.densities",
+         "make_encoder": "models.builtin", "make_decoder": "models.builtin",
+         "gaussian_log_prob": "models.densities", "standard_normal": "models.noise", "Dropout": "models.noise"}
 
 
 def load(run_dir, device: str = "auto"):
@@ -10,4 +25,15 @@ def load(run_dir, device: str = "auto"):
 
     return _load(run_dir, device)
 
-__all__ = ["__version__", "load"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DiagonalGaussian", "Dropout", "Posterior", "Prior", "StandardNormal", "VAE", "__version__",
+           "gaussian_log_prob", "load", "load_plugin", "make_decoder", "make_encoder", "register_model",
+           "standard_normal"]

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .models import ENCODERS, LIKELIHOODS, MODELS
+from .models import ENCODERS, LIKELIHOODS
+from .models.registry import check_name
 
 DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "bf16")
@@ -26,10 +27,12 @@ BACKGROUNDS = ("white", "black", "gray")
 
 
 def setting(default, help: str, *, choices: tuple | None = None, resumable: bool = False, metavar: str | None = None,
-            internal: bool = False):
+            internal: bool = False, flag: str | None = None):
     """A field of ``TrainConfig`` with what its command-line option needs. ``resumable``: a resumed run may be
-    given another value (how it runs, not what it computes); ``internal``: no option, on purpose."""
-    metadata = {"help": help, "choices": choices, "resumable": resumable, "metavar": metavar, "internal": internal}
+    given another value (how it runs, not what it computes); ``internal``: no option, on purpose; ``flag``: the
+    option's name where it is not the setting's (a repeatable option named in the singular)."""
+    metadata = {"help": help, "choices": choices, "resumable": resumable, "metavar": metavar, "internal": internal,
+                "flag": flag}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -40,7 +43,10 @@ class TrainConfig:
     """Every setting of a training run. The defaults reproduce the seed: batch 32, Adam 1e-3, 100 epochs."""
 
     # -- what is trained ------------------------------------------------------------------------------------------
-    model: str = setting("seed", "model name (see `convae models`)", choices=tuple(MODELS))
+    model: str = setting("seed", "model name (see `convae models`; a model of your own: --plugin MODULE)")
+    model_options: dict = setting({}, "an option of the model's factory, KEY=VALUE (repeatable; VALUE read as JSON "
+                                      "where it parses, else as text): e.g. a plug-in's size or number of components",
+                                  metavar="KEY=VALUE", flag="--model-option")
     encoder: str | None = setting(None, "encoder; default: the model's own", choices=tuple(ENCODERS))
     conditional: bool = setting(False, "condition encoder and decoder on the data's class labels (a conditional VAE: "
                                        "samples of a chosen class with `convae sample --label K`)")
@@ -160,6 +166,8 @@ class TrainConfig:
             raise ConfigError(f"--grad-clip: must be a positive number (a gradient norm), got {self.grad_clip!r}")
         if self.ema is not None and not (isinstance(self.ema, (int, float)) and 0 < self.ema < 1):
             raise ConfigError(f"--ema: the decay must be between 0 and 1 (e.g. 0.999), got {self.ema!r}")
+        check_name(self.model)
+        check_model_options(self.model_options)
         if not number(self.lr):
             raise ConfigError(f"--lr: must be a positive number, got {self.lr!r}")
         for name, value in (("checkpoint_minutes", self.checkpoint_minutes), ("dist_timeout", self.dist_timeout)):
@@ -218,6 +226,36 @@ class TrainConfig:
         return cls(**d)
 
 
+def check_model_options(options) -> None:
+    if not isinstance(options, dict) or not all(isinstance(k, str) and k.isidentifier() for k in options):
+        raise ConfigError(f"--model-option: give KEY=VALUE with KEY a Python name, got {options!r:.80}")
+    for key, value in options.items():
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            raise ConfigError(f"--model-option {key}: a number, true/false, null or text, not {value!r:.60}")
+
+
+def parse_model_options(items: list[str]) -> dict:
+    """``["components=50", "flow=planar"]`` -> {"components": 50, "flow": "planar"}: each VALUE read as JSON where it
+    parses (numbers, true/false, null), else kept as text."""
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--model-option {item}: give KEY=VALUE with KEY a Python name")
+        if key in options:
+            raise ConfigError(f"--model-option {item}: {key} is given twice")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options[key] = value if isinstance(value, (str, int, float, bool, type(None))) else text
+    check_model_options(options)
+    return options
+
+
 def settings_fields() -> list[dataclasses.Field]:
     """The settings a user can give (every field not marked internal)."""
     return [f for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")]
@@ -226,7 +264,10 @@ def settings_fields() -> list[dataclasses.Field]:
 def option_name(name: str) -> str:
     """The command-line option of setting ``name``: ``--batch-size``, or ``--no-tensorboard`` for a setting that is
     on by default."""
-    default = TrainConfig.__dataclass_fields__[name].default
+    field_ = TrainConfig.__dataclass_fields__[name]
+    if field_.metadata.get("flag"):
+        return field_.metadata["flag"]
+    default = field_.default
     return f"--no-{name.replace('_', '-')}" if default is True else f"--{name.replace('_', '-')}"
 
 

@@ -4,6 +4,11 @@
 - ``torchscript``: ``encoder.pt`` and ``decoder.pt`` (``torch.jit.load``);
 - ``safetensors``: the two modules' weights (to load into convae's models, or your own copy of them).
 
+A model whose prior is not N(0, I) gets ``prior.onnx`` / ``prior.pt`` beside them (standard-normal noise -> z, the
+prior's ``from_noise``; a prior without one is refused by name), and one whose posterior is not a diagonal Gaussian
+gets ``posterior`` (the encoder's outputs and standard-normal eps -> z, e.g. through a flow); safetensors writes the
+prior's and posterior's own weights where they have any.
+
 The decoder returns mean images in [0, 1] (the likelihood's mean of its output), the encoder takes float images
 N x C x H x W in [0, 1] at the model's size (what ``convae.load(...).prepare`` makes of raw images). A conditional
 model's encoder and decoder take a second input, the labels as one-hot rows N x classes. ``model.json`` beside them
@@ -53,6 +58,28 @@ class ImageDecoder(nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
 
+class PriorSampler(nn.Module):
+    """standard-normal noise -> z drawn from the model's prior (``Prior.from_noise``)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.vae.prior.from_noise(noise, self.vae)
+
+
+class PosteriorSampler(nn.Module):
+    """the encoder's outputs and standard-normal eps -> z drawn from q(z | x) (``Posterior.rsample``)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.posterior = vae.posterior
+
+    def forward(self, *params_and_eps: torch.Tensor) -> torch.Tensor:
+        return self.posterior.rsample(params_and_eps[:-1], params_and_eps[-1])
+
+
 def _as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
@@ -89,10 +116,26 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         onehot = vae.onehot(torch.tensor([0, vae.classes - 1]), 2)
         examples_x, examples_z = examples_x + (onehot,), examples_z + (onehot,)
         inputs_x, inputs_z = inputs_x + ["labels_onehot"], inputs_z + ["labels_onehot"]
-    modules = {"encoder": (ImageEncoder(vae).eval(), examples_x, inputs_x, ["mu", "sigma"]),
+    with torch.no_grad():
+        params = _as_tuple(ImageEncoder(vae).eval()(*examples_x))
+    encoder_outputs = ["mu", "sigma"] + [f"context{k}" for k in range(len(params) - 2)]
+    modules = {"encoder": (ImageEncoder(vae).eval(), examples_x, inputs_x, encoder_outputs),
                # eval(): torch.onnx.export puts a module back in the mode it found, and a new module is in training
                # mode, which would leave the decoder's dropout on after the export
                "decoder": (ImageDecoder(vae).eval(), examples_z, inputs_z, ["images"])}
+    prior_noise = vae.prior.noise_dim(vae.latent_dim)
+    if not vae.prior.standard_normal:
+        if fmt != "safetensors":
+            try:
+                vae.prior.from_noise(torch.randn(2, prior_noise), vae)
+            except NotImplementedError:
+                raise ConfigError(f"--format {fmt}: the prior of model {model.config.model!r} "
+                                  f"({type(vae.prior).__name__}) has no from_noise(noise, model), so a file cannot draw "
+                                  "from it; export --format safetensors (the weights) instead") from None
+        modules["prior"] = (PriorSampler(vae).eval(), (torch.randn(2, prior_noise),), ["noise"], ["z"])
+    if not vae.posterior.diagonal_gaussian:
+        eps = torch.randn(2, vae.noise_dim)
+        modules["posterior"] = (PosteriorSampler(vae).eval(), params + (eps,), encoder_outputs + ["eps"], ["z"])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (module, examples, inputs, outputs) in modules.items():
@@ -110,8 +153,10 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
                 torch.jit.save(torch.jit.trace(module, examples), buffer)
                 path = out / f"{name}.pt"
             else:
-                raw = vae.encoder if name == "encoder" else vae.decoder  # convae's own module names
+                raw = getattr(vae, name)  # convae's own module names: encoder, decoder, prior, posterior
                 state = {k: v.detach().contiguous() for k, v in raw.state_dict().items()}
+                if not state and name in ("prior", "posterior"):
+                    continue  # nothing to keep: its samples are computed from the encoder's (a VampPrior)
                 buffer.write(save_safetensors(state, metadata={"convae": __version__, "module": name}))
                 path = out / f"{name}.safetensors"
         atomic_write_bytes(path, buffer.getvalue())
@@ -121,8 +166,14 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
                    "latent_dim": vae.latent_dim, "image_shape": [channels, size, size],
                    "classes": vae.classes, "conditional": bool(vae.classes),
                    "encoder_input": f"float32 images N x {channels} x {size} x {size} in [0, 1]",
-                   "encoder_outputs": ["mu (N x latent_dim)", "sigma (N x latent_dim)"],
-                   "decoder_input": "float32 z, N x latent_dim (z ~ N(0, I) for samples)",
+                   "encoder_outputs": ["mu (N x latent_dim)", "sigma (N x latent_dim)"] + encoder_outputs[2:],
+                   **vae.describe_densities(),
+                   "decoder_input": "float32 z, N x latent_dim (" + (
+                       "z ~ N(0, I) for samples" if vae.prior.standard_normal else
+                       f"for samples z = prior(noise), noise ~ N(0, I) of N x {prior_noise}") + ")",
+                   "posterior_sample": ("z = mu + sigma * eps, eps ~ N(0, I)" if vae.posterior.diagonal_gaussian else
+                                        f"z = posterior({', '.join(encoder_outputs)}, eps), eps ~ N(0, I) of N x "
+                                        f"{vae.noise_dim}"),
                    "decoder_output": f"mean images N x {channels} x {size} x {size} in [0, 1]"}
     if vae.classes:
         description["labels_input"] = f"float32 one-hot labels N x {vae.classes}, the second input of both"

@@ -16,7 +16,6 @@ import torch
 
 from .data import to_float
 from .errors import ConfigError
-from .models import MODELS
 from .runs import Run, open_run
 
 
@@ -111,7 +110,10 @@ class TrainedModel:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"TrainedModel(model {c.model!r}, encoder {c.encoder or MODELS[c.model].encoder!r}, "
+        options = "".join(f", {k}={v!r}" for k, v in c.model_options.items())
+        densities = self.model.describe_densities()
+        return (f"TrainedModel(model {c.model!r}{options}, encoder {c.encoder or 'its own'}, prior "
+                f"{densities['prior']}, posterior {densities['posterior']}, "
                 f"{self.channels}x{c.image_size}x{c.image_size} images, latent_dim {self.latent_dim}, "
                 f"{self.model.likelihood.name} likelihood"
                 + (f", conditional on {self.classes} classes" if self.classes else "")
@@ -133,10 +135,17 @@ class TrainedModel:
 
     @torch.no_grad()
     def encode(self, images, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior q(z | x) (q(z | x, label) for a conditional model): its means and standard deviations."""
+        """The posterior q(z | x) (q(z | x, label) for a conditional model): its means and standard deviations (of
+        its base Gaussian, for a flow posterior: ``latents`` gives z itself)."""
         x = self.prepare(images)
-        mu, sigma = self.model.encode(x, self.prepare_labels(labels, len(x)))
-        return mu.float().cpu(), sigma.float().cpu()
+        params = self.model.encode(x, self.prepare_labels(labels, len(x)))
+        return params[0].float().cpu(), params[1].float().cpu()
+
+    @torch.no_grad()
+    def latents(self, images, labels=None) -> torch.Tensor:
+        """One representative z per image, without noise: the posterior's mean (mu pushed through a flow)."""
+        x = self.prepare(images)
+        return self.model.posterior_mean(x, self.prepare_labels(labels, len(x))).float().cpu()
 
     @torch.no_grad()
     def encode_groups(self, images, labels=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -144,8 +153,6 @@ class TrainedModel:
         deviations as N x C x S x S maps (``encode`` gives them flat, in that order). One group ("z") for a model of
         one stochastic layer."""
         mu, sigma = self.encode(images, labels)
-        if not hasattr(self.model, "named_groups"):
-            return {"z": (mu, sigma)}
         return {name: (m, s) for (name, m), s in zip(self.model.named_groups(mu).items(),
                                                    self.model.named_groups(sigma).values())}
 
@@ -161,11 +168,11 @@ class TrainedModel:
 
     @torch.no_grad()
     def reconstruct(self, images, labels=None) -> torch.Tensor:
-        """Decode the posterior means: the model's reconstruction without sampling noise."""
+        """Decode the posterior's mean (``latents``, through a flow where the posterior has one): the model's
+        reconstruction without sampling noise."""
         x = self.prepare(images)
         y = self.prepare_labels(labels, len(x))
-        mu, _ = self.model.encode(x, y)
-        return self.model.generate(mu, labels=y).float().cpu()
+        return self.model.generate(self.model.posterior_mean(x, y), labels=y).float().cpu()
 
     @torch.no_grad()
     def sample(self, n: int, label=None, seed: int | None = None) -> torch.Tensor:

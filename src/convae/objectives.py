@@ -145,12 +145,15 @@ def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch
     # is the one-sample pass), so IW training is single-process or needs its own gradient all-reduce.
     k = objective.iw_samples
     with autocast:
-        posterior = vae.encode(x, labels)
-        mu = posterior[0]
-        eps = torch.randn((*mu.shape[:1], k, vae.noise_dim), device=mu.device, dtype=mu.dtype)
+        posterior = vae.infer(x, labels)
+        first = posterior[0]  # mu for one stochastic layer (the noise in its dtype), a hierarchy's features
+        dtype = first.dtype if isinstance(first, torch.Tensor) else x.dtype
+        eps = torch.randn((len(x), k, vae.noise_dim), device=x.device, dtype=dtype)
         log_px_z, log_pz, log_qz = vae.log_weight_terms(x, posterior, eps, labels)
     log_w = log_px_z + kl_weight * (log_pz - log_qz)
     bound = -(torch.logsumexp(log_w, dim=1) - math.log(k)).mean()
     exact_bound = -(torch.logsumexp(log_px_z + log_pz - log_qz, dim=1) - math.log(k)).mean()
-    kl = gaussian_kl(*posterior).mean()
+    # the logged KL: closed form where the model has one (the seed's), else the mean of log q - log p over the samples
+    exact_kl = vae.closed_form_kl_of(posterior)
+    kl = (exact_kl if exact_kl is not None else log_qz - log_pz).mean()
     return bound, torch.stack([exact_bound, -log_px_z.mean(), kl]).detach()

@@ -9,12 +9,14 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 from ..version import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, ConvaeError
 from ..faults import debug, describe_os_error, first_line, is_out_of_memory
 from ..signals import interrupts_deferred_during_imports
 from . import compare, evaluate, info, sweep, train, use
+from ..models.registry import PluginChanged, load_plugin
 from .flags import OneLineParser, speaks
 
 
@@ -29,14 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_parsers(sub)
     compare.add_parser(sub)
     sweep.add_parser(sub)
+    for command in set(sub.choices.values()):  # every command (and its own sub-commands) takes --plugin
+        add_plugin_option(command)
     return parser
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", metavar="MODULE", default=None,
+                        help="import MODULE first (a module name, or a path to a .py file): it registers models of "
+                             "your own with @convae.register_model (repeatable; docs/own-model.md)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                add_plugin_option(child)
+
+
+def plugins_named(argv: list[str]) -> list[str]:
+    """The modules ``--plugin`` names in ``argv``, read before the parser is built so that ``--help`` and the
+    model choices list their models."""
+    named = []
+    for k, arg in enumerate(argv):
+        if arg == "--plugin" and k + 1 < len(argv):
+            named.append(argv[k + 1])
+        elif arg.startswith("--plugin="):
+            named.append(arg.split("=", 1)[1])
+    return named
 
 
 def main(argv: list[str] | None = None, hooks=None) -> int:
     """Run one ``convae`` command; ``hooks`` (``convae.training.Hooks``) reach a training run it starts."""
     args = argparse.Namespace(command=None)
+    warnings.showwarning = _one_line_warnings(warnings.showwarning)
     try:
         with interrupts_deferred_during_imports():
+            for spec in plugins_named(sys.argv[1:] if argv is None else argv):
+                load_plugin(spec)
             parser = build_parser()
             args, unknown = parser.parse_known_args(argv)
             if unknown:
@@ -63,6 +92,22 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
                             "--iw-samples or --image-size", EXIT_OUT_OF_MEMORY)
 
 
+def _one_line_warnings(show):
+    """convae's own warnings (a run's plug-in whose code changed) as one line on stderr; others as Python shows them."""
+    if getattr(show, "convae", False):
+        return show
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginChanged):
+            if speaks():
+                print(f"convae: warning: {message}", file=sys.stderr)
+            return
+        show(message, category, filename, lineno, file, line)
+
+    showwarning.convae = True
+    return showwarning
+
+
 def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
     """argparse's "unrecognized arguments", said by the subcommand, with the nearest option it has."""
     import difflib
@@ -85,7 +130,7 @@ def _fault(args: argparse.Namespace, message: str, code: int, every_rank: bool =
         traceback.print_exc()
     if speaks() or every_rank:
         try:
-            print(f"convae {args.command}: error: {message}", file=sys.stderr)
+            print(f"convae{' ' + args.command if args.command else ''}: error: {message}", file=sys.stderr)
         except OSError:
             pass
     if code == EXIT_FILESYSTEM:

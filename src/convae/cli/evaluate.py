@@ -141,10 +141,16 @@ def describe_evaluation(run, result: dict) -> list[str]:
             fewer = result["iw_extended_from"]
             lines.append(f"              the first {fewer['k']} samples of {fewer['images']} images came from "
                          f"{fewer['file']}")
-    lines.append(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance > "
-                 f"{result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
-                 f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), KL per "
-                 f"dimension up to {max(result['kl_per_dim']):.2f} nats")
+    kl_said = (f"KL per dimension up to {max(result['kl_per_dim']):.2f} nats" if result.get("kl") != "monte carlo" else
+               f"KL a Monte-Carlo estimate ({result.get('prior')} prior, {result.get('posterior')} posterior)")
+    if result.get("active_units") is None:
+        lines.append(f"  latents     {result['latent_dim']} dimensions; {result['latent_statistics']}; {kl_said}")
+    else:
+        lines.append(f"  latents     {result['active_units']} of {result['latent_dim']} active (posterior-mean variance "
+                     f"> {result['active_threshold']}), I(x; z) = {result['mutual_information']:.2f} nats (at most "
+                     f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), "
+                     + kl_said + ("" if result.get("prior") in (None, "StandardNormal") or result.get("kl") ==
+                                  "monte carlo" else f" (against its {result['prior']} prior)"))
     for group in result.get("groups") or []:
         lines.append(f"              {group['group']}: {group['active_units']} of {group['units']} units active, KL "
                      f"{group['kl']:.2f} nats")

@@ -8,11 +8,12 @@ import argparse
 import dataclasses
 import os
 
-from ..config import TrainConfig, option_name, settings_fields
+from ..config import TrainConfig, option_name, parse_model_options, settings_fields
 from ..errors import EXIT_BAD_INPUT
 
 PARSED = {"int": int, "float": float, "str": str}
-# Checked by TrainConfig.validate against the model catalog, whose message points at `convae models`.
+# Checked by TrainConfig.validate against the models registered when it runs (plug-ins included), whose message
+# points at `convae models`.
 CHECKED_LATER = {"model"}
 
 
@@ -40,12 +41,20 @@ def add_settings(parser: argparse.ArgumentParser, *, exclude: frozenset | set = 
         meta, default = f.metadata, defaults.get(f.name, f.default)
         shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
         kind = f.type.split("|")[0].strip()
+        if kind == "dict":  # --model-option KEY=VALUE, repeatable
+            parser.add_argument(option_name(f.name), dest=f.name, action="append", default=None,
+                                metavar=meta["metavar"], help=meta["help"])
+            continue
         if kind == "bool":
             parser.add_argument(option_name(f.name), dest=f.name, default=None, help=meta["help"] + shown,
                                 action="store_false" if f.default is True else "store_true")
             continue
         choices = None if f.name in CHECKED_LATER else meta["choices"]
-        listed = f" ({', '.join(meta['choices'])})" if f.name in CHECKED_LATER else ""
+        listed = ""
+        if f.name == "model":
+            from ..models.registry import model_names
+
+            listed = f" ({', '.join(model_names())})"
         parser.add_argument(option_name(f.name), dest=f.name, type=PARSED[kind], choices=choices, default=None,
                             metavar=meta["metavar"], help=meta["help"] + listed + shown)
 
@@ -53,4 +62,7 @@ def add_settings(parser: argparse.ArgumentParser, *, exclude: frozenset | set = 
 def given_settings(args: argparse.Namespace) -> dict:
     """The settings the user typed (options left out are None)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if v is not None and k in names}
+    given = {k: v for k, v in vars(args).items() if v is not None and k in names}
+    if "model_options" in given:
+        given["model_options"] = parse_model_options(given["model_options"])
+    return given

@@ -64,18 +64,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from ..benchmarking.flops import forward_flops_per_image
     from ..evaluation.artifacts import decoder_flatness
-    from ..models import MODELS, accepted_likelihoods, accepted_shapes, build_model
+    from ..models import MODELS, accepted_likelihoods, accepted_shapes, example_model
+    from ..models.registry import describe_models
 
     rows = []
-    for name, spec in MODELS.items():
-        model = build_model(name, None if spec.builder else args.encoder)  # a ladder reads with its own path
-        rows.append({"model": name, "encoder": spec.encoder if spec.builder else args.encoder or spec.encoder, "latent_dim": spec.latent_dim,
-                     "accepts": accepted_shapes(name),
+    for name in describe_models():
+        spec = MODELS.get(name)  # a built-in recipe (a plug-in's encoder is its own)
+        try:  # a ladder reads with its own path, a plug-in may take no --encoder or only some likelihoods
+            model = example_model(name, args.encoder)
+        except ValueError as e:
+            print(f"convae models: {name}: cannot build it at 1x32x32 ({e})", file=sys.stderr)
+            continue
+        encoder = "own" if spec is None else args.encoder if args.encoder and spec.builder is None else spec.encoder
+        rows.append({"model": name, "encoder": encoder,
+                     "latent_dim": model.latent_dim, "accepts": accepted_shapes(name),
                      "likelihoods": accepted_likelihoods(name),
                      "parameters": sum(p.numel() for p in model.parameters()),
                      "decoder_parameters": sum(p.numel() for p in model.decoder.parameters()),
                      "forward_mflops_per_image": forward_flops_per_image(model) / 1e6,
-                     "constant_input_unflatness": decoder_flatness(name), "description": spec.description})
+                     "constant_input_unflatness": decoder_flatness(name),
+                     "description": describe_models()[name],  # a plug-in's own words, once it is imported
+                     **model.describe_densities()})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -83,7 +92,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         flat = "-" if r["constant_input_unflatness"] is None else f"{r['constant_input_unflatness']:.2f}"
         print(f"{r['model']:<12} {r['encoder']:<9} {r['latent_dim']:>4} {r['parameters']:>10,} {r['decoder_parameters']:>10,} "
-              f"{r['forward_mflops_per_image']:>10.1f} {flat:>9}  {r['description']}")
+              f"{r['forward_mflops_per_image']:>10.1f} {flat:>9}  {r['description']}"
+              + ("" if (r["prior"], r["posterior"]) == ("StandardNormal", "DiagonalGaussian") else
+                 f" (prior {r['prior']}, posterior {r['posterior']}, KL {r['kl']})"))
     print("\nimages each model takes (C x H x W; any encoder) and its likelihoods:")
     for r in rows:
         print(f"  {r['model']:<12} {', '.join(r['accepts'])}; {', '.join(r['likelihoods'])}")

@@ -147,10 +147,10 @@ def decoder_flatness(model_name: str) -> float | None:
     """Constant-input test of a freshly built decoder's upsampling layers (eval mode): 0 = flat output. In float64,
     so that float32 rounding (1e-6 where the fused resize convolution adds kernel taps first) does not read as a
     pattern."""
-    from ..models import build_model
+    from ..models import example_model
 
     torch.manual_seed(0)
-    decoder = build_model(model_name).decoder.double()
+    decoder = example_model(model_name).decoder.double()
     if not hasattr(decoder, "upsampling_stack"):
         return None  # fully connected: nothing upsamples
     stack, channels = decoder.upsampling_stack()

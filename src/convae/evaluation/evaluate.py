@@ -59,10 +59,17 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
             result["iw_bits_per_dim"] = bits_per_dim(iw.nll, test_set.dims)
     with watch("latent usage"):
         mu, sigma = posterior_parameters(run.model, test_set)
-        result.update(latent_usage(mu, sigma))
+        if run.model.latent_statistics_apply:  # they read q(z | x) as the diagonal Gaussian N(mu, sigma^2)
+            result.update(latent_usage(mu, sigma))
+        else:
+            result.update(latent_dim=run.model.latent_dim, active_units=None, mutual_information=None,
+                          latent_statistics=f"active units and I(x; z) not measured: the posterior "
+                                            f"({type(run.model.posterior).__name__}) is not a diagonal Gaussian")
+        # the KL of each unit against the model's own prior (a closed form, or one Monte-Carlo unit): the ELBO's
+        result.update(kl_per_dim=elbo.kl_per_dim, **run.model.describe_densities())
         groups = usage_by_group(run.model, mu, elbo.kl_per_dim)
-        if groups is not None:  # the KL against each group's own prior, not N(0, I)
-            result.update(kl_per_dim=elbo.kl_per_dim, groups=groups)
+        if groups is not None:
+            result["groups"] = groups
         factors = shapes_factors(data)
         if factors is not None:  # generated shapes: how much of each known factor a linear read-out recovers
             from .factors import factor_recovery

@@ -25,16 +25,22 @@ def posterior_parameters(model, data: EvalImages, batch_size: int = 500) -> tupl
     p = next(model.parameters())
     mus, sigmas = [], []
     for start in range(0, len(data), batch_size):
-        mu, sigma = model.encode(data.floats(start, start + batch_size, p.dtype, p.device),
-                                 data.labels_of(start, start + batch_size, p.device))
+        params = model.encode(data.floats(start, start + batch_size, p.dtype, p.device),
+                              data.labels_of(start, start + batch_size, p.device))
+        mu, sigma = params[0], params[1]
         mus.append(mu.double())
         sigmas.append(sigma.double())
     return torch.cat(mus), torch.cat(sigmas)
 
 
-def latent_means(model, data: EvalImages) -> torch.Tensor:
-    """The posterior means of ``data``'s images, in the model's dtype (z for pictures and read-outs)."""
-    return posterior_parameters(model, data)[0].to(next(model.parameters()).dtype)
+@torch.no_grad()
+def latent_means(model, data: EvalImages, batch_size: int = 500) -> torch.Tensor:
+    """One representative z per image of ``data`` (the posterior's ``mean``: mu for a Gaussian, mu through a flow
+    for a flow posterior), in the model's dtype: z for pictures and read-outs."""
+    p = next(model.parameters())
+    return torch.cat([model.posterior_mean(data.floats(start, start + batch_size, p.dtype, p.device),
+                                           data.labels_of(start, start + batch_size, p.device))
+                      for start in range(0, len(data), batch_size)])
 
 
 def latent_usage(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0, max_images: int = 2000) -> dict:
@@ -65,11 +71,12 @@ def usage_by_group(model, mu: torch.Tensor, kl_per_unit: list[float]) -> list[di
     """For a hierarchical model: each group's active units (posterior-mean variance across images above the
     threshold, of every channel and position) and KL (from the ELBO's KL per unit, against the group's own prior);
     None for a model with one stochastic layer."""
-    if not hasattr(model, "named_groups"):
-        return None
     variance = mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(mu[0])
+    named = model.named_groups(variance[None])
+    if len(named) == 1:
+        return None
     groups, start = [], 0
-    for name, part in model.named_groups(variance[None]).items():
+    for name, part in named.items():
         channels = part.shape[1]
         groups.append({"group": name, "units": part.numel(), "active_units": int((part > ACTIVE_THRESHOLD).sum()),
                        "kl": float(sum(kl_per_unit[start:start + channels]))})

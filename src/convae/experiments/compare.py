@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from ..evaluation.artifacts import artifact_scores
 from ..evaluation.evaluate import evaluate_run
 from ..files import atomic_write_json, atomic_write_text
-from ..models import MODELS, build_run_model
+from ..models import build_run_model
+from ..models.registry import model_names
 from ..runs import RunDir, open_run
 from ..training import train
 from ..visualisation import rows_grid
@@ -46,9 +47,9 @@ def compare(models: list[str], settings: dict, out: Path, *, runs: list[str] | N
 
 def train_each(models: list[str], settings: dict, out: Path) -> list[TrainConfig]:
     """Every model's settings checked (and refused) before the first one trains; then each trained in turn."""
-    unknown = [name for name in models if name not in MODELS]
+    unknown = [name for name in models if name not in model_names()]
     if unknown:
-        raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
+        raise ConfigError(f"--models: unknown model {unknown[0]!r} (choose from {', '.join(model_names())})")
     configs = [TrainConfig(**{**settings, "model": name, "out": str(out / name), "quiet": True}).validate()
                for name in models]
     channels = load_for_config(configs[0]).shape[0]

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig, settings_fields
+from ..config import TrainConfig, parse_model_options, settings_fields
 from ..data import load_for_config
 from ..errors import ConfigError
 from ..files import atomic_write_json, atomic_write_text
@@ -45,6 +45,19 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     for item in items:
         key, _, values = item.partition("=")
         name = key.strip().lstrip("-").replace("-", "_")
+        option = name.partition(".")[2] if name.startswith(OPTION_PREFIX) else None
+        if option is not None:  # a model factory's option: model_option.KEY=V1,V2 (values read as --model-option's)
+            if not option.isidentifier() or not values:
+                raise ConfigError(f"--grid {item}: give model-option.KEY=V1,V2,... with KEY an option of the model")
+            if name in grid:
+                raise ConfigError(f"--grid {item}: {name} is on the grid twice")
+            grid[name] = [parse_model_options([f"{option}={v.strip()}"])[option] for v in values.split(",")]
+            if len(set(map(str, grid[name]))) != len(grid[name]):
+                raise ConfigError(f"--grid {item}: a value is given twice")
+            continue
+        if name == "model_options":
+            raise ConfigError(f"--grid {item}: a model's options go on the grid one by one, as "
+                              "model-option.KEY=V1,V2,...")
         if not values or name not in fields or name in NOT_ON_A_GRID:
             why = ("use --seeds N for seeds" if name == "seed" else
                    "give KEY=V1,V2,... with KEY a setting of convae train" if name not in fields or not values else
@@ -60,6 +73,18 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         if len(set(map(str, grid[name]))) != len(grid[name]):
             raise ConfigError(f"--grid {item}: a value is given twice")
     return grid
+
+
+OPTION_PREFIX = "model_option."
+
+
+def with_grid_point(settings: dict, point: dict) -> dict:
+    """``settings`` with a grid point's values, a model option's among the model's options."""
+    merged = {**settings, **{k: v for k, v in point.items() if not k.startswith(OPTION_PREFIX)}}
+    options = {k.removeprefix(OPTION_PREFIX): v for k, v in point.items() if k.startswith(OPTION_PREFIX)}
+    if options:
+        merged["model_options"] = {**settings.get("model_options", {}), **options}
+    return merged
 
 
 def _value(text: str, kind: str):
@@ -115,7 +140,7 @@ def make_plan(base: dict, grid: dict, seeds: int, out: str | Path, pack: int | N
         setting = dict(zip(grid, point))
         for seed in range(first, first + seeds):
             name = member_name(setting, seed)
-            settings = {**base, **setting, "seed": seed, "out": str(out / "runs" / name), "keep_checkpoints":
+            settings = {**with_grid_point(base, setting), "seed": seed, "out": str(out / "runs" / name), "keep_checkpoints":
                         max(2, base.get("keep_checkpoints", 2)),  # a pack resumes from the step all members hold
                         "extra": {**base.get("extra", {}), "sweep": str(out), "member": name}}
             try:
@@ -194,7 +219,7 @@ def run_sweep(plan: SweepPlan, *, shard: tuple[int, int] = (0, 1), runtime: Runt
         data = data.subset(configs[0].train_limit, configs[0].test_limit).to(device)
         if str(g) not in chosen:  # measured once, kept: a resumed sweep packs its members as before
             rates = measure_pack_sizes(configs, data, device, sizes=[plan.pack] if plan.pack else None,
-                                       strategies=(plan.pack_by,) if plan.pack_by else None)
+                                       strategies=(plan.pack_by,) if plan.pack_by else None, log=log)
             strategy, size = choose_pack(rates)
             log(f"{len(configs)} member(s) of model {configs[0].model}: packs of {size}, {strategy} (images/s "
                 f"measured: {', '.join(f'{k} {r:.0f}' for k, r in rates.items())})")
@@ -265,7 +290,7 @@ def summarize(out: str | Path) -> dict:
             if "iw_nll" in evaluation:
                 iw_k = evaluation["iw_samples"]
                 values["iw"].append(evaluation.get("iw_bits_per_dim", evaluation["iw_nll"]))
-            if "active_units" in evaluation:
+            if evaluation.get("active_units") is not None:
                 values["active"].append(evaluation["active_units"])
         rows.append({"setting": setting, "members": len(members), "done": done, "unit": unit, "iw_samples": iw_k,
                      **{k: _mean_std(v) for k, v in values.items()}, "stopped": stopped, "curves": curves})

@@ -1,14 +1,18 @@
-"""The model family by name: ``MODELS`` (decoders with the encoder and latent size of their recipe), ``ENCODERS``
-and ``LIKELIHOODS``, each naming the class that makes it as ``"module:Class"`` inside this package.
+"""The model family by name. Every model, built-in or a plug-in's, is a factory in the registry
+(``registry.py``: ``register_model``, entry points, ``--plugin``); ``build_model`` (in ``build.py``) builds one.
 
-The catalog imports nothing (no torch), so ``convae --help`` lists the choices at once; ``build_model`` (in
-``build.py``) resolves the names when a model is built. A new model is one more entry here.
+The built-in recipes are the catalog below: ``MODELS`` (decoders with the encoder and latent size of their recipe),
+``ENCODERS`` and ``LIKELIHOODS``, each naming the class that makes it as ``"module:Class"`` inside this package.
+The catalog imports nothing (no torch), so ``convae --help`` lists the choices at once; ``builtin.py`` registers a
+factory for each entry when a model is first built. A new built-in model is one more entry here.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+
+from .registry import declare_builtin
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,20 @@ LIKELIHOODS: dict[str, str] = {"bernoulli": "likelihoods:Bernoulli",
                                "logistic": "likelihoods:DiscretizedLogistic", "gaussian": "likelihoods:Gaussian"}
 
 
+for _name, _spec in MODELS.items():
+    declare_builtin(_name, _spec.description)
+
+
 def resolve(reference: str) -> type:
     """The class a catalog entry names ("module:Class")."""
     module, name = reference.split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-_BUILT = {"build_model": "build", "build_run_model": "build", "accepted_shapes": "build",
-          "accepted_likelihoods": "build", "VAE": "vae", "VAEOutput": "vae", "LossTerms": "vae"}
+_BUILT = {"build_model": "build", "build_run_model": "build", "accepted_shapes": "build", "example_model": "build",
+          "accepted_likelihoods": "build", "VAE": "vae", "VAEOutput": "vae", "LossTerms": "vae",
+          "Prior": "densities", "Posterior": "densities", "StandardNormal": "densities",
+          "DiagonalGaussian": "densities"}
 
 
 def __getattr__(name: str):
@@ -65,5 +75,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["accepted_likelihoods", "accepted_shapes", "build_model", "build_run_model", "ENCODERS", "LIKELIHOODS",
-           "LossTerms", "MODELS", "ModelSpec", "resolve", "VAE", "VAEOutput"]
+__all__ = ["accepted_likelihoods", "accepted_shapes", "build_model", "build_run_model", "DiagonalGaussian", "ENCODERS",
+           "LIKELIHOODS", "LossTerms", "MODELS", "ModelSpec", "Posterior", "Prior", "resolve", "StandardNormal", "VAE",
+           "VAEOutput"]

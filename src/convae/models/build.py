@@ -1,72 +1,93 @@
-"""Building the models of ``convae.models.MODELS`` by name: ``build_model("seed")``."""
+"""Building a model by name, the built-in ones and plug-ins alike: ``build_model("seed")``."""
 
 from __future__ import annotations
 
+import inspect
+
 from ..errors import ConfigError
-from . import ENCODERS, LIKELIHOODS, MODELS, resolve
+from . import LIKELIHOODS
 from .likelihoods import make_likelihood
-from .vae import VAE, keras_init
+from .registry import entry
+from .vae import VAE
 
 
 def build_model(name: str = "seed", encoder: str | None = None, image_size: int = 32, channels: int = 1,
-                likelihood: str = "bernoulli", gaussian_sigma: float | None = None, classes: int = 0) -> VAE:
+                likelihood: str = "bernoulli", gaussian_sigma: float | None = None, classes: int = 0,
+                options: dict | None = None) -> VAE:
     """The VAE called ``name`` for ``channels`` x ``image_size`` x ``image_size`` images, optionally with another
-    encoder (``"mlp"``, ``"conv"`` or ``"resnet"``) and another likelihood; ``classes`` > 0: conditional on a label
-    of that many classes (the encoder reads it beside the image, the decoder beside z). A shape the model cannot
-    draw is a ValueError."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
-    spec = MODELS[name]
+    encoder (``"mlp"``, ``"conv"`` or ``"resnet"``, for the built-in models) and another likelihood; ``classes`` > 0:
+    conditional on a label of that many classes (the encoder reads it beside the image, the decoder beside z);
+    ``options``: the factory's keyword options (``--model-option KEY=VALUE``). A shape, likelihood or option the
+    model cannot take is a ValueError."""
+    try:
+        factory = entry(name).factory
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix("--model: ")) from None
     p_x = make_likelihood(likelihood, gaussian_sigma)
-    if spec.builder is not None:  # a model with its own encoder (the hierarchical ones)
-        if encoder is not None:
-            raise ValueError(f"--encoder {encoder}: model {name!r} reads images with its own bottom-up path")
-        model = resolve(spec.builder)(image_size, channels, p_x, classes)
-    else:
-        encoder = encoder or spec.encoder
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r} (choose from {', '.join(ENCODERS)})")
-        encoder_class, decoder_class = resolve(ENCODERS[encoder]), resolve(spec.decoder)
-        model = VAE(encoder_class(image_size=image_size, latent_dim=spec.latent_dim, channels=channels,
-                                  classes=classes),
-                    decoder_class(latent_dim=spec.latent_dim + classes, image_size=image_size,
-                                  out_channels=channels * p_x.params_per_channel), spec.latent_dim, p_x, classes)
-    model.apply(keras_init)
-    for module in model.modules():  # e.g. ICNR for sub-pixel convolutions, after the default init
-        if hasattr(module, "special_init"):
-            module.special_init()
+    options = dict(options or {})
+    if encoder is not None:
+        options["encoder"] = encoder
+    try:
+        inspect.signature(factory).bind(image_size, channels, p_x, classes, **options)
+    except TypeError:
+        taken = [n for n, p in inspect.signature(factory).parameters.items()
+                 if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and n not in
+                                                 ("image_size", "channels", "likelihood", "classes"))]
+        wrong = next((k for k in options if k not in taken), next(iter(options), "?"))
+        flag = "--encoder" if wrong == "encoder" else f"--model-option {wrong}"
+        raise ValueError(f"{flag}: model {name!r} takes no such option (its options: "
+                         f"{', '.join(taken) or 'none'})") from None
+    model = factory(image_size, channels, p_x, classes, **options)
+    if not isinstance(model, VAE):
+        raise ValueError(f"the factory of model {name!r} returned a {type(model).__name__}, not a convae.VAE "
+                         "(docs/own-model.md)")
     return model
 
 
 def accepted_shapes(name: str) -> list[str]:
-    """The image shapes model ``name`` takes (by building it), e.g. ["1x32x32", "3x64x64"], and "any size (8 to
-    1024)" for a model that also builds at sizes other than 32 and 64 (fully connected ones)."""
+    """The image shapes model ``name`` takes (by building it, with the first likelihood it takes), e.g. ["1x32x32",
+    "3x64x64"], and "any size (8 to 1024)" for a model that also builds at sizes other than 32 and 64 (fully
+    connected ones)."""
     shapes = []
-    for size in (32, 64):
-        for channels in (1, 3):
-            try:
-                build_model(name, image_size=size, channels=channels)
-                shapes.append(f"{channels}x{size}x{size}")
-            except ValueError:
-                pass
-    try:
-        build_model(name, image_size=20)
-        shapes.append("any size (8 to 1024)")
-    except ValueError:
-        pass
+    for size, channels, said in [(s, c, f"{c}x{s}x{s}") for s in (32, 64) for c in (1, 3)] + [
+            (20, 1, "any size (8 to 1024)")]:
+        try:
+            example_model(name, image_size=size, channels=channels)
+            shapes.append(said)
+        except ValueError:
+            pass
     return shapes
 
 
 def accepted_likelihoods(name: str) -> list[str]:
-    """The likelihoods p(x | z) model ``name`` can draw (by building it at 1 x 32 x 32)."""
+    """The likelihoods p(x | z) model ``name`` can draw (by building it at 1 x 32 x 32); "gaussian (fixed sigma)"
+    for a model that takes the Gaussian only with --gaussian-sigma."""
     accepted = []
     for likelihood in LIKELIHOODS:
-        try:
-            build_model(name, likelihood=likelihood)
-            accepted.append(likelihood)
-        except ValueError:
-            pass
+        for sigma, said in ((None, likelihood), (0.1, f"{likelihood} (fixed sigma)")):
+            if sigma is not None and likelihood != "gaussian":
+                continue
+            try:
+                build_model(name, likelihood=likelihood, gaussian_sigma=sigma)
+                accepted.append(said)
+                break
+            except ValueError:
+                pass
     return accepted
+
+
+def example_model(name: str, encoder: str | None = None, image_size: int = 32, channels: int = 1) -> VAE:
+    """Model ``name`` (at 1 x 32 x 32 unless told) with the first likelihood it takes (with ``encoder`` where it takes
+    one): what ``convae models`` counts and times. A ValueError where it builds with none."""
+    error = None
+    for attempt in ({"encoder": encoder}, {}) if encoder else ({},):
+        for likelihood, sigma in [(n, None) for n in LIKELIHOODS] + [("gaussian", 0.1)]:
+            try:
+                return build_model(name, likelihood=likelihood, gaussian_sigma=sigma, image_size=image_size,
+                                   channels=channels, **attempt)
+            except ValueError as e:
+                error = e
+    raise error
 
 
 def build_run_model(config, channels: int, classes: int = 0) -> VAE:
@@ -77,6 +98,6 @@ def build_run_model(config, channels: int, classes: int = 0) -> VAE:
         raise ConfigError("--conditional: the number of classes is unknown (the data has no labels)")
     try:
         return build_model(config.model, config.encoder, config.image_size, channels, config.likelihood,
-                           config.gaussian_sigma, classes if config.conditional else 0)
+                           config.gaussian_sigma, classes if config.conditional else 0, config.model_options)
     except ValueError as e:
         raise ConfigError(f"--model {config.model}: {e}") from None

@@ -261,6 +261,11 @@ class LadderVAE(VAE):
     def kl_unit_count(self) -> int:
         return sum(g.channels for g in self.groups)
 
+    def closed_form_kl_of(self, posterior) -> None:
+        """Each group's KL needs the top-down pass (``forward``): under --iw-train the logged KL is the samples'
+        mean of log q - log p."""
+        return None
+
     def kl_units(self, out: LadderOutput, dtype: torch.dtype | None = None) -> torch.Tensor:
         return out.kl if dtype is None else out.kl.to(dtype)
 

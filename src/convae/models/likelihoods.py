@@ -135,7 +135,8 @@ class Gaussian(Likelihood):
 
     def nll(self, params, x):
         if self.sigma:
-            mean, log_scale = at_least_float32(params), torch.full_like(params.float(), math.log(self.sigma))
+            mean = at_least_float32(params)  # a float64 model's fixed scale in float64 too
+            log_scale = torch.full_like(mean, math.log(self.sigma))
         else:
             mean, log_scale = (at_least_float32(t) for t in self.split(params))
             log_scale = log_scale.clamp(min=-7.0)

@@ -9,16 +9,18 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ..objectives import LOG_2PI, at_least_float32, kl_per_dimension
+from ..objectives import at_least_float32
+from .densities import DiagonalGaussian, Posterior, Prior, StandardNormal
 from .likelihoods import BERNOULLI, Likelihood
 from .noise import standard_normal
 
 
 class VAEOutput(NamedTuple):
     logits: torch.Tensor  # N x (P * C) x H x W: the parameters of p(x | z) (for the seed, Bernoulli logits)
-    mu: torch.Tensor      # N x latent_dim
+    mu: torch.Tensor      # N x latent_dim: the posterior's mean (of its base Gaussian, for a flow)
     sigma: torch.Tensor   # N x latent_dim
     z: torch.Tensor       # N x latent_dim, the sample the decoder saw
+    kl: torch.Tensor | None = None  # N x 1, log q(z | x) - log p(z) of that sample, where the KL has no closed form
 
 
 class LossTerms(NamedTuple):
@@ -33,44 +35,81 @@ class LossTerms(NamedTuple):
 
 
 class VAE(nn.Module):
-    """``classes`` > 0 makes it conditional (Sohn et al. 2015): q(z | x, y) and p(x | z, y) for a class label y,
+    """The model every convae model is, built-in or a plug-in's: ``encoder`` (images -> the posterior's parameters,
+    (mu, sigma) of N x latent_dim each), ``decoder`` (z -> the parameters of p(x | z)), the ``likelihood`` p(x | z),
+    and the latent densities ``prior`` (default N(0, I)) and ``posterior`` (default a diagonal Gaussian); see
+    ``densities.py``. A hierarchy subclasses it and overrides its terms (``ladder.py``).
+
+    ``classes`` > 0 makes it conditional (Sohn et al. 2015): q(z | x, y) and p(x | z, y) for a class label y,
     given to the encoder as one constant map per class beside the image and to the decoder as a one-hot vector
     beside z. Every method then takes ``labels`` (N integers); ``sample`` draws them uniformly when none are given."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: Likelihood = BERNOULLI,
-                 classes: int = 0):
+                 classes: int = 0, *, prior: Prior | None = None, posterior: Posterior | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.likelihood = likelihood  # what the decoder's output means (it has no parameters)
         self.classes = classes
+        self.prior = prior if prior is not None else StandardNormal()
+        self.posterior = posterior if posterior is not None else DiagonalGaussian()
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
                 eps: torch.Tensor | None = None) -> VAEOutput:
-        """One-sample pass: z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (global RNG if None), or
-        the ``eps`` given (to compare passes with the same noise)."""
-        mu, sigma = self.encode(x, labels)
+        """One-sample pass: z = the posterior's sample for eps ~ N(0, I) drawn from ``generator`` (global RNG if
+        None), or the ``eps`` given (to compare passes with the same noise); for the seed z = mu + sigma * eps."""
+        params = self.encode(x, labels)
+        mu, sigma = params[0], params[1]
         if eps is None:
-            eps = standard_normal(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + sigma * eps
-        return VAEOutput(self.decode(z, x, labels), mu, sigma, z)
+            eps = standard_normal((*mu.shape[:-1], self.noise_dim), generator=generator, device=mu.device,
+                                  dtype=mu.dtype)
+        z = self.posterior.rsample(params, eps)
+        kl = None if self.closed_form_kl else self.monte_carlo_kl(params, z, eps)
+        return VAEOutput(self.decode(z, x, labels), mu, sigma, z, kl)
+
+    @property
+    def closed_form_kl(self) -> bool:
+        """Whether the KL term is exact (a diagonal-Gaussian posterior and a prior with a closed-form KL), or else
+        the Monte-Carlo estimate log q(z | x) - log p(z) of the sample the decoder saw."""
+        return self.posterior.diagonal_gaussian and self.prior.kl_units is not None
+
+    @property
+    def kl_estimate(self) -> str:
+        """How the KL term is computed, as metrics and evaluations say it: "closed form" or "monte carlo"."""
+        return "closed form" if self.closed_form_kl else "monte carlo"
+
+    @property
+    def latent_statistics_apply(self) -> bool:
+        """Whether active units and I(x; z), which read q(z | x) as N(mu, sigma^2), mean something for this model."""
+        return self.posterior.diagonal_gaussian
+
+    def closed_form_kl_of(self, posterior: tuple) -> torch.Tensor | None:
+        """N: the KL of each image's posterior as ``infer`` gives it, where it has a closed form (else None)."""
+        return self.prior.kl_units(posterior[0], posterior[1]).sum(1) if self.closed_form_kl else None
+
+    def monte_carlo_kl(self, params: tuple, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """N x 1: log q(z | x) - log p(z) of one sample, the KL's unbiased estimate."""
+        return (self.posterior.log_prob(params, z, eps) - self.prior.log_prob(z, self))[..., None]
 
     @property
     def noise_dim(self) -> int:
         """Standard-normal values one sample of z is made from (``log_weight_terms`` takes N x K x noise_dim)."""
-        return self.latent_dim
+        return self.posterior.noise_dim(self.latent_dim)
 
     @property
     def kl_unit_count(self) -> int:
-        """How many latent units the KL term is reported by (``kl_units``' columns)."""
-        return self.latent_dim
+        """How many latent units the KL term is reported by (``kl_units``' columns): one per dimension where the KL
+        has a closed form, else one."""
+        return self.latent_dim if self.closed_form_kl else 1
 
     def kl_units(self, out: VAEOutput, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """N x U: each latent unit's KL(q(z_u | x) || N(0, 1)) (the seed's formula), in float32 at least, or in
-        ``dtype``."""
+        """N x U: each latent unit's KL(q(z_u | x) || p(z_u)) (for the seed, the seed's formula against N(0, 1)), in
+        float32 at least, or in ``dtype``; where there is no closed form, one unit: the Monte-Carlo estimate."""
+        if not self.closed_form_kl:
+            return at_least_float32(out.kl) if dtype is None else out.kl.to(dtype)
         mu, sigma = (out.mu, out.sigma) if dtype is None else (out.mu.to(dtype), out.sigma.to(dtype))
-        return kl_per_dimension(mu, sigma)
+        return self.prior.kl_units(mu, sigma)
 
     def loss_terms(self, out: VAEOutput, x: torch.Tensor) -> LossTerms:
         """The -ELBO terms of the images ``x`` from the pass ``out`` over them (in float32 at least: computed outside
@@ -83,26 +122,24 @@ class VAE(nn.Module):
         """The one-sample -ELBO terms of each image: ``loss(x).total.mean()`` is the seed's loss."""
         return self.loss_terms(self(x, labels, generator=generator), x)
 
-    def log_weight_terms(self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor], eps: torch.Tensor,
+    def log_weight_terms(self, x: torch.Tensor, posterior: tuple, eps: torch.Tensor,
                          labels: torch.Tensor | None = None, decode_dtype: torch.dtype | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log p(x | z_k), log p(z_k), log q(z_k | x), each N x K, for z_k = mu + sigma * eps_k (``posterior`` =
-        ``encode(x)``, eps: N x K x noise_dim): the pieces of the importance weights, for training (IWAE) and for
-        the evaluation bound alike. ``decode_dtype`` (bfloat16): the decoder's products in that dtype under
-        autocast; z, the latent densities and the likelihood stay in float32 at least."""
-        mu, sigma = posterior
-        n, k, d = eps.shape
-        z = mu[:, None] + sigma[:, None] * eps
+        """log p(x | z_k), log p(z_k), log q(z_k | x), each N x K, for z_k the posterior's sample for eps_k
+        (``posterior`` = ``infer(x)``, eps: N x K x noise_dim; for the seed z_k = mu + sigma * eps_k): the pieces
+        of the importance weights, for training (IWAE) and for the evaluation bound alike. ``decode_dtype``
+        (bfloat16): the decoder's products in that dtype under autocast; z, the latent densities and the likelihood
+        stay in float32 at least."""
+        n, k, _ = eps.shape
+        params = tuple(p[:, None] for p in posterior)  # N x 1 x D: broadcast over the K samples
+        z = self.posterior.rsample(params, eps)
         # only a PixelCNN head reads the image while decoding: then it is copied for each sample
         targets = x.repeat_interleave(k, 0) if self.autoregressive else None
         repeated = None if labels is None else labels.reshape(-1).repeat_interleave(k)
         with torch.autocast(x.device.type, dtype=decode_dtype or torch.bfloat16, enabled=decode_dtype is not None):
-            params = self.decode(z.reshape(n * k, d), targets, repeated)
-        log_px_z = -self.likelihood.nll_of_samples(params, x, k)
-        z, eps, sigma = (at_least_float32(t) for t in (z, eps, sigma))
-        log_pz = -0.5 * (z.square().sum(-1) + d * LOG_2PI)
-        log_qz = -0.5 * (eps.square().sum(-1) + d * LOG_2PI) - sigma.log().sum(-1)[:, None]
-        return log_px_z, log_pz, log_qz
+            decoded = self.decode(z.reshape(n * k, z.shape[-1]), targets, repeated)
+        log_px_z = -self.likelihood.nll_of_samples(decoded, x, k)
+        return log_px_z, self.prior.log_prob(z, self), self.posterior.log_prob(params, z, eps)
 
     # the latent densities of the weights come from the encoder and z alone, not the decoder: the decoder may
     # compute in bfloat16 for the bound (a hierarchy's priors come from its top-down path: it says False)
@@ -126,8 +163,8 @@ class VAE(nn.Module):
             raise ValueError(f"{len(labels)} labels for {n} images")
         return (labels == torch.arange(self.classes, device=labels.device)).to(next(self.parameters()).dtype)
 
-    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z | x) (or q(z | x, y)): its means and standard deviations."""
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """q(z | x) (or q(z | x, y)): its parameters, means and standard deviations first (N x latent_dim each)."""
         return self.encode_onehot(x, self.onehot(labels, len(x)))
 
     def encode_onehot(self, x: torch.Tensor, onehot: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +199,10 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, *,
                labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Pictures (``generate``) for z ~ N(0, I); a conditional model without ``labels`` draws them uniformly."""
+        """Pictures (``generate``) for z drawn from the prior; a conditional model without ``labels`` draws them
+        uniformly."""
         p = next(self.parameters())
-        z = torch.randn((n, self.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
+        z = self.prior.sample(n, self, generator)
         if self.classes and labels is None:
             labels = torch.randint(self.classes, (n,), generator=generator, device=p.device)
         return self.generate(z, generator, labels=labels)
@@ -172,12 +210,29 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None, *,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Pictures (``generate``) for one z ~ q(z | x) per image."""
+        """Pictures (``generate``) for one z ~ q(z | x) per image (through the whole posterior, a flow's too)."""
         if not self.autoregressive:
             return self.likelihood.mean(self(x, labels, generator=generator).logits)
-        mu, sigma = self.encode(x, labels)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return self.generate(mu + sigma * eps, generator, labels=labels)
+        params = self.encode(x, labels)
+        mu = params[0]
+        eps = torch.randn((*mu.shape[:-1], self.noise_dim), generator=generator, device=mu.device, dtype=mu.dtype)
+        return self.generate(self.posterior.rsample(params, eps), generator, labels=labels)
+
+    @torch.no_grad()
+    def posterior_mean(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One representative z per image, without noise (the posterior's ``mean``): what ``convae.load``'s
+        ``reconstruct`` decodes."""
+        return self.posterior.mean(self.encode(x, labels))
+
+    def named_groups(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat N x latent_dim tensor cut into the model's groups of latents, by name: one, "z", for a model of
+        one stochastic layer (a hierarchy has several: ``ladder.py``)."""
+        return {"z": flat}
+
+    def describe_densities(self) -> dict:
+        """What model.json, eval.json and the report say of the latent densities."""
+        return {"prior": type(self.prior).__name__, "posterior": type(self.posterior).__name__,
+                "kl": self.kl_estimate}
 
 
 def keras_init(module: nn.Module) -> None:

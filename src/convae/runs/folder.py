@@ -28,6 +28,7 @@ from ..config import RESUMABLE, TrainConfig, option_name
 from ..errors import CheckpointError, ConfigError, FileSystemFault
 from ..faults import describe_os_error
 from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from ..models.registry import require_model
 from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .lock import RunLock
 
@@ -109,8 +110,12 @@ class RunDir:
         return settings
 
     def read_config(self, settings: dict | None = None) -> TrainConfig:
-        """The run's settings as a validated ``TrainConfig``."""
-        saved = (settings or self.read_settings())["config"]
+        """The run's settings as a validated ``TrainConfig``, its model made buildable from the code config.json
+        names (``registry.require_model``: an installed plug-in, or one the user named with --plugin)."""
+        settings = settings or self.read_settings()
+        saved = settings["config"]
+        if isinstance(saved.get("model"), str):
+            require_model(saved["model"], settings.get("model_code"), str(self.config_file))
         try:
             return TrainConfig.from_dict(saved).validate()
         except ConfigError as e:
@@ -289,7 +294,8 @@ def resumed_config(run: RunDir, given: dict, preset: str | None, presets: dict) 
     if not run.config_file.is_file():
         raise ConfigError(f"--resume {run.path}: no config.json there (not a convae run folder)")
     never_started(run)
-    saved = run.read_settings()["config"]
+    settings = run.read_settings()
+    saved = settings["config"]
     if "out" in given and Path(given["out"]) != run.path:
         raise ConfigError(f"--out {given['out']}: a resumed run stays in its own folder {run.path} (drop --out, or "
                           "start a new run without --resume)")
@@ -302,7 +308,7 @@ def resumed_config(run: RunDir, given: dict, preset: str | None, presets: dict) 
         raise ConfigError(f"{said}: cannot change when resuming {run.path} ({what}the run's is {saved.get(k)!r}; only "
                           f"{', '.join(option_name(n) for n in sorted(RESUMABLE))} can)")
     resumable = {k: v for k, v in given.items() if k in RESUMABLE}  # a preset's own epochs do not extend a run
-    return run.read_config({"config": {**saved, **resumable, "out": str(run.path)}})
+    return run.read_config({**settings, "config": {**saved, **resumable, "out": str(run.path)}})
 
 
 __all__ = ["CheckpointError", "RunDir", "Start", "new_run_dir", "plan_start", "resumed_config"]

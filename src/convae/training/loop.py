@@ -29,7 +29,8 @@ from ..data import ImageData, StreamedImages, load_for_config, resident_limit
 from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, OutOfMemory, RunBusy,
                       TrainingInterrupted)
 from ..faults import available_memory, describe_os_error, first_line, format_bytes, is_out_of_memory
-from ..models import MODELS, VAE, build_run_model
+from ..models import VAE, build_run_model
+from ..models.registry import code_identity
 from ..progress import Progress, duration
 from ..reporting.html import write_report
 from ..reporting.sinks import RunLogger
@@ -105,9 +106,6 @@ class Trainer:
         if runtime.distributed and config.iw_train > 1:
             raise ConfigError("--iw-train: K > 1 runs in one process (its K-sample pass bypasses DDP's forward); "
                               "drop it under torchrun")
-        if config.iw_train > 1 and MODELS[config.model].builder is not None:
-            raise ConfigError(f"--iw-train: K > 1 trains models of one stochastic layer; {config.model!r} has several "
-                              "(its IW bound is evaluated all the same: convae eval --iw-samples K)")
         self.device = resolve_device(config.device, runtime.local_rank)
         if runtime.distributed and self.device.type == "mps":
             raise ConfigError("--device mps: torchrun runs need CPU (gloo) or CUDA (NCCL) devices")
@@ -259,7 +257,8 @@ class Trainer:
     def describe(self, argv) -> dict:
         """What config.json records beside the settings."""
         data, runtime = self.data, self.runtime
-        return {"config": self.config.to_dict(), "environment": describe_environment(self.device),
+        return {"config": self.config.to_dict(), "model_code": code_identity(self.config.model),
+                "densities": self.model.describe_densities(), "environment": describe_environment(self.device),
                 "precision": self.precision, "model_parameters": sum(p.numel() for p in self.model.parameters()),
                 "steps_per_epoch": self.steps_per_epoch, "command": argv,
                 "data": {**data.details, "name": data.name, "shape": list(data.shape), "levels": data.levels,

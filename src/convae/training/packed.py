@@ -67,14 +67,14 @@ class Member(Trainer):
         return True
 
     def make_step(self, step_module, eager_only: bool):
+        """Its solo step on its own generator: what the ``threads`` strategy takes (and a batched pack falls back to
+        where the model cannot be batched)."""
         self.state.own_noise(self.device)  # its stream, from where the solo run's would be now
         self.objective = objective_of(self.config)
-        if self.strategy == "threads":
-            return make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images,
-                                   self.data.levels, self.config, self.dtype, self.precision, self.device,
-                                   eager_only=True, labels=self.data.train_labels if self.config.conditional else None,
-                                   generator=self.state.generator)
-        return None
+        return make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images,
+                               self.data.levels, self.config, self.dtype, self.precision, self.device,
+                               eager_only=True, labels=self.data.train_labels if self.config.conditional else None,
+                               generator=self.state.generator)
 
 
 class ThreadedStep:
@@ -109,6 +109,26 @@ class ThreadedStep:
         self.pool.shutdown()
 
 
+class NotBatchable(Exception):
+    """The model's step cannot run as one vmapped pass (e.g. its forward draws random numbers of its own, as
+    ``nn.Dropout`` or ``torch.randn`` do, instead of through ``convae.standard_normal`` / ``convae.Dropout``)."""
+
+
+class MemberLoss(torch.nn.Module):
+    """The whole of one member's loss as one module call, so that ``functional_call`` swaps in the member's
+    parameters for everything the loss reads: the encoder and decoder, and the prior's and posterior's own (a
+    VampPrior's pseudo-inputs, a flow's weights)."""
+
+    def __init__(self, model, precision: str):
+        super().__init__()
+        self.model, self.precision = model, precision
+
+    def forward(self, x, labels):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.model(x, labels)
+        return self.model.loss_terms(out, x)
+
+
 class BatchedStep:
     """One optimizer step of every member of a pack: the members' parameters and BatchNorm buffers stacked, one
     vmapped forward and backward, then each member's own gradient clipping and Adam step.
@@ -123,9 +143,31 @@ class BatchedStep:
         self.labels = lead.data.train_labels if lead.config.conditional else None
         self.device, self.dtype, self.precision = lead.device, lead.dtype, lead.precision
         self.plan = self.record_plan(lead)
+        self.loss_module = MemberLoss(self.model, self.precision)
         # every random number comes in from outside; labels only for a conditional model
         self.batched = vmap(self.member_loss, in_dims=(0,) * 7 + (None if self.labels is None else 0,),
                             randomness="error")
+        self.probe([lead, lead])
+
+    def probe(self, lanes: list) -> None:
+        """One vmapped pass of two copies of the lead's weights, without gradients and on copies of its buffers:
+        ``NotBatchable`` with the reason where the model cannot run batched (nothing moves: no weight, statistic or
+        member's stream)."""
+        saved = [m.state.generator.get_state() for m in lanes]
+        try:
+            x, noise, kl_weight, free_bits, plain, labels = self.inputs(
+                lanes, [torch.arange(self.config.batch_size, device=self.device)] * len(lanes), [0] * len(lanes))
+            params = {n: torch.stack([p.detach()] * len(lanes)) for n, p in self.model.named_parameters()}
+            buffers = {n: torch.stack([b.clone()] * len(lanes)) for n, b in self.model.named_buffers()}
+            with torch.no_grad():
+                self.batched(params, buffers, x, noise, kl_weight, free_bits, plain, labels)
+        except (RuntimeError, NotImplementedError, ValueError) as e:
+            if is_out_of_memory(e):
+                raise
+            raise NotBatchable(first_line(e, 200)) from None
+        finally:
+            for m, state in zip(lanes, saved):
+                m.state.generator.set_state(state)
 
     def record_plan(self, lead) -> list:
         """What one step of a member draws inside the model (kinds, shapes, dtypes), from a forward pass of a copy of
@@ -145,9 +187,10 @@ class BatchedStep:
     def member_loss(self, params, buffers, x, noise, kl_weight, free_bits, plain, labels):
         """One member's loss and logged terms [L_tot, L_likelihood, L_KL], as ``objectives.training_loss`` computes
         them for the ELBO with its KL weight and free bits (vmapped: every argument is this member's slice)."""
-        with noise_from(Replay(noise)), self.autocast():
-            out = functional_call(self.model, (params, buffers), (x,), {"labels": labels})
-        nll, kl_units = self.model.loss_terms(out, x)
+        with noise_from(Replay(noise)):
+            nll, kl_units = functional_call(self.loss_module, ({f"model.{n}": t for n, t in params.items()},
+                                                               {f"model.{n}": t for n, t in buffers.items()}),
+                                            (x, labels))
         kl = kl_units.sum(1)
         nll_mean, kl_mean = nll.mean(), kl.mean()
         penalised = torch.where(free_bits > 0, kl_units.mean(0).clamp(min=free_bits).sum(), kl_mean)
@@ -202,12 +245,23 @@ class BatchedStep:
         pass
 
 
-def pack_step(strategy: str, lead, workers: int | None = None):
+def pack_step(strategy: str, lead, workers: int | None = None, log=None):
     """The step of a pack: ``BatchedStep`` on the lead's shapes, or ``ThreadedStep`` on ``workers`` threads (default:
-    torch's intra-op thread count, one per core)."""
-    if strategy == "threads":
-        return ThreadedStep(workers or torch.get_num_threads())
-    return BatchedStep(lead)
+    torch's intra-op thread count, one per core). With ``log``, a model that cannot be batched falls back to
+    ``threads`` and says why in one line; without it, ``NotBatchable`` is raised."""
+    if strategy == "batched":
+        try:
+            return BatchedStep(lead)
+        except NotBatchable as e:
+            if log is None:
+                raise
+            log(not_batchable_line(lead.config.model, str(e)))
+    return ThreadedStep(workers or torch.get_num_threads())
+
+
+def not_batchable_line(model: str, why: str) -> str:
+    return (f"model {model}: its members step side by side (threads), not batched: {why} (draw a model's noise with "
+            "convae.standard_normal and convae.Dropout to let packs batch it: docs/own-model.md)")
 
 
 @dataclasses.dataclass
@@ -237,7 +291,7 @@ class Pack:
     def run(self) -> list[Outcome]:
         """Train the members to their last step; a stop signal ends every member with a checkpoint at the same step
         and raises ``TrainingInterrupted`` (``resume``: the command that continues)."""
-        step = pack_step(self.strategy, self.active[0]) if self.active else None
+        step = pack_step(self.strategy, self.active[0], log=self.log) if self.active else None
         try:
             with StopSignals() as signals, self.faults_said():
                 for m in self.active:
@@ -319,11 +373,13 @@ class Pack:
 
 
 def measure_pack_sizes(configs: list[TrainConfig], data, device: torch.device, *, sizes: list[int] | None = None,
-                       strategies: tuple[str, ...] | None = None, steps: int = 4, warmup: int = 2) -> dict[str, float]:
+                       strategies: tuple[str, ...] | None = None, steps: int = 4, warmup: int = 2,
+                       log=None) -> dict[str, float]:
     """Images per second of packs of 1, 2, 4, ... of these members' models (up to all of them, or until the device
     runs out of memory), or of ``sizes``, each way a pack can step on this device (both on a CPU, batched on a GPU):
     fresh models on ``data`` (already on ``device``), timed after ``warmup`` steps; nothing is written. Keys:
-    "STRATEGY/SIZE"."""
+    "STRATEGY/SIZE". A model that cannot be batched is measured side by side (threads) only, said in one line
+    through ``log``."""
     from ..models import build_run_model
     from ..runtime import synchronize
 
@@ -331,11 +387,18 @@ def measure_pack_sizes(configs: list[TrainConfig], data, device: torch.device, *
     strategies = strategies or (("batched", "threads") if device.type == "cpu" else ("batched",))
     sizes = sizes or sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k < len(configs)} | {len(configs)})
     rates: dict[str, float] = {}
+    strategies = list(strategies)
     for strategy in strategies:
         for k in sizes:
             try:
                 lanes = [probe_lane(c, data, device, strategy, build_run_model) for c in configs[:k]]
                 step = pack_step(strategy, lanes[0])
+            except NotBatchable as e:
+                (log or print)(not_batchable_line(config.model, str(e)))
+                if "threads" not in strategies:
+                    strategies.append("threads")
+                break
+            try:
                 indices = [torch.randint(0, len(data.train_images), (config.batch_size,), device=device)
                            for _ in lanes]
                 lrs = [c.lr for c in configs[:k]]
