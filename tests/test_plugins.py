@@ -314,6 +314,12 @@ def test_opening_a_run_never_imports_a_module_nobody_declared_and_warns_when_the
     assert "model 'nnup-copy' comes from the plug-in module 'evil'" in result.stderr
     assert not marker.exists()  # evil.py sat in the current folder, importable, and was not imported
     assert "model 'nnup-copy' was trained with tinyplug" in result.stderr and "the code changed since" in result.stderr
+    code, _, err = run_cli(capsys, "train", "--plugin", str(plugin), "--resume", str(tmp_path / "run"), "--max-steps",
+                           "4")
+    assert code == 0 and "the code changed since" in err
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["model_code"]
+    assert recorded["source_sha256"] != settings["model_code"]["source_sha256"]  # what it goes on with, and before:
+    assert [e["source_sha256"] for e in recorded["earlier"]] == [settings["model_code"]["source_sha256"]]
 
 
 def test_an_installed_plugin_is_found_by_its_entry_point_without_naming_it(tmp_path, idx_dir):

@@ -115,15 +115,21 @@ def test_train_and_test_subfolders_are_the_split_and_mixed_channels_are_converte
     assert gray.shape == (1, 8, 8)
 
 
-def test_bad_folders_name_the_file(tmp_path):
+def test_bad_folders_name_the_file(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no image files"):
         load(tmp_path / "empty", tmp_path)
     root = write_folder(tmp_path / "broken")
     (root / "cat" / "9.png").write_bytes(b"\x89PNG not really")
+    capsys.readouterr()
     with pytest.raises(DataError, match=r"broken/cat/9.png: not an image Pillow can read"):
-        load(root, tmp_path)
+        load_data(str(root), cache_dir=tmp_path / "cache", image_size=8, progress=True)
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written
+    said = capsys.readouterr().err
+    assert "preparing" in said and "cached in" not in said  # nothing was cached: no line says it was
+    (root / "cat" / "9.png").unlink()
+    load_data(str(root), cache_dir=tmp_path / "cache", image_size=8, progress=True)
+    assert "cached in" in capsys.readouterr().err
 
 
 def test_16_bit_and_float_gray_images_keep_their_scale_and_bad_values_are_named(tmp_path):

@@ -28,7 +28,8 @@ BACKGROUNDS = ("white", "black", "gray")
 
 def setting(default, help: str, *, choices: tuple | None = None, resumable: bool = False, metavar: str | None = None,
             internal: bool = False, flag: str | None = None):
-    """A field of ``TrainConfig`` with what its command-line option needs. ``resumable``: a resumed run may be
+    """A field of ``TrainConfig`` with what its command-line option needs; ``help`` says what the option as written
+    does (for a setting on by default, what ``--no-NAME`` does). ``resumable``: a resumed run may be
     given another value (how it runs, not what it computes); ``internal``: no option, on purpose; ``flag``: the
     option's name where it is not the setting's (a repeatable option named in the singular)."""
     metadata = {"help": help, "choices": choices, "resumable": resumable, "metavar": metavar, "internal": internal,
@@ -79,12 +80,12 @@ class TrainConfig:
     dtype: str = setting("float32", "parameter dtype; float64 is the seed's arithmetic", choices=DTYPES)
     precision: str = setting("fp32", "bf16: autocast the model, loss stays float32", choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the forward pass and loss", resumable=True)
-    cuda_graphs: bool = setting(True, "on CUDA, record the whole step once and replay it (off: launch kernels one "
-                                      "by one)", resumable=True)
+    cuda_graphs: bool = setting(True, "on CUDA, launch each step's kernels one by one (default: record the whole "
+                                      "step once as a CUDA graph and replay it)", resumable=True)
     channels_last: bool = setting(False, "NHWC activations (measured: no gain for this model on CPU)",
                                   resumable=True)
     device: str = setting("auto", "auto picks a GPU when there is one", choices=DEVICES, resumable=True)
-    shuffle: bool = setting(True, "take batches in order, as the seed does (off: shuffled every epoch)")
+    shuffle: bool = setting(True, "take batches in order, as the seed does (default: shuffled every epoch)")
     # -- the data -----------------------------------------------------------------------------------------------
     data: str = setting("mnist", "mnist (the embedded copy), fashion-mnist (Debian's dataset-fashion-mnist), "
                                  "shapes[:N] (generated colour shapes), a "
@@ -128,9 +129,9 @@ class TrainConfig:
     dist_timeout: float = setting(300.0, "under torchrun: how long joining the group or a collective may wait for a "
                                          "peer before the run ends with an error", resumable=True, metavar="SECONDS")
     quiet: bool = setting(False, "no progress bar or progress lines", resumable=True)
-    tensorboard: bool = setting(True, "write TensorBoard event files in RUN/tb (off: none, and no epoch samples "
-                                      "for them)", resumable=True)
-    report: bool = setting(True, "refresh RUN/report.html at epoch ends (off: don't)", resumable=True)
+    tensorboard: bool = setting(True, "write no TensorBoard event files, and draw no epoch samples for them "
+                                      "(default: event files in RUN/tb)", resumable=True)
+    report: bool = setting(True, "don't refresh RUN/report.html at epoch ends (default: refresh it)", resumable=True)
     out: str | None = setting(None, "run folder (default runs/<date-time>); must not hold a run already",
                               metavar="DIR")
     extra: dict = setting({}, "free-form notes, e.g. the preset a run came from", internal=True)

@@ -137,6 +137,7 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         eps = torch.randn(2, vae.noise_dim)
         modules["posterior"] = (PosteriorSampler(vae).eval(), params + (eps,), encoder_outputs + ["eps"], ["z"])
     out.mkdir(parents=True, exist_ok=True)
+    earlier = exported_files(out)  # an earlier export into this folder, whose files this one replaces
     written = []
     for name, (module, examples, inputs, outputs) in modules.items():
         buffer = io.BytesIO()
@@ -177,5 +178,21 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
                    "decoder_output": f"mean images N x {channels} x {size} x {size} in [0, 1]"}
     if vae.classes:
         description["labels_input"] = f"float32 one-hot labels N x {vae.classes}, the second input of both"
+    description["files"] = [p.name for p in written]
     atomic_write_text(out / "model.json", json.dumps(description, indent=2) + "\n")
+    for stale in earlier - set(written):  # model.json now describes only this export: nothing else of ours stays
+        stale.unlink(missing_ok=True)
     return written + [out / "model.json"]
+
+
+def exported_files(out: Path) -> set[Path]:
+    """The files an earlier ``convae export`` left in ``out`` (named by its model.json; none where there is none)."""
+    try:
+        earlier = json.loads((out / "model.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(earlier, dict) or "convae" not in earlier or earlier.get("format") not in FORMATS:
+        return set()
+    names = earlier.get("files") or [f"{n}.{ext}" for n in ("encoder", "decoder", "prior", "posterior")
+                                     for ext in ("onnx", "pt", "safetensors")]  # written before files were listed
+    return {out / name for name in names if isinstance(name, str) and "/" not in name and (out / name).is_file()}

@@ -59,6 +59,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def resume_command(argv: list[str]) -> str | None:
+    """The command that continues an interrupted sweep, written as the user started convae (``.venv/bin/convae``,
+    ``python3 -m convae``), so that it can be pasted; None where convae was not started from a command line."""
+    from .train import program_as_invoked
+
+    if argv[1:2] != ["sweep"]:
+        return None
+    return " ".join([program_as_invoked(), *(shlex.quote(a) for a in argv[1:])])
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiments.sweep import (evaluate_members, format_summary, keep_plan, make_plan, parse_grid, parse_shard,
                                      run_sweep, write_summary)
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(base, parse_grid(args.grid), args.seeds, args.out, args.pack, args.pack_by)
     shard = parse_shard(args.shard)
     runtime = Runtime.from_environment(base.get("dist_timeout", 300.0))
-    resume = " ".join(shlex.quote(a) for a in ["convae", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else None
+    resume = resume_command(sys.argv)
     try:
         error = None
         if runtime.is_writer:

@@ -132,7 +132,7 @@ def _build(cache: PreparedCache, parts: list[tuple[int, callable]], shape_chw: t
     first); ``finished(rows)`` decides what becomes of those (raise, or leave them out)."""
     total = sum(count for count, _ in parts)
     if progress:
-        print(f"convae: preparing {what} once; cached in {cache.images_path}", file=sys.stderr, flush=True)
+        print(f"convae: preparing {what} once", file=sys.stderr, flush=True)
 
     def fill(array):
         bar = Progress(total, "preparing", "img", show=progress)
@@ -144,6 +144,8 @@ def _build(cache: PreparedCache, parts: list[tuple[int, callable]], shape_chw: t
         return finished(dropped)
 
     cache.write((total, *shape_chw), fill, labels, meta)
+    if progress:  # only once it is written whole (a folder with bad files fails above, and nothing is cached)
+        print(f"convae: cached in {cache.images_path}", file=sys.stderr, flush=True)
 
 
 BAD_FILES_NAMED = 10  # unreadable image files named in one message; the rest are counted

@@ -13,6 +13,7 @@ torchrun each rank takes its share of the members; ``--shard i/n`` runs one slic
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
@@ -59,7 +60,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise ConfigError(f"--grid {item}: a model's options go on the grid one by one, as "
                               "model-option.KEY=V1,V2,...")
         if not values or name not in fields or name in NOT_ON_A_GRID:
+            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.75) if name not in fields else []
             why = ("use --seeds N for seeds" if name == "seed" else
+                   f"no setting {name.replace('_', '-')}; did you mean {close[0].replace('_', '-')}?" if close else
                    "give KEY=V1,V2,... with KEY a setting of convae train" if name not in fields or not values else
                    f"--{name.replace('_', '-')} is the sweep's own, not a setting members may differ in")
             raise ConfigError(f"--grid {item}: {why}")
@@ -270,18 +273,21 @@ def summarize(out: str | Path) -> dict:
     rows = []
     for setting, members in _by_setting(kept["members"]):
         values: dict[str, list] = {"test": [], "iw": [], "active": [], "seconds": []}
-        stopped, done, curves, iw_k, unit = [], 0, [], None, "nats"
+        stopped, done, curves, iw_k, unit, steps = [], 0, [], None, "nats", []
         for member in members:
             run = RunDir(out / member["run"])
             status = run.read_status()
-            metrics = [m for m in (run.metrics() if run.metrics_file.is_file() else []) if not m.get("partial_epoch")]
+            records = run.metrics() if run.metrics_file.is_file() else []
             if status.get("stopped"):
                 stopped.append({"member": member["name"], "why": status["stopped"]})
                 continue
-            if not metrics or not _finished(run, metrics[-1]):
+            if not records or not _finished(run, records[-1]):
                 continue
+            # whole epochs, and the last record, which a run bounded by --max-steps takes part-way through one
+            metrics = [m for m in records[:-1] if not m.get("partial_epoch")] + records[-1:]
             done += 1
             last = metrics[-1]
+            steps.append(last["step"])
             unit = "bits/dim" if "test_bits_per_dim" in last else "nats"
             values["test"].append(last.get("test_bits_per_dim", last["test_neg_elbo"]))
             values["seconds"].append(last["train_seconds"])
@@ -293,6 +299,7 @@ def summarize(out: str | Path) -> dict:
             if evaluation.get("active_units") is not None:
                 values["active"].append(evaluation["active_units"])
         rows.append({"setting": setting, "members": len(members), "done": done, "unit": unit, "iw_samples": iw_k,
+                     "steps": sorted(set(steps)),  # where the figures were taken (the members' last steps)
                      **{k: _mean_std(v) for k, v in values.items()}, "stopped": stopped, "curves": curves})
     return {"sweep": str(out), "grid": kept["grid"], "seeds": kept["seeds"], "rows": rows}
 
@@ -306,9 +313,12 @@ def _by_setting(members: list[dict]):
 
 
 def _finished(run: RunDir, last: dict) -> bool:
-    config = run.read_config()
-    steps = run.read_settings().get("steps_per_epoch", 1)
-    return last["step"] >= min(config.epochs * steps, config.max_steps or config.epochs * steps)
+    """Whether ``last`` is the record of the run's last step: its epochs', or its --max-steps' if that is fewer.
+    Read from config.json as written (the summary needs no model code, a plug-in's included)."""
+    settings = run.read_settings()
+    config, steps = settings["config"], settings.get("steps_per_epoch", 1)
+    planned = config["epochs"] * steps
+    return last["step"] >= min(planned, config.get("max_steps") or planned)
 
 
 def _mean_std(values: list[float]) -> dict | None:
@@ -327,13 +337,14 @@ def format_summary(summary: dict) -> str:
     rows = summary["rows"]
     unit = rows[0]["unit"] if rows else "nats"
     k = next((r["iw_samples"] for r in rows if r["iw_samples"]), None)
-    header = ["setting", "seeds done", f"test −ELBO ({unit})", f"IW bound (K = {k})" if k else "IW bound",
+    header = ["setting", "seeds done", "at step", f"test −ELBO ({unit})", f"IW bound (K = {k})" if k else "IW bound",
               "active units", "training s", "stopped"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         setting = ", ".join(f"{key} = {v}" for key, v in r["setting"].items()) or "(base)"
         digits = 4 if r["unit"] == "bits/dim" else 2
-        lines.append("| " + " | ".join([setting, f"{r['done']} of {r['members']}", cell(r["test"], digits),
+        at = ", ".join(map(str, r.get("steps") or [])) or "–"
+        lines.append("| " + " | ".join([setting, f"{r['done']} of {r['members']}", at, cell(r["test"], digits),
                                         cell(r["iw"], digits), cell(r["active"], 1), cell(r["seconds"], 0),
                                         ", ".join(s["member"] for s in r["stopped"]) or "–"]) + " |")
     notes = [f"- {s['member']}: {s['why']}" for r in rows for s in r["stopped"]]

@@ -257,10 +257,14 @@ class Trainer:
     def describe(self, argv) -> dict:
         """What config.json records beside the settings."""
         data, runtime = self.data, self.runtime
-        return {"config": self.config.to_dict(), "model_code": code_identity(self.config.model),
+        before = self.earlier_settings()
+        commands = {"command": argv}
+        if before.get("command") is not None:  # a resumed run keeps the command it started with, and each resume's
+            commands = {"command": before["command"], "resumed_with": before.get("resumed_with", []) + [argv]}
+        return {"config": self.config.to_dict(), "model_code": self.model_code(before),
                 "densities": self.model.describe_densities(), "environment": describe_environment(self.device),
                 "precision": self.precision, "model_parameters": sum(p.numel() for p in self.model.parameters()),
-                "steps_per_epoch": self.steps_per_epoch, "command": argv,
+                "steps_per_epoch": self.steps_per_epoch, **commands,
                 "data": {**data.details, "name": data.name, "shape": list(data.shape), "levels": data.levels,
                          "train_images": len(data.train_images), "test_images": len(data.test_images),
                          "classes": data.classes, "class_count": self.classes,
@@ -269,6 +273,28 @@ class Trainer:
                 "distributed": {**runtime.describe(self.device),
                                 "batch_per_rank": self.config.batch_size // runtime.world_size,
                                 "batchnorm": runtime.batchnorm_mode(self.device), "cuda_graphs": self.graphs}}
+
+    def earlier_settings(self) -> dict:
+        """The config.json of the run being resumed ({} for a new run)."""
+        if not self.run_dir.checkpoint_files():
+            return {}
+        try:
+            return self.run_dir.read_settings()
+        except ConfigError:
+            return {}
+
+    def model_code(self, before: dict) -> dict:
+        """Which code the model is (``registry.code_identity``); a resumed run whose plug-in changed since keeps
+        what it was trained with before under ``earlier``."""
+        code = code_identity(self.config.model)
+        recorded = dict(before.get("model_code") or {})
+        earlier = recorded.pop("earlier", [])
+        if recorded and (recorded.get("version"), recorded.get("source_sha256")) != (code["version"],
+                                                                                    code["source_sha256"]):
+            earlier = earlier + [recorded]
+        if earlier:
+            code["earlier"] = earlier
+        return code
 
     def say(self, line: str) -> None:
         self.logger.say(line)
@@ -390,11 +416,17 @@ class Trainer:
     def say_plan(self, img_per_s: float) -> None:
         """Once the first steps have been timed: what the run will do, and about how long it will take."""
         self.planned_said = True
-        config, argv = self.config, self.settings.get("command") or []
-        default = config.epochs == TrainConfig.epochs and "--epochs" not in argv and "preset" not in config.extra
+        config, argv = self.config, (self.settings.get("resumed_with") or [self.settings.get("command")])[-1] or []
+        default = (config.epochs == TrainConfig.epochs and "--epochs" not in argv and "preset" not in config.extra
+                   and not config.max_steps)
         left = (self.last_step - self.state.step) * config.batch_size / max(img_per_s, 1e-9)
-        self.say(f"planned: {math.ceil(self.last_step / self.steps_per_epoch)} epochs of {self.steps_per_epoch} steps"
-                 + (" (the seed's 100: --epochs N for fewer)" if default else "")
+        epochs = math.ceil(self.last_step / self.steps_per_epoch)
+        if config.max_steps and config.max_steps < config.epochs * self.steps_per_epoch:
+            plan = (f"{self.last_step} steps (--max-steps), {epochs} epoch{'s' * (epochs != 1)} of "
+                    f"{self.steps_per_epoch} steps begun")
+        else:
+            plan = f"{epochs} epoch{'s' * (epochs != 1)} of {self.steps_per_epoch} steps"
+        self.say(f"planned: {plan}" + (" (the seed's 100: --epochs N for fewer)" if default else "")
                  + f"; at {img_per_s:,.0f} img/s about {duration(left)} of training"
                  + (" to go" if self.state.step > self.steps_per_epoch else "") + ", evaluations besides")
 

@@ -1,0 +1,82 @@
+"""The third hour's rough edges (issue 34): a sweep bounded by --max-steps summarises, the commands convae prints can
+be pasted, --no- flags say what they do, the planned line and config.json's command tell the truth."""
+
+import json
+import sys
+
+import pytest
+
+from convae.cli import build_parser
+from convae.config import TrainConfig, option_name, settings_fields
+from convae.errors import ConfigError
+from convae.experiments.sweep import parse_grid
+
+from conftest import run_cli
+
+
+def test_a_sweep_bounded_by_max_steps_summarises_its_members_and_says_at_which_step(tmp_path, idx_dir, capsys):
+    out = tmp_path / "sweep"
+    code, _, err = run_cli(capsys, "sweep", "--seeds", "2", "--grid", "beta=0.5,1", "--model", "fc", "--data-dir",
+                           str(idx_dir), "--max-steps", "5", "--device", "cpu", "--no-report", "--no-tensorboard",
+                           "--out", str(out))
+    assert code == 0, err
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [(r["done"], r["steps"], r["test"]["n"]) for r in rows] == [(2, [5], 2), (2, [5], 2)]
+    code, table, _ = run_cli(capsys, "sweep", "summary", str(out))
+    assert "| beta = 0.5 | 2 of 2 | 5 |" in table and "–" not in table.split("\n")[2].split("|")[4]
+
+
+def test_a_sweeps_resume_line_is_written_as_convae_was_started(monkeypatch):
+    from convae.cli.sweep import resume_command
+
+    monkeypatch.setattr(sys, "argv", [".venv/bin/convae", "sweep", "--out", "runs/a b"])
+    assert resume_command(sys.argv) == ".venv/bin/convae sweep --out 'runs/a b'"
+    monkeypatch.setattr(sys, "argv", ["/x/convae/__main__.py", "sweep", "--seeds", "2"])
+    assert resume_command(sys.argv).endswith(" -m convae sweep --seeds 2")
+
+
+def test_every_no_flag_says_what_it_does_as_written():
+    """A setting on by default is offered as --no-NAME; its help must describe what --no-NAME does (not the setting
+    it turns off). Each such flag and the words its help starts with, so that a new one is read by someone."""
+    said = {"--no-cuda-graphs": "on CUDA, launch each step's kernels one by one",
+            "--no-shuffle": "take batches in order",
+            "--no-tensorboard": "write no TensorBoard event files",
+            "--no-report": "don't refresh RUN/report.html"}
+    train = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "train" in a.choices)
+    helps = {o: a.help for a in train.choices["train"]._actions for o in a.option_strings}
+    flags = {option_name(f.name) for f in settings_fields() if f.default is True}
+    assert flags == set(said)
+    for flag, start in said.items():
+        assert helps[flag].startswith(start), (flag, helps[flag])
+        assert "(default:" in helps[flag]  # and what happens without the flag
+
+
+def test_a_misspelt_setting_on_the_grid_is_refused_with_the_nearest_name():
+    with pytest.raises(ConfigError, match=r"--grid betta=1,2: no setting betta; did you mean beta\?"):
+        parse_grid(["betta=1,2"])
+    with pytest.raises(ConfigError, match=r"did you mean free-bits\?"):
+        parse_grid(["free-bit=0.1"])
+
+
+def test_the_planned_line_and_config_json_say_what_the_run_does(tmp_path, idx_dir, capsys):
+    """--max-steps plans steps, not epochs; a resumed run keeps the command it started with and lists each resume."""
+    run = tmp_path / "run"
+    base = ["train", "--model", "fc", "--data-dir", str(idx_dir), "--device", "cpu", "--no-report", "--no-tensorboard"]
+    code, out, err = run_cli(capsys, *base, "--max-steps", "12", "--progress-every", "4", "--out", str(run))
+    assert code == 0, err
+    assert "planned: 12 steps (--max-steps), 2 epochs of 8 steps begun;" in out + err
+    assert "the seed's 100" not in out + err
+    first = json.loads((run / "config.json").read_text())["command"]
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "20", "--quiet")
+    assert code == 0, err
+    settings = json.loads((run / "config.json").read_text())
+    assert settings["command"] == first and len(settings["resumed_with"]) == 1
+
+
+def test_exporting_again_into_a_folder_leaves_only_the_new_export(seed_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert run_cli(capsys, "export", str(seed_run), "--format", "safetensors", "--out", str(out))[0] == 0
+    (out / "notes.txt").write_text("mine")  # not convae's: it stays
+    assert run_cli(capsys, "export", str(seed_run), "--format", "torchscript", "--out", str(out))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.pt", "encoder.pt", "model.json", "notes.txt"]
+    assert json.loads((out / "model.json").read_text())["files"] == ["encoder.pt", "decoder.pt"]
