@@ -80,3 +80,45 @@ def test_exporting_again_into_a_folder_leaves_only_the_new_export(seed_run, tmp_
     assert run_cli(capsys, "export", str(seed_run), "--format", "torchscript", "--out", str(out))[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["decoder.pt", "encoder.pt", "model.json", "notes.txt"]
     assert json.loads((out / "model.json").read_text())["files"] == ["encoder.pt", "decoder.pt"]
+
+
+def test_a_run_whose_console_goes_away_trains_on_and_says_so_in_its_log(tmp_path, idx_dir):
+    """`convae train ... | head -2`: the reader leaves after two lines; the run goes on to its last step, its lines in
+    log.txt, and exits 0 (it ended at the first epoch's end with 'Broken pipe', exit 4, before)."""
+    import subprocess
+
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "convae", "train", "--model", "fc", "--data-dir", str(idx_dir),
+                                "--epochs", "4", "--progress-every", "1", "--device", "cpu", "--no-report",
+                                "--no-tensorboard", "--out", str(run)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines = [process.stdout.readline() for _ in range(2)]
+    process.stdout.close()  # as head does after its lines
+    _, err = process.communicate(timeout=300)
+    assert lines[0].startswith("run folder") and process.returncode == 0, err[-2000:]
+    log = (run / "log.txt").read_text()
+    assert "the console went away (BrokenPipeError); training goes on" in log
+    assert "epoch 4: L_tot" in log and (run / "checkpoints" / "step-00000032.json").is_file()
+
+
+def test_loss_curves_keep_both_curves_in_the_picture_and_labels_clear_of_ticks(tmp_path, monkeypatch):
+    import convae.visualisation as vis
+
+    drawn = {}
+    monkeypatch.setattr(vis, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    metrics = [{"epoch": e, "step": 10 * e, "test_neg_elbo": 100 - e, "train_loss": 170 - 4 * e, "train_seconds": 3 * e,
+                "entropy_floor": 60.0} for e in range(1, 16)]
+    vis.loss_curves(metrics, tmp_path / "l.png", title="t")
+    fig = drawn["fig"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        for line in ax.get_lines():
+            ys = list(line.get_ydata())[1:]  # from the second epoch on
+            if len(ys) > 1:
+                assert all(low <= y <= high for y in ys), (ax.get_ylabel(), line.get_label(), low, high)
+        renderer = fig.canvas.get_renderer()
+        label = ax.yaxis.label.get_window_extent(renderer)
+        for tick in ax.get_yticklabels():
+            if tick.get_text():
+                assert not label.overlaps(tick.get_window_extent(renderer)), ax.get_ylabel()

@@ -4,6 +4,8 @@ how fast, how long left), so a redirected run is never silent for minutes."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import time
 
@@ -16,6 +18,21 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)} min {int(seconds % 60)} s"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def console_lost(error: BaseException, stream) -> bool:
+    """Whether ``error``, raised writing to ``stream``, means the reader went away (``convae train | head``, a closed
+    terminal). If so, the stream's file descriptor is pointed at /dev/null, so that later writes (and Python's own
+    flush at exit) go nowhere instead of failing: a closed console is not a failed run."""
+    if not isinstance(error, (BrokenPipeError, ConnectionResetError)) and getattr(error, "errno", None) != errno.EPIPE:
+        return False
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return True
 
 
 class Progress:
@@ -42,9 +59,15 @@ class Progress:
         if postfix:
             self.note = ", ".join(f"{k} {v}" for k, v in postfix.items())
         if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix)
+            try:
+                self.bar.update(n)
+                if postfix:
+                    self.bar.set_postfix(postfix)
+            except OSError as e:
+                if not console_lost(e, self.stream):
+                    raise
+                self.bar = None
+                self.show = False
         elif self.show and time.monotonic() >= self.next_line:
             self.line()
 
@@ -53,9 +76,15 @@ class Progress:
         elapsed = now - self.started
         rate = (self.done - self.initial) / max(elapsed, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
-        print(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} ({100 * self.done / max(self.total, 1):.0f} %), "
-              f"{rate:,.0f} {self.unit}/s" + (f", {self.note}" if self.note else "")
-              + (f", about {duration(left)} left" if left != float("inf") else ""), file=self.stream, flush=True)
+        try:
+            print(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} "
+                  f"({100 * self.done / max(self.total, 1):.0f} %), {rate:,.0f} {self.unit}/s"
+                  + (f", {self.note}" if self.note else "")
+                  + (f", about {duration(left)} left" if left != float("inf") else ""), file=self.stream, flush=True)
+        except OSError as e:
+            if not console_lost(e, self.stream):
+                raise
+            self.show = False  # the reader went away: the work goes on without lines
         self.next_line = now + self.every
 
     def close(self) -> None:

@@ -95,21 +95,27 @@ def latent_scatter(points: torch.Tensor, labels: torch.Tensor, path: str | Path,
 
 
 def loss_curves(metrics: list[dict], path: str | Path, title: str = "") -> None:
-    """Test negative ELBO and training loss against epochs (and training time), from metrics.jsonl."""
+    """Test negative ELBO and training loss against epochs (and training time), from metrics.jsonl. The y-axes hold
+    every point from the second epoch on, of both curves (the first epoch's loss, far above the rest, may leave)."""
     ends = [m for m in metrics if not m.get("partial_epoch")] or metrics
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     x = [m["epoch"] for m in ends]
-    left.plot(x, [m["test_neg_elbo"] for m in ends], "o-", label="test -ELBO")
-    left.plot(x, [m["train_loss"] for m in ends], "s--", label="training loss (epoch mean)")
-    if ends and ends[0].get("entropy_floor"):
-        left.axhline(ends[0]["entropy_floor"], color="gray", lw=0.8, ls=":", label="entropy floor")
+    test, train = [m["test_neg_elbo"] for m in ends], [m["train_loss"] for m in ends]
+    left.plot(x, test, "o-", label="test -ELBO")
+    left.plot(x, train, "s--", label="training loss (epoch mean)")
+    floor = ends[0].get("entropy_floor") if ends else None
+    if floor:
+        left.axhline(floor, color="gray", lw=0.8, ls=":", label="entropy floor")
     left.set_xlabel("epoch"), left.set_ylabel("nats per image"), left.legend(fontsize=8)
-    right.plot([m["train_seconds"] for m in ends], [m["test_neg_elbo"] for m in ends], "o-")
-    right.set_xlabel("training seconds"), right.set_ylabel("test -ELBO")
-    for ax in (left, right):
+    right.plot([m["train_seconds"] for m in ends], test, "o-")
+    right.set_xlabel("training seconds"), right.set_ylabel("test -ELBO, nats per image")
+    for ax, curves in ((left, [test, train]), (right, [test])):
         ax.grid(alpha=0.3)
-        lo = min(m["test_neg_elbo"] for m in ends)
-        ax.set_ylim(lo - 5, lo + max(40, 0.3 * lo))
+        shown = [v for curve in curves for v in (curve[1:] if len(curve) > 2 else curve)]
+        if shown:
+            lo, hi = min(shown), max(shown)
+            margin = max(0.08 * (hi - lo), 1.0)
+            ax.set_ylim(lo - margin, hi + margin)
     if title:
         fig.suptitle(title, fontsize=10)
     save_figure(fig, path)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write_jsonl
+from ..progress import console_lost
 from ..runs import RunDir
 
 # The hyperparameters shown in TensorBoard's HParams tab (the settings that tell runs apart).
@@ -31,7 +32,7 @@ class RunLogger:
     def __init__(self, run: RunDir, *, active: bool, echo=print, tensorboard: bool = True,
                  resume_step: int | None = None, hparams: dict | None = None, metrics: list[dict] | None = None):
         """``metrics``: the records kept from before ``resume_step`` (the files were trimmed to it)."""
-        self.active, self.echo = active, echo
+        self.active, self.echo, self.console_gone = active, echo, False
         self.metrics = list(metrics or [])
         self.log_file = self.steps_file = self.tb = None
         if not active:
@@ -54,9 +55,22 @@ class RunLogger:
 
     def say(self, line: str) -> None:
         if self.active:
-            self.echo(line)
+            self.show(line)
             self.log_file.write(line + "\n")
             self.log_file.flush()
+
+    def show(self, line: str) -> None:
+        """The line on the console; where its reader went away (``| head``), log.txt says so once and the run goes on
+        with its lines in log.txt alone."""
+        if self.console_gone:
+            return
+        try:
+            self.echo(line)
+        except OSError as e:
+            if not console_lost(e, sys.stdout):
+                raise
+            self.console_gone = True
+            self.note(f"convae: the console went away ({type(e).__name__}); training goes on, its lines in this file")
 
     def note(self, line: str) -> None:
         """A line for log.txt alone (the caller says it to the user its own way)."""
