@@ -171,3 +171,47 @@ def test_a_stopped_run_leaves_a_report_of_the_step_it_stopped_at(tmp_path, tiny_
     assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name == "step-00000014.json" and steps[-1] == 14
     assert page.count("<svg") == 4 and "samples from the prior" in page
     assert (tmp_path / "run" / "report.html").stat().st_mtime >= list_checkpoints(tmp_path / "run" / "checkpoints")[-1].stat().st_mtime
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
+def test_a_report_of_two_runs_says_what_each_bound_is_of_and_where_the_runs_differ(tmp_path, tiny_data):
+    """Issue 34: a conditional run's bound is on -log p(x | label), said in its own cell; the settings the runs
+    differ in are listed above the table; a discrete likelihood's figures come with bits/dim, and no entropy floor
+    is promised where there is none; a long run's slider embeds at most 12 pictures."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    import torch
+
+    from convae.data import ImageData
+
+    from conftest import idx_folder
+
+    labelled = ImageData("blobs", tiny_data.train_images, torch.arange(256) % 3, tiny_data.test_images,
+                         torch.arange(64) % 3, levels=255.0)
+    idx = str(idx_folder(tmp_path / "idx", labelled))
+    common = dict(epochs=2, likelihood="logistic", model="fc", data_dir=idx, tensorboard=False)
+    plain = train(tiny(tmp_path / "plain", **common), log=lambda s: None).run_dir
+    conditional = train(tiny(tmp_path / "cond", conditional=True, **common), log=lambda s: None).run_dir
+    for run in (plain, conditional):
+        assert main(["eval", str(run), "--iw-samples", "4", "--test-limit", "32", "--no-pictures"]) == 0
+    first = plain / "images" / "result1.png"
+    for epoch in range(3, 31):  # as if it had trained 30 epochs
+        shutil.copy(first, plain / "images" / f"result{epoch}.png")
+    out = tmp_path / "both.html"
+    assert main(["report", str(plain), str(conditional), "--out", str(out)]) == 0
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(out.as_uri())
+            rows = page.eval_on_selector_all("table tbody tr", "rs => rs.map(r => r.innerText)")
+            assert "−log p(x | label)" in rows[1] and "conditional" in rows[1]
+            assert "−log p(x)" in rows[0] and "| label" not in rows[0]
+            assert "bits/dim" in rows[0] and "bits/dim" in rows[1]
+            differ = page.locator("p.differ").inner_text()
+            assert differ.startswith("These runs differ in:") and "conditional False, True" in differ
+            captions = page.eval_on_selector_all("figcaption", "fs => fs.map(f => f.innerText)")
+            assert not any("entropy floor" in c for c in captions) and any("bits per dimension" in c for c in captions)
+            assert page.evaluate("document.getElementById('slider0').max") == "11"  # 12 of 30 pictures
+            assert "12 of 30 epochs on this page" in page.locator("#grid0 + figcaption").inner_text()
+        finally:
+            browser.close()

@@ -136,8 +136,13 @@ def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
     ax.set_ylabel("test −ELBO, nats / image")
     ax.grid(alpha=0.3)
     _finish(ax, runs)
-    plots.append(("Test −ELBO per epoch (dashed: the entropy floor, the least any Bernoulli decoder can reach on "
-                  "these targets)", _svg(fig)))
+    bits = [run for run in runs if run.metrics and "test_bits_per_dim" in run.metrics[-1]]
+    caption = "Test −ELBO per epoch" + (" (dashed: the entropy floor, the least any Bernoulli decoder can reach on "
+                                        "these targets)" if floors else "")
+    if bits:
+        caption += "; in bits per dimension: " + ", ".join(
+            f"{run.name} {run.metrics[-1]['test_bits_per_dim']:.4f} at the last epoch" for run in bits)
+    plots.append((caption, _svg(fig)))
 
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
     for k, run in enumerate(runs):
@@ -202,24 +207,56 @@ def _settings_table(runs: list[RunFiles]) -> str:
 
 
 def _results_table(runs: list[RunFiles]) -> str:
+    """One row per run. What each bound is of is said in its own cell: a conditional run's bounds are on
+    −log p(x | label), not comparable with an unconditional run's −log p(x); a discrete likelihood's figures come
+    with bits per dimension too."""
     rows = []
     for k, run in enumerate(runs):
         last = run.metrics[-1] if run.metrics else {}
         ev, art = run.evaluation or {}, run.artifacts or {}
+        conditional = bool(run.settings["config"].get("conditional"))
         fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
-        iw = ("–" if "iw_nll" not in ev else f"{ev['iw_nll']:.2f} ± {ev['iw_nll_std_error']:.2f} (K = {ev['iw_samples']})")
+
+        def with_bits(nats, bits):
+            return fmt(nats) + ("" if bits is None else f" ({bits:.4f} bits/dim)")
+
+        iw = "–"
+        if "iw_nll" in ev:
+            iw = (f"{with_bits(ev['iw_nll'], ev.get('iw_bits_per_dim'))} ± {ev['iw_nll_std_error']:.2f} "
+                  f"(K = {ev['iw_samples']}) on −log p(x{' | label' if conditional else ''})")
+        name = html.escape(run.name) + (" <span class='note'>(conditional: bounds on p(x | label))</span>"
+                                        if conditional else "")
         rows.append(
-            f"<tr><td style='color:{_hex(k)}'>{html.escape(run.name)}</td><td>{last.get('epoch', '–')}</td>"
-            f"<td>{last.get('step', '–')}</td><td>{fmt(last.get('test_neg_elbo'))}</td>"
-            f"<td>{fmt(last.get('entropy_floor'))}</td><td>{fmt(ev.get('test_neg_elbo'))}</td><td>{iw}</td>"
+            f"<tr><td style='color:{_hex(k)}'>{name}</td><td>{last.get('epoch', '–')}</td>"
+            f"<td>{last.get('step', '–')}</td><td>{with_bits(last.get('test_neg_elbo'), last.get('test_bits_per_dim'))}"
+            f"</td><td>{fmt(last.get('entropy_floor'))}</td>"
+            f"<td>{with_bits(ev.get('test_neg_elbo'), ev.get('test_bits_per_dim'))}</td><td>{html.escape(iw)}</td>"
             f"<td>{fmt((art.get('samples') or {}).get('score'))}</td>"
             f"<td>{fmt((art.get('samples') or {}).get('score_of_mean'))}</td>"
             f"<td>{fmt(last.get('train_seconds'), 0)}</td></tr>")
-    return ("<table><thead><tr><th>run</th><th>epoch</th><th>step</th><th>test −ELBO (last epoch)</th>"
-            "<th>entropy floor</th><th>test −ELBO (convae eval)</th><th>IW bound on −log p(x)</th>"
-            "<th>dots score, samples</th><th>dots score, mean sample</th><th>training seconds</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table><p class='note'>nats per image; dots scores: 1.0 = like the "
-            "data.</p>")
+    return (_differences(runs) + "<table><thead><tr><th>run</th><th>epoch</th><th>step</th>"
+            "<th>test −ELBO (last epoch)</th><th>entropy floor</th><th>test −ELBO (convae eval)</th>"
+            "<th>IW bound</th><th>dots score, samples</th><th>dots score, mean sample</th><th>training seconds</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table><p class='note'>nats per image; dots scores: 1.0 = "
+            "like the data.</p>")
+
+
+def _differences(runs: list[RunFiles]) -> str:
+    """For several runs, the settings in which they differ (what the table's figures should be read against)."""
+    if len(runs) < 2:
+        return ""
+    def described(run: RunFiles) -> dict:
+        config, data = run.settings["config"], run.settings.get("data", {})
+        return {**{key.replace("_", " "): config.get(key) for key in SETTINGS + ["conditional", "beta", "model_options"]},
+                "training images": data.get("train_images"), "test images": data.get("test_images")}
+
+    table = [described(run) for run in runs]
+    differ = [key for key in table[0] if len({json.dumps(t.get(key), sort_keys=True, default=str) for t in table}) > 1]
+    if not differ:
+        return "<p class='note'>The runs share every setting listed below but their results.</p>"
+    items = "; ".join(f"<b>{html.escape(key)}</b> " + ", ".join(html.escape(str(t.get(key))) for t in table)
+                      for key in differ)
+    return f"<p class='differ'>These runs differ in: {items}.</p>"
 
 
 def _samples(run: RunFiles) -> str:
@@ -232,18 +269,33 @@ def _samples(run: RunFiles) -> str:
             "</figcaption></figure>")
 
 
+MAX_EPOCH_PICTURES = 12  # per run: a long run's page would grow by every epoch's picture (16 MB for 60 at 64 x 64)
+
+
 def _epoch_slider(run: RunFiles, index: int) -> str:
     if not run.epoch_pictures:
         return "<p class='missing'>No per-epoch pictures yet (they appear after the first epoch).</p>"
-    sources = [_png(p) for _, p in run.epoch_pictures]
-    labels = [label for label, _ in run.epoch_pictures]
+    shown = _spread(run.epoch_pictures, MAX_EPOCH_PICTURES)
+    sources = [_png(p) for _, p in shown]
+    labels = [label for label, _ in shown]
+    note = ("" if len(shown) == len(run.epoch_pictures) else
+            f" <span class='note'>({len(shown)} of {len(run.epoch_pictures)} epochs on this page, evenly spread; every "
+            f"one is in {html.escape(str(run.path / 'images'))})</span>")
     last = len(sources) - 1
     return (f"<figure><img id='grid{index}' class='grid' alt='reconstructions, {html.escape(labels[last])}' "
             f"src='{sources[last]}'><figcaption><label>Inputs and reconstructions after "
             f"<span id='label{index}'>{html.escape(labels[last])}</span> "
             f"<input type='range' id='slider{index}' min='0' max='{last}' value='{last}' "
-            f"aria-label='epoch'></label></figcaption></figure>"
+            f"aria-label='epoch'></label>{note}</figcaption></figure>"
             f"<script>epochSlider({index}, {json.dumps(sources)}, {json.dumps(labels)});</script>")
+
+
+def _spread(items: list, most: int) -> list:
+    """At most ``most`` of ``items``, evenly spread, the first and the last always among them."""
+    if len(items) <= most:
+        return list(items)
+    picks = sorted({round(k * (len(items) - 1) / (most - 1)) for k in range(most)})
+    return [items[k] for k in picks]
 
 
 def _evaluation_section(run: RunFiles) -> str:
@@ -282,7 +334,8 @@ STYLE = """
 body{font:15px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1b1b1b;margin:0 auto;
 max-width:960px;padding:1rem 1.25rem 3rem}
 h1{font-size:1.6rem;margin:.5rem 0 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
-h3{font-size:1.05rem}.meta,.note{color:#555;font-size:.9rem}.missing{background:#fff7e0;padding:.5rem .75rem;
+h3{font-size:1.05rem}.meta,.note{color:#555;font-size:.9rem}.differ{background:#eef4ff;padding:.5rem .75rem;
+border-left:3px solid #4a7bd0}.missing{background:#fff7e0;padding:.5rem .75rem;
 border-left:3px solid #e0a800}table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;display:block;
 overflow-x:auto}th,td{padding:.25rem .45rem;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
 th{white-space:normal;vertical-align:bottom;min-width:3.5rem}
