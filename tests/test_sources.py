@@ -110,7 +110,7 @@ def test_train_and_test_subfolders_are_the_split_and_mixed_channels_are_converte
     assert len(data.train_images) == 10 and len(data.test_images) == 4 and data.shape == (3, 8, 8)
     assert data.details["split"] == "train/ and test/ sub-folders"
     assert data.details["converted"] == "12 gray image(s) converted to RGB"  # 8 train + 4 test
-    assert "converted to RGB" in capsys.readouterr().err
+    assert "12 gray image(s) converted to RGB" in data.summary()
     gray = load(root, tmp_path, image_size=8, channels="1")
     assert gray.shape == (1, 8, 8)
 

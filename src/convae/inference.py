@@ -27,6 +27,7 @@ class TrainedModel:
         self.channels = data.get("shape", [1])[0]
         # what the stored bytes were divided by in training (the embedded MNIST stores k/256)
         self.levels = data.get("levels", 256.0 if run.config.source == "mnist" else 255.0)
+        self.last_prepared: list[dict] = []  # what ``prepare`` did to each image (for a run prepared once)
 
     @property
     def latent_dim(self) -> int:
@@ -77,14 +78,30 @@ class TrainedModel:
     def device(self) -> torch.device:
         return self.param.device
 
-    def prepare(self, images) -> torch.Tensor:
-        """Images as a user has them -> the model's input, N x C x size x size floats on the model's device.
+    @property
+    def prepared_once(self) -> bool:
+        """Whether training prepared its images once, each brought to the model's size by ``prepare_image`` (a folder,
+        arrays, the shapes), rather than per batch (MNIST and IDX files, resized as the seed does)."""
+        return self.run.settings.get("data", {}).get("kind") in ("folder", "arrays", "shapes")
 
-        Accepted: Pillow images (one, or a list), NumPy arrays and tensors (or lists of them) of one image or a batch,
-        gray (H x W, N x H x W), channels first (C x H x W, N x C x H x W) or channels last as NumPy and Pillow give
-        them (H x W x C, N x H x W x C); uint8 (0..255), uint16 (0..65535) or floats in [0, 1]. An alpha channel is
-        drawn over the run's ``--background``, as training prepared its images."""
-        x = channels_first(as_tensor(images), self.channels)
+    def prepare(self, images) -> torch.Tensor:
+        """Images as a user has them -> the model's input, N x C x size x size floats on the model's device,
+        prepared exactly as the run's training prepared its own.
+
+        Accepted: Pillow images of any mode (one, or a list), NumPy arrays and tensors (or lists of them) of one image
+        or a batch, gray (H x W, N x H x W), channels first (C x H x W, N x C x H x W) or channels last as NumPy and
+        Pillow give them (H x W x C, N x H x W x C); uint8 (0..255), uint16 (0..65535) or floats in [0, 1]. A list
+        may mix sizes: each image is prepared alone. An alpha channel is drawn over the run's ``--background``. For
+        a run on a folder or arrays each image is cropped (or padded), resized and converted by the very function
+        that filled training's cache, so a file gives the cached image bit for bit; ``last_prepared`` then says
+        what was done to each (cropped or padded, the area kept, the scale)."""
+        if self.prepared_once:
+            x = self.prepare_as_training(images)
+            return to_float(x.to(self.device), 255.0, self.config.image_size, self.param.dtype,
+                            self.config.resize_mode, self.config.quantize)
+        if isinstance(images, (list, tuple)) and images and not isinstance(images[0], (int, float)):
+            return torch.cat([self.prepare(image) for image in images])  # each alone: a list may mix sizes
+        x = channels_first(as_tensor(pillow_as_array(images, self.channels, self.config.background)), self.channels)
         if x.shape[1] == self.channels + 1:  # with alpha: over the background, as the run's images were prepared
             x = over_background(x, self.config.background)
         if x.shape[1] != self.channels:
@@ -107,6 +124,39 @@ class TrainedModel:
             x = to_float(x, 1.0, self.config.image_size, self.param.dtype, self.config.resize_mode,
                          self.config.quantize)
         return x
+
+    def prepare_as_training(self, images) -> torch.Tensor:
+        """uint8 N x C x size x size: each image through ``data.prepare.prepare_image`` with the run's size,
+        channels, --resize and --background (a Pillow image turned upright by its EXIF tag first, as training reads
+        a file; an array or tensor first brought to uint8 by the rules training reads arrays with)."""
+        from PIL import Image, ImageOps
+
+        from .data.arrays import as_images
+        from .data.prepare import composite_arrays, prepare_array, prepare_image
+        from .errors import DataError
+
+        size, channels, policy, background = (self.config.image_size, self.channels, self.config.resize,
+                                              self.config.background)
+        many = isinstance(images, (list, tuple)) and images and not isinstance(images[0], (int, float))
+        prepared, self.last_prepared = [], []
+        try:
+            for item in (images if many else [images]):
+                if isinstance(item, Image.Image):
+                    array, facts = prepare_image(ImageOps.exif_transpose(item), size, channels, policy, background)
+                    prepared.append(array[None])
+                    self.last_prepared.append(facts)
+                    continue
+                x = channels_first(as_tensor(item), self.channels)
+                n, c, h, w = x.shape
+                x = as_images(x.detach().cpu().reshape(n * c, 1, h, w).numpy(), Path("images")).reshape(n, c, h, w)
+                if c in (2, 4):  # an alpha channel: over the background, as training draws one
+                    x, _ = composite_arrays(x, background)
+                for k in range(n):
+                    self.last_prepared.append(fitting_of(w, h, size, policy))
+                prepared.append(prepare_array(np.ascontiguousarray(x), size, channels, policy, background))
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        return torch.from_numpy(np.concatenate(prepared))
 
     def __repr__(self) -> str:
         c = self.config
@@ -198,6 +248,27 @@ def as_tensor(images) -> torch.Tensor:
         return torch.stack([as_tensor(image) for image in images])
     array = np.asarray(images)
     return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def fitting_of(width: int, height: int, size: int, policy: str) -> dict:
+    from .data.prepare import fitting
+
+    return {**fitting(width, height, size, policy), "transparent": None}
+
+
+def pillow_as_array(image, channels: int, background: str):
+    """A Pillow image (any mode) -> a uint8 H x W (x C) array of its look: transparency over ``background``, a
+    palette's colours (not its indices), 16-bit and float gray at 8 bits; anything else as it is."""
+    from PIL import Image, ImageOps
+
+    from .data.prepare import DEEP_GRAY, deep_gray_as_float, without_alpha
+
+    if not isinstance(image, Image.Image):
+        return image
+    image, _ = without_alpha(ImageOps.exif_transpose(image), background)
+    if image.mode in DEEP_GRAY:
+        return np.rint(np.asarray(deep_gray_as_float(image), dtype=np.float32)).clip(0, 255).astype(np.uint8)
+    return np.array(image.convert("RGB" if channels == 3 else "L"))
 
 
 def channels_first(x: torch.Tensor, channels: int) -> torch.Tensor:

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..files import atomic_write_json
 
-FORMAT = "convae-image-cache/2"  # 2: 16-bit and float gray scaled to 8 bits (1 clipped them), photos upright by EXIF
+FORMAT = "convae-image-cache/3"  # 2: 16-bit and float gray scaled to 8 bits (1 clipped them), photos upright by EXIF;
+# 3: --resize pad pads with --background (2: black), what was cropped, padded and upscaled is counted
 
 
 def cache_key(source: dict, settings: dict) -> str:

@@ -56,6 +56,46 @@ class ImageData:
                 h.update(np.ascontiguousarray(t[start:start + 4096].cpu().numpy()).tobytes())
         return h.hexdigest()
 
+    def summary(self) -> list[str]:
+        """What a user should know of these images, in lines, from ``details`` (so a cache hit says it too): the
+        split, the labels with their names and counts, and what preparing did (crops, padding, upscaling,
+        conversions, transparency drawn over the background, files left out or skipped)."""
+        d, (c, h, w) = self.details, self.shape
+        lines = [f"data: {self.name}, {len(self.train_images):,} training and {len(self.test_images):,} test images "
+                 f"of {c}x{h}x{w}" + (f" ({d['split']})" if d.get("split") else "")]
+        if self.class_count():
+            counts = torch.bincount(torch.cat([self.train_labels, self.test_labels]).long().cpu(),
+                                    minlength=self.class_count()).tolist()
+            names = self.classes or [str(k) for k in range(len(counts))]
+            shown = ", ".join(f"{n} {k:,}" for n, k in list(zip(names, counts))[:20])
+            lines.append(f"labels: {len(counts)} classes ({shown}{', ...' if len(counts) > 20 else ''})")
+        fit = d.get("fitting")
+        if fit and (fit["cropped"] or fit["padded"] or fit["upscaled"]):
+            said = []
+            if fit["cropped"]:
+                said.append(f"{fit['cropped']:,} centre-cropped to a square" + (
+                    f" ({fit['cropped_to_under_half']:,} kept less than half their area, e.g. "
+                    f"{', '.join(fit['cropped_to_under_half_examples'])}: --resize pad keeps whole pictures)"
+                    if fit["cropped_to_under_half"] else ""))
+            if fit["padded"]:
+                said.append(f"{fit['padded']:,} padded to a square with {d.get('background', 'white')}")
+            if fit["upscaled"]:
+                said.append(f"{fit['upscaled']:,} upscaled (at most {fit['largest_upscale']:g}x)")
+            lines.append(f"fitted to {h}x{w}: " + "; ".join(said))
+        if d.get("converted"):
+            lines.append(d["converted"])
+        if d.get("transparent"):
+            lines.append(f"{d['transparent']:,} image(s) with transparent pixels drawn over {d['background']} "
+                         "(--background)")
+        left_out = d.get("left_out") or {}
+        if left_out:
+            lines.append(f"{sum(left_out.values()):,} file(s) left out, of types convae does not read as images: "
+                         + ", ".join(f"{kind} {count}" for kind, count in left_out.items()))
+        if d.get("skipped"):
+            lines.append(f"{len(d['skipped'])} unreadable image file(s) skipped (--skip-bad-images): "
+                         + ", ".join(d["skipped"]))
+        return lines
+
     def class_count(self) -> int:
         """How many classes the labels name (largest label + 1); 0 where the source has no labels (every label 0
         and no class names). A negative label is a DataError."""

@@ -26,12 +26,12 @@ def without_alpha(image: Image.Image, background: str = "white") -> tuple[Image.
 
 
 def composite_arrays(rgba: np.ndarray, background: str = "white") -> tuple[np.ndarray, int]:
-    """uint8 N x 4 x H x W -> N x 3 x H x W over ``background`` (as ``without_alpha``), and how many images had a
-    transparent pixel."""
-    colour, alpha = rgba[:, :3].astype(np.float32), rgba[:, 3:].astype(np.float32) / 255
-    back = np.array(BACKGROUNDS[background], dtype=np.float32)[None, :, None, None]
+    """uint8 N x 4 x H x W (or gray and alpha, N x 2 x H x W) -> N x 3 (or 1) x H x W over ``background`` (as
+    ``without_alpha``), and how many images had a transparent pixel."""
+    colour, alpha = rgba[:, :-1].astype(np.float32), rgba[:, -1:].astype(np.float32) / 255
+    back = np.array(BACKGROUNDS[background], dtype=np.float32)[None, :colour.shape[1], None, None]
     out = np.rint(colour * alpha + back * (1 - alpha)).astype(np.uint8)
-    return out, int((rgba[:, 3] < 255).reshape(len(rgba), -1).any(1).sum())
+    return out, int((rgba[:, -1] < 255).reshape(len(rgba), -1).any(1).sum())
 
 
 DEEP_GRAY = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}  # 16- and 32-bit integer gray, float gray
@@ -59,14 +59,15 @@ def deep_gray_as_float(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)  # float32 2-D: mode F
 
 
-def square(image: Image.Image, policy: str) -> Image.Image:
-    """Centre-crop (or, with ``pad``, pad with black) to a square."""
+def square(image: Image.Image, policy: str, background: str = "white") -> Image.Image:
+    """Centre-crop (or, with ``pad``, pad with ``background``, as transparent pixels are drawn) to a square."""
     w, h = image.size
     if w == h:
         return image
     if policy == "pad":
         side = max(w, h)
-        canvas = Image.new(image.mode, (side, side))
+        colour = BACKGROUNDS[background]
+        canvas = Image.new(image.mode, (side, side), colour if image.mode == "RGB" else colour[0])
         canvas.paste(image, ((side - w) // 2, (side - h) // 2))
         return canvas
     side = min(w, h)
@@ -74,12 +75,27 @@ def square(image: Image.Image, policy: str) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+def fitting(width: int, height: int, size: int, policy: str) -> dict:
+    """What bringing a ``width`` x ``height`` image to ``size`` x ``size`` does to it: ``fitted`` "cropped",
+    "padded" or None (square already); ``kept`` the share of its area that stays in the picture (a crop cuts the
+    rest away); ``scale`` how many times it is enlarged (over 1: upscaled, its detail invented by interpolation)."""
+    if width == height:
+        return {"fitted": None, "kept": 1.0, "scale": size / width}
+    if policy == "pad":
+        return {"fitted": "padded", "kept": 1.0, "scale": size / max(width, height)}
+    short = min(width, height)
+    return {"fitted": "cropped", "kept": short / max(width, height), "scale": size / short}
+
+
 def prepare_image(image: Image.Image, size: int, channels: int, policy: str,
-                  background: str = "white") -> tuple[np.ndarray, bool]:
-    """A Pillow image -> uint8 array channels x size x size, and whether it had transparent pixels (drawn over
-    ``background``). Pillow's BOX and BILINEAR filters average over the source pixels each output pixel covers when
-    shrinking (antialiasing)."""
+                  background: str = "white") -> tuple[np.ndarray, dict]:
+    """A Pillow image of any mode -> uint8 array channels x size x size, and what was done to it: ``transparent``
+    (its transparent pixels were drawn over ``background``) and ``fitting``'s keys. Pillow's BOX and BILINEAR
+    filters average over the source pixels each output pixel covers when shrinking (antialiasing). The one
+    preparation of an image: training's cache and ``convae.load(...).prepare`` both call it."""
+    facts = fitting(*image.size, size, policy)
     image, transparent = without_alpha(image, background)
+    facts["transparent"] = transparent
     if image.mode == "LAB":  # CIELab TIFFs: Pillow converts them to RGB, but not to gray directly
         image = image.convert("RGB")
     deep = image.mode in DEEP_GRAY
@@ -90,26 +106,62 @@ def prepare_image(image: Image.Image, size: int, channels: int, policy: str,
             image = image.convert("RGB" if channels == 3 else "L")
         except ValueError as e:  # a mode Pillow cannot convert
             raise DataError(f"mode {image.mode}: {e}") from None
-    image = square(image, policy)
+    image = square(image, policy, background)
     if image.size != (size, size):
         image = image.resize((size, size), RESAMPLE.get(policy, Image.Resampling.BOX))
     if deep:  # to 8 bits once, after resizing; gray to RGB repeats the value, as Pillow's "L" -> "RGB" does
         gray = np.rint(np.asarray(image, dtype=np.float32)).clip(0, 255).astype(np.uint8)[None]
-        return (gray if channels == 1 else np.repeat(gray, 3, axis=0)), transparent
+        return (gray if channels == 1 else np.repeat(gray, 3, axis=0)), facts
     array = np.asarray(image, dtype=np.uint8)
-    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), transparent
+    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), facts
 
 
-def prepare_array(images: np.ndarray, size: int, channels: int, policy: str) -> np.ndarray:
-    """uint8 N x C x H x W at any size and 1 or 3 channels -> N x channels x size x size."""
+def prepare_array(images: np.ndarray, size: int, channels: int, policy: str, background: str = "white",
+                  tally: "Tally | None" = None) -> np.ndarray:
+    """uint8 N x C x H x W at any size and 1 or 3 channels -> N x channels x size x size (each image through
+    ``prepare_image``); ``tally`` counts what was done."""
     n, c, h, w = images.shape
     if (c, h, w) == (channels, size, size):
+        if tally is not None:
+            tally.add_all(n)
         return images
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     for k in range(n):
         array = images[k, 0] if c == 1 else images[k].transpose(1, 2, 0)
-        out[k] = prepare_image(Image.fromarray(array), size, channels, policy)[0]
+        out[k], facts = prepare_image(Image.fromarray(array), size, channels, policy, background)
+        if tally is not None:
+            tally.add(facts)
     return out
+
+
+class Tally:
+    """What preparing a data set did to its images, counted: cropped, padded, upscaled (and by how much at most),
+    those a crop kept less than half of (the first few named), transparent ones drawn over the background."""
+
+    def __init__(self):
+        self.images = self.cropped = self.padded = self.upscaled = self.transparent = self.mostly_cut = 0
+        self.largest_scale, self.examples = 1.0, []
+
+    def add_all(self, n: int) -> None:
+        self.images += n
+
+    def add(self, facts: dict, name: str = "") -> None:
+        self.images += 1
+        self.cropped += facts["fitted"] == "cropped"
+        self.padded += facts["fitted"] == "padded"
+        self.transparent += bool(facts.get("transparent"))
+        if facts["scale"] > 1:
+            self.upscaled += 1
+            self.largest_scale = max(self.largest_scale, facts["scale"])
+        if facts["kept"] < 0.5:
+            self.mostly_cut += 1
+            if len(self.examples) < 3 and name:
+                self.examples.append(name)
+
+    def details(self) -> dict:
+        return {"images": self.images, "cropped": self.cropped, "padded": self.padded, "upscaled": self.upscaled,
+                "largest_upscale": round(self.largest_scale, 2), "cropped_to_under_half": self.mostly_cut,
+                "cropped_to_under_half_examples": self.examples}
 
 
 def check_size(size: int) -> None:

@@ -33,7 +33,7 @@ from ..errors import DataError
 from ..progress import Progress
 from .images import ImageData
 from .mnist import embedded_mnist_path, read_mnist_pickle
-from .prepare import check_size, composite_arrays, prepare_array, prepare_image
+from .prepare import Tally, check_size, composite_arrays, prepare_array, prepare_image
 from .shapes import FACTORS, KINDS, draw_factors, parse_count, render
 
 SPLIT_SEED = 0
@@ -199,6 +199,7 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
     # the cache's description: counted while the files are decoded (the same dict goes into the cache's JSON)
     details = {"split": split, "files": len(every), "converted": converted, "transparent": 0,
                "background": settings["background"], "skipped": []}
+    tally = Tally()
 
     def decode(pairs, offset):
         def fill(out, bar):
@@ -207,11 +208,12 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
                 try:
                     image = open_image(path)  # its errors name the file
                     try:
-                        out[k], alpha = prepare_image(image, size, channels, settings["resize"],
+                        out[k], facts = prepare_image(image, size, channels, settings["resize"],
                                                       settings["background"])
                     except DataError as e:  # pixel values convae cannot take (a float image outside [0, 1])
                         raise DataError(f"{path}: {e}") from None
-                    details["transparent"] += alpha
+                    tally.add(facts, f"{path.relative_to(folder)} ({image.size[0]}x{image.size[1]})")
+                    details["transparent"] += facts["transparent"]
                 except DataError as e:
                     bad.append((path, str(e)))
                     dropped.append(offset + k)
@@ -223,17 +225,14 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
         if bad and not settings["skip_bad_images"]:
             raise DataError(unreadable_message(bad, folder))
         details["skipped"] = [str(p) for p, _ in bad]
+        details["fitting"] = tally.details()
         return dropped
 
     _build(cache, [(len(train), decode(train, 0)), (len(test), decode(test, len(train)))], (channels, size, size),
            np.array([y for _, y in train + test]), {"n_train": len(train), "classes": listing["classes"],
                                                      "details": details}, progress,
            f"{len(every)} images from {folder}", finished)
-    for line in [converted, details["transparent"] and f"{details['transparent']} image(s) with transparent pixels "
-                 f"drawn over {settings['background']} (--background)", bad and f"{len(bad)} unreadable file(s) "
-                 "skipped (--skip-bad-images; listed in the run's log.txt)"]:
-        if line and progress:
-            print(f"convae: {folder}: {line}", file=sys.stderr)
+    # what preparing did is said by every run that uses the data (``describe_data``), cache hit or not
 
 
 def unreadable_message(bad: list[tuple[Path, str]], folder: Path) -> str:
@@ -274,6 +273,8 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
                 raise DataError(f"{path}: {name}: {len(images)} images but {len(labels)} labels")
             labelled[name] = (images, labels)
 
+        tally = Tally()
+
         def convert(images):
             def fill(out, bar):
                 for start in range(0, len(images), 1024):
@@ -281,8 +282,10 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
                     if chunk.shape[1] == 4:  # an alpha channel: drawn over the background, as a viewer shows it
                         chunk, alpha = composite_arrays(chunk, settings["background"])
                         details["transparent"] += alpha
-                    out[start:start + 1024] = prepare_array(chunk, size, channels, settings["resize"])
+                    out[start:start + 1024] = prepare_array(chunk, size, channels, settings["resize"],
+                                                            settings["background"], tally)
                     bar.update(min(1024, len(images) - start))
+                details["fitting"] = tally.details()
             return fill
 
         train, test = labelled["train"], labelled["test"]
@@ -294,9 +297,6 @@ def _prepared_arrays(path: Path, settings: dict, cache_dir: Path, progress: bool
         _build(cache, [(len(train[0]), convert(train[0])), (len(test[0]), convert(test[0]))],
                (channels, size, size), np.concatenate([train[1], test[1]]),
                {"n_train": len(train[0]), "classes": None, "details": details}, progress, f"{path}")
-        if details["transparent"] and progress:
-            print(f"convae: {path}: {details['transparent']} image(s) with transparent pixels drawn over "
-                  f"{settings['background']} (--background)", file=sys.stderr)
         cached = cache.open()
     return _from_cache(cached, path.stem, str(path), "arrays", cache)
 

@@ -300,19 +300,10 @@ class Trainer:
         self.logger.say(line)
 
     def say_data_notes(self) -> None:
-        """What preparing the images did that a user should know: transparency drawn over the background, files of
-        other types left out (counted by type), files skipped (each named, in log.txt)."""
-        details = self.data.details
-        if details.get("transparent"):
-            self.say(f"{details['transparent']} image(s) with transparent pixels drawn over {details['background']} "
-                     "(--background)")
-        left_out = details.get("left_out") or {}
-        if left_out:
-            self.say(f"{sum(left_out.values())} file(s) left out, of types convae does not read as images: "
-                     + ", ".join(f"{kind} {count}" for kind, count in left_out.items()))
-        skipped = details.get("skipped") or []
-        if skipped:
-            self.say(f"{len(skipped)} unreadable image file(s) skipped (--skip-bad-images): {', '.join(skipped)}")
+        """What the data is and what preparing it did (``ImageData.summary``), on every run: printed (quiet or not)
+        and in log.txt; the same facts are in config.json's "data"."""
+        for line in self.data.summary():
+            self.say(line)
 
     def announce(self, resumed: bool) -> None:
         d, step = self.settings["distributed"], self.state.step
@@ -322,6 +313,7 @@ class Trainer:
                      + (f", torchrun restart {restart}" if restart != "0" else "")
                      + (f", written by {self.state.saved_world} process(es), now {d['world_size']}"
                         if self.state.saved_world != d["world_size"] else ""))
+            self.say_data_notes()
         else:
             self.say(f"run folder {self.run_dir.path}: model {self.config.model}, "
                      f"{self.settings['model_parameters']:,} parameters, {len(self.data.train_images)} training "
