@@ -126,3 +126,37 @@ def test_every_run_says_what_preparing_did_cache_hit_or_quiet(tmp_path, capsys, 
     fitting = json.loads((again / "config.json").read_text())["data"]["fitting"]
     assert fitting["cropped"] > 0 and fitting["upscaled"] > 0 and fitting["largest_upscale"] == pytest.approx(16 / 3,
                                                                                                               abs=0.01)
+
+
+def test_encode_matches_latents_to_file_names_and_decode_keeps_them(tmp_path, capsys, own_folder):
+    run, _ = trained_on(tmp_path, capsys, own_folder)
+    code, said, err = run_cli(capsys, "encode", str(run), "--split", "all", "--out", str(tmp_path / "z.npz"),
+                              "--device", "cpu")
+    assert code == 0 and "28 all images encoded" in said, err
+    with np.load(tmp_path / "z.npz") as f:
+        names, mu = list(f["names"]), f["mu"]
+    assert names[:2] == ["train/a/1.png", "train/a/CMYK.tif"] and names[14] == "test/a/1.png" and len(mu) == 28
+    model = convae.load(run, device="cpu")
+    with Image.open(own_folder / "test" / "a" / "RGBA.png") as image:
+        expected = model.encode(image)[0][0].numpy()
+    np.testing.assert_allclose(mu[names.index("test/a/RGBA.png")], expected, rtol=1e-5, atol=1e-6)
+    code, _, err = run_cli(capsys, "decode", str(run), str(tmp_path / "z.npz"), "--out", str(tmp_path / "x.npz"),
+                           "--device", "cpu")
+    assert code == 0, err
+    with np.load(tmp_path / "x.npz") as f:
+        assert list(f["names"]) == names and f["images"].shape == (28, 3, 16, 16)
+    code, _, err = run_cli(capsys, "encode", str(run), "--data", str(own_folder / "test"), "--split", "test",
+                           "--out", str(tmp_path / "other.npz"), "--device", "cpu")
+    assert code == 0, err
+    with np.load(tmp_path / "other.npz") as f:
+        assert all(name.startswith("a/") for name in f["names"])  # a folder of the user's: its own file names
+
+
+def test_the_latent_map_names_the_classes(tmp_path, monkeypatch):
+    import convae.visualisation as vis
+
+    drawn = {}
+    monkeypatch.setattr(vis, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    vis.latent_scatter(torch.randn(30, 2), torch.arange(30) % 3, tmp_path / "p.png", "t", names=["cat", "dog", "owl"])
+    legend = drawn["fig"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["cat", "dog", "owl"]

@@ -84,11 +84,21 @@ def rows_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | No
     save_figure(fig, path)
 
 
-def latent_scatter(points: torch.Tensor, labels: torch.Tensor, path: str | Path, title: str) -> None:
-    """A 2-D projection of latent means, coloured by digit label."""
+def latent_scatter(points: torch.Tensor, labels: torch.Tensor, path: str | Path, title: str,
+                   names: list[str] | None = None) -> None:
+    """A 2-D projection of latent means, one colour per label, the legend naming each class (``names``, where the
+    data named them: a folder's sub-folders, the shapes' kinds; else its number)."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    scatter = ax.scatter(points[:, 0].cpu(), points[:, 1].cpu(), c=labels.cpu(), cmap="tab10", s=3, alpha=0.7)
-    ax.legend(*scatter.legend_elements(), fontsize=7, loc="best", title="label", title_fontsize=7)
+    labels = labels.cpu()
+    classes = sorted(set(labels.tolist()))
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20").colors
+    for k, label in enumerate(classes):
+        chosen = labels == label
+        name = names[label] if names and 0 <= label < len(names) else str(label)
+        ax.scatter(points[chosen, 0].cpu(), points[chosen, 1].cpu(), color=colours[k % len(colours)], s=3, alpha=0.7,
+                   label=name if k < 20 else None)
+    ax.legend(fontsize=7, loc="best", title="label" + (" (the first 20)" if len(classes) > 20 else ""),
+              title_fontsize=7, markerscale=3)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2")
     save_figure(fig, path)

@@ -29,8 +29,10 @@ def add_parsers(sub) -> None:
                        description="Encode images with the run's encoder and write mu, sigma and labels to an .npz.")
     p.add_argument("run", help="a run folder written by convae train")
     p.add_argument("--data", metavar="SOURCE", help="as convae train --data (default: the run's own data)")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="which images (default test)")
-    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--split", choices=["test", "train", "all"], default="test",
+                   help="which images (default test; all: training then test images)")
+    p.add_argument("--out", required=True, help="the .npz file to write (mu, sigma, labels, and the images' names: "
+                                                "their files, or their indices in the split)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_encode)
 
@@ -70,32 +72,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import numpy as np
     import torch
 
-    from ..data import load_data
+    from ..data import load_for_config
     from ..files import atomic_write_bytes
     from ..runs import check_labels
     from ..inference import load
 
     model = load(args.run, args.device)
-    if args.data:
-        data = load_data(args.data, image_size=model.config.image_size, channels=str(model.channels),
-                         resize=model.config.resize, progress=False)
+    if args.data:  # prepared as the run's own data was (its size, channels, --resize, --background, split)
+        config = dataclasses.replace(model.config, data=args.data, data_dir=None, channels=str(model.channels))
+        data = load_for_config(config, progress=False, run_path=model.run.path)
     else:
         data = model.run.data()
-    split = data.test_images if args.split == "test" else data.train_images
-    labels = data.test_labels if args.split == "test" else data.train_labels
     check_labels(data, model.classes, model.run.path)
+    splits = ["train", "test"] if args.split == "all" else [args.split]
+    images = torch.cat([data.train_images if s == "train" else data.test_images for s in splits])
+    labels = torch.cat([data.train_labels if s == "train" else data.test_labels for s in splits])
+    names = [name for s in splits for name in data.names_of(s)]
     mus, sigmas = [], []
-    for start in range(0, len(split), 1000):
-        mu, sigma = model.encode(split[start:start + 1000], labels[start:start + 1000] if model.classes else None)
+    for start in range(0, len(images), 1000):
+        mu, sigma = model.encode(images[start:start + 1000], labels[start:start + 1000] if model.classes else None)
         mus.append(mu), sigmas.append(sigma)
     out = Path(args.out)
     buffer = io.BytesIO()
-    np.savez(buffer, mu=torch.cat(mus).numpy(), sigma=torch.cat(sigmas).numpy(), labels=labels.cpu().numpy())
+    np.savez(buffer, mu=torch.cat(mus).numpy(), sigma=torch.cat(sigmas).numpy(), labels=labels.cpu().numpy(),
+             names=np.array(names))
     atomic_write_bytes(out, buffer.getvalue())
-    print(f"{len(split)} {args.split} images encoded ({model.latent_dim} dimensions): {out} (mu, sigma, labels)")
+    print(f"{len(images)} {args.split} images encoded ({model.latent_dim} dimensions): {out} (mu, sigma, labels, "
+          "names)")
     return 0
 
 
@@ -112,6 +120,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{args.latents}: holds no 'z' or 'mu' array (found {', '.join(f.files)})")
             z = f[key]
             labels = f["labels"] if model.classes and "labels" in f.files else None
+            names = f["names"] if "names" in f.files and len(f["names"]) == len(z) else None
     except (OSError, ValueError) as e:
         raise ConfigError(f"{args.latents}: not a readable .npz file ({type(e).__name__}: {str(e)[:100]})") from None
     if args.label is not None:
@@ -127,8 +136,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
         images = model.decode(z, labels)
     except ConfigError as e:
         raise ConfigError(f"{args.latents}: {e}") from None
-    write_images(images, Path(args.out), args.scale)
-    print(f"{len(images)} images decoded from {args.latents}['{key}']: {args.out}")
+    write_images(images, Path(args.out), args.scale, names)
+    print(f"{len(images)} images decoded from {args.latents}['{key}']: {args.out}"
+          + (" (with the images' names)" if names is not None and args.out.endswith(".npz") else ""))
     return 0
 
 
@@ -146,10 +156,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 GRID_PIXELS = 96  # each image of a picture grid is drawn at least this wide (nearest neighbour: no new detail)
 
 
-def write_images(images, out: Path, scale: int | None = None) -> None:
+def write_images(images, out: Path, scale: int | None = None, names=None) -> None:
     """Images (a float tensor N x C x H x W in [0, 1]) to ``.npz`` (uint8 N x C x H x W, as `convae train --data`
-    reads them) or to a picture (.png/.jpg): a grid, each image enlarged ``scale`` times (by default so that it is
-    at least 96 pixels wide; 1: as they are)."""
+    reads them, with ``names`` beside them where given) or to a picture (.png/.jpg): a grid, each image enlarged
+    ``scale`` times (by default so that it is at least 96 pixels wide; 1: as they are)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -158,7 +168,8 @@ def write_images(images, out: Path, scale: int | None = None) -> None:
     suffix = out.suffix.lower()
     if suffix == ".npz":
         buffer = io.BytesIO()
-        np.savez(buffer, images=(images.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        np.savez(buffer, images=(images.clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
+                 **({} if names is None else {"names": np.asarray(names)}))
         atomic_write_bytes(out, buffer.getvalue())
     elif suffix in (".png", ".jpg", ".jpeg"):
         from ..visualisation import tile

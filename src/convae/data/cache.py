@@ -73,7 +73,7 @@ class PreparedCache:
               meta: dict) -> None:
         """Allocate the array on disk, let ``fill`` write the images into it, then publish it atomically. ``fill``
         returns the rows it could not fill (unreadable files being skipped): those are left out, and the labels and
-        ``meta["n_train"]`` with them (rows below it are training images)."""
+        ``meta["n_train"]`` and ``meta["names"]`` with them (rows below it are training images)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.images_path.with_name(f".{self.images_path.name}.{os.getpid()}.tmp")
         kept = None
@@ -85,6 +85,8 @@ class PreparedCache:
                 array = self._compacted(array, kept, tmp)
                 shape = array.shape
                 meta = {**meta, "n_train": meta["n_train"] - sum(r < meta["n_train"] for r in dropped)}
+                if meta.get("names"):  # each image's file name, kept beside it
+                    meta["names"] = [meta["names"][k] for k in kept]
             array.flush()
             del array
             with open(tmp, "rb+") as f:

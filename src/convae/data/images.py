@@ -34,6 +34,15 @@ class ImageData:
     levels: float = 255.0
     classes: list[str] | None = None
     details: dict = field(default_factory=dict)
+    names: list[str] | None = None  # each image's file (training's, then the test split's), where it came from one
+
+    def names_of(self, split: str) -> list[str]:
+        """The file of each image of ``split`` ("train" or "test"), or its index in the split where there are no
+        files (arrays, MNIST)."""
+        n_train = len(self.train_images)
+        if self.names is not None and len(self.names) == n_train + len(self.test_images):
+            return self.names[:n_train] if split == "train" else self.names[n_train:]
+        return [f"{split}[{k}]" for k in range(n_train if split == "train" else len(self.test_images))]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -116,8 +125,11 @@ class ImageData:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> "ImageData":
         """The first ``n_train`` / ``n_test`` images (for tests and quick runs)."""
+        names = None
+        if self.names is not None:
+            names = self.names_of("train")[:n_train] + self.names_of("test")[:n_test]
         return replace(self, train_images=self.train_images[:n_train], train_labels=self.train_labels[:n_train],
-                       test_images=self.test_images[:n_test], test_labels=self.test_labels[:n_test])
+                       test_images=self.test_images[:n_test], test_labels=self.test_labels[:n_test], names=names)
 
 
 def to_float(images: torch.Tensor, levels: float, size: int | None, dtype: torch.dtype = torch.float32,

@@ -123,7 +123,7 @@ def _from_cache(cached, name: str, source: str, kind: str, cache: PreparedCache)
     as_tensor = lambda a: torch.from_numpy(a)  # noqa: E731  (copy-on-write memory map: no copy is made)
     details = {"source": source, "kind": kind, "cache": str(cache.images_path), **meta.get("details", {})}
     return ImageData(name, as_tensor(images[:n_train]), as_tensor(labels[:n_train]), as_tensor(images[n_train:]),
-                     as_tensor(labels[n_train:]), 255.0, meta.get("classes"), details)
+                     as_tensor(labels[n_train:]), 255.0, meta.get("classes"), details, meta.get("names"))
 
 
 def _build(cache: PreparedCache, parts: list[tuple[int, callable]], shape_chw: tuple, labels: np.ndarray,
@@ -230,7 +230,9 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
 
     _build(cache, [(len(train), decode(train, 0)), (len(test), decode(test, len(train)))], (channels, size, size),
            np.array([y for _, y in train + test]), {"n_train": len(train), "classes": listing["classes"],
-                                                     "details": details}, progress,
+                                                     "details": details,
+                                                     "names": [str(p.relative_to(folder)) for p, _ in train + test]},
+           progress,
            f"{len(every)} images from {folder}", finished)
     # what preparing did is said by every run that uses the data (``describe_data``), cache hit or not
 

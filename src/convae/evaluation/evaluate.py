@@ -84,7 +84,7 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
     if pictures:
         with watch("pictures"):
             result["pictures"] = draw_pictures(run, test_set, data.test_labels, run.dir.eval_dir,
-                                               class_names(data, run.model.classes))
+                                               class_names(data, max(run.model.classes, data.class_count())))
     result["seconds"] = watch.seconds
     if iw_samples and watch.seconds.get("decoder"):
         drawn = (len(test_set) - resumed) * iw.k - (extended["images"] * extended["k"] if extended else 0)

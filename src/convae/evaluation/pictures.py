@@ -73,7 +73,7 @@ def draw_pictures(run: Run, test_set: EvalImages, labels: torch.Tensor, folder: 
     centred = (mu - mu.mean(0)).float().cpu()
     _, _, v = torch.linalg.svd(centred, full_matrices=False)
     save(latent_scatter, "latent_pca.png", centred @ v[:2].T, labels[:len(centred)],
-         title=f"PCA of test-set latent means: {name}")
+         title=f"PCA of test-set latent means: {name}", names=names)
     if run.metrics:
         save(loss_curves, "loss_curves.png", run.metrics, title=name)
     return written
