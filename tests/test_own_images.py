@@ -160,3 +160,31 @@ def test_the_latent_map_names_the_classes(tmp_path, monkeypatch):
     vis.latent_scatter(torch.randn(30, 2), torch.arange(30) % 3, tmp_path / "p.png", "t", names=["cat", "dog", "owl"])
     legend = drawn["fig"].axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["cat", "dog", "owl"]
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_large_images_train_stream_evaluate_and_export(tmp_path, capsys, size):
+    """The convolutional models take 128 x 128 and 256 x 256 (one more stride-2 stage per doubling); a run streams its
+    images from the memory-mapped cache when they exceed --resident-max-bytes, evaluates with the IW bound and
+    exports."""
+    rng = np.random.default_rng(size)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(10):
+        Image.fromarray(rng.integers(0, 256, (size + 40, size + 90, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    out = tmp_path / "run"
+    code, said, err = run_cli(capsys, "train", "--data", str(folder), "--model", "resize", "--encoder", "conv",
+                              "--likelihood", "logistic", "--image-size", str(size), "--batch-size", "4",
+                              "--max-steps", "2", "--test-fraction", "0.2", "--resident-max-bytes", "0", "--device",
+                              "cpu", "--no-report", "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"),
+                              "--out", str(out))
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["data"]["streamed"] is True  # not loaded whole
+    assert run_cli(capsys, "eval", str(out), "--iw-samples", "2", "--no-pictures", "--device", "cpu")[0] == 0
+    evaluation = json.loads((out / "eval" / "eval.json").read_text())
+    assert np.isfinite(evaluation["iw_bits_per_dim"]) and evaluation["n_test_images"] == 2
+    assert run_cli(capsys, "export", str(out), "--format", "torchscript", "--out", str(tmp_path / "ts"))[0] == 0
+    decoder = torch.jit.load(tmp_path / "ts" / "decoder.pt")
+    assert decoder(torch.randn(1, 100)).shape == (1, 3, size, size)
+    with Image.open(folder / "0.png") as image:
+        assert convae.load(out, device="cpu").prepare(image).shape == (1, 3, size, size)

@@ -96,10 +96,11 @@ class TrainConfig:
     binarize: str = setting("none", "dynamic: resample binary pixels each draw (the binarized-MNIST protocol)",
                             choices=BINARIZE)
     resize: str = setting("auto", "MNIST 28 -> 32: bilinear (the seed) or zero padding; auto = pad when --binarize "
-                                  "dynamic. Other data: centre-crop then area (auto) or bilinear resize; pad: pad to "
-                                  "a square", choices=RESIZE)
-    image_size: int = setting(32, "images are brought to this size: 32 or 64 for the convolutional models, 8 to 1024 "
-                                  "for fc")
+                                  "dynamic. Other data: auto and area centre-crop to a square, then resize with a box "
+                                  "filter; bilinear: centre-crop, bilinear resize; pad: pad to a square with "
+                                  "--background (the whole picture kept), then a box filter", choices=RESIZE)
+    image_size: int = setting(32, "images are brought to this size: 32, 64, 128 or 256 for the convolutional "
+                                  "models (the seed's: 32), 8 to 1024 for fc")
     channels: str = setting("auto", "1 gray, 3 colour; auto: from the data", choices=CHANNELS)
     background: str = setting("white", "what shows through the transparent pixels of images with an alpha channel "
                                        "(RGBA, LA, a palette's transparent colour), as a viewer shows them",

@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from . import LIKELIHOODS
 from .likelihoods import make_likelihood
 from .registry import entry
+from .sizes import CONV_SIZES
 from .vae import VAE
 
 
@@ -49,7 +50,7 @@ def accepted_shapes(name: str) -> list[str]:
     "3x64x64"], and "any size (8 to 1024)" for a model that also builds at sizes other than 32 and 64 (fully
     connected ones)."""
     shapes = []
-    for size, channels, said in [(s, c, f"{c}x{s}x{s}") for s in (32, 64) for c in (1, 3)] + [
+    for size, channels, said in [(s, c, f"{c}x{s}x{s}") for s in CONV_SIZES for c in (1, 3)] + [
             (20, 1, "any size (8 to 1024)")]:
         try:
             example_model(name, image_size=size, channels=channels)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .noise import Dropout
+from .sizes import CONV_SIZES, sizes_said
 
 # The seed's layers come from Keras: BatchNormalization(momentum=0.99, epsilon=1e-3). PyTorch's momentum
 # is the weight of the new batch, so 1 - 0.99.
@@ -190,18 +191,18 @@ class SubPixelUpsample(nn.Module):
 
 class _UpsamplingDecoder(nn.Module):
     """z -> 4x4x256 (a transposed conv of the 1x1 input, as the seed's first layer) -> a 3x3 conv at 4x4 -> x2
-    upsamplings to the image size (three to 32x32, four to 64x64). No BatchNorm right before the output: the last
+    upsamplings to the image size (three to 32x32, four to 64x64, up to six to 256x256). No BatchNorm right before the output: the last
     layer is a plain conv with a bias, giving ``out_channels`` maps (channels x the likelihood's parameters).
     At 32x32 gray: about 0.8 M parameters and 14.8 M multiply-adds per image (the seed decoder: 1.07 M and 11.0 M)."""
 
     def __init__(self, latent_dim: int, upsample, image_size: int = 32, out_channels: int = 1):
         super().__init__()
-        if image_size not in (32, 64):
-            raise ValueError(f"this decoder draws 32x32 or 64x64 images, not {image_size}x{image_size}")
+        if image_size not in CONV_SIZES:
+            raise ValueError(f"this decoder draws {sizes_said()} images, not {image_size}x{image_size}")
         self.latent_dim = latent_dim
         self.stem = nn.Sequential(ConvTranspose2d(latent_dim, 256, 4, 1, bias=False),
                                   nn.BatchNorm2d(256, **KERAS_BN), nn.ReLU(), *conv_bn_relu(256, 128))
-        widths = [128, 64, 32] + ([16] if image_size == 64 else [])
+        widths = [128, 64, 32] + [16] * (image_size.bit_length() - 6)  # 16 channels from 64x64 up
         layers = []
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [*upsample(c_in, c_out), nn.BatchNorm2d(c_out, **KERAS_BN), nn.ReLU()]

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .sizes import CONV_SIZES, sizes_said
 from .noise import Dropout
 
 SIGMA_FLOOR = 1e-6  # the seed: sigma = 1e-6 + softplus(.)
@@ -50,19 +51,21 @@ class MLPEncoder(nn.Module):
 class ConvEncoder(nn.Module):
     """A small DCGAN-style convolutional encoder: three stride-2 convolutions, then a linear head.
 
-    32x32 -> 16 -> 8 -> 4 with 32, 64, 128 channels; about the seed encoder's parameter count. A 64x64 input
-    gets one more stride-2 convolution, so the linear head sees 4x4 again.
+    32x32 -> 16 -> 8 -> 4 with 32, 64, 128 channels; about the seed encoder's parameter count. A larger input
+    (64, 128, 256) gets one more stride-2 convolution of 32 channels per doubling, so the linear head sees 4x4 again.
     """
 
     def __init__(self, image_size: int = 32, latent_dim: int = 100, width: int = 32, dropout: float = 0.1,
                  channels: int = 1, classes: int = 0):
         super().__init__()
-        if image_size not in (32, 64):
-            raise ValueError(f"the conv encoder takes 32x32 or 64x64 images, not {image_size}x{image_size}")
+        if image_size not in CONV_SIZES:
+            raise ValueError(f"the conv encoder takes {sizes_said()} images, not {image_size}x{image_size}")
         self.latent_dim = latent_dim
         c = width
         channels += classes  # a conditional encoder reads the label maps as channels
-        extra = [nn.Conv2d(channels, c, 4, 2, 1), nn.ELU()] if image_size == 64 else []
+        extra = []
+        for k in range(image_size.bit_length() - 6):  # 64 -> 32, 128 -> 64 -> 32, ...
+            extra += [nn.Conv2d(c if k else channels, c, 4, 2, 1), nn.ELU()]
         self.net = nn.Sequential(
             *extra,
             nn.Conv2d(c if extra else channels, c, 4, 2, 1), nn.ELU(),

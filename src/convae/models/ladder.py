@@ -41,8 +41,9 @@ class Group(NamedTuple):
 
 
 def default_groups(image_size: int, channels: int = 8) -> list[Group]:
-    """Two groups at 4x4, two at 8x8, one at 16x16 (and one at 32x32 for 64x64 images): coarse shape first."""
-    sizes = [4, 4, 8, 8, 16] + ([32] if image_size == 64 else [])
+    """Two groups at 4x4, two at 8x8, one at 16x16 (and one at 32x32 for images of 64x64 and up): coarse shape
+    first."""
+    sizes = [4, 4, 8, 8, 16] + ([32] if image_size >= 64 else [])
     return [Group(f"z{k + 1} {s}x{s}", s, channels) for k, s in enumerate(sizes)]
 
 
@@ -99,7 +100,9 @@ class TopDown(nn.Module):
         self.posterior = nn.ModuleList(nn.Conv2d(2 * width, 2 * g.channels, 3, padding=1) for g in groups)
         self.merge = nn.ModuleList(nn.Conv2d(g.channels, width, 1) for g in groups)
         self.cells = nn.ModuleList(ResidualBlock(width) for _ in groups)
-        sizes = sorted({g.size for g in groups} | {image_size})
+        # every doubling from the coarsest group to the image has its convolution (for 32 and 64: the groups' sizes)
+        sizes = [min(g.size for g in groups) * 2 ** k for k in range(image_size.bit_length())]
+        sizes = [s for s in sizes if s <= image_size]
         self.up = nn.ModuleDict({str(s): nn.Conv2d(width, width, 3, padding=1) for s in sizes[1:]})
         self.finish = ResidualBlock(width)
         self.out = nn.Conv2d(width, out_channels, 3, padding=1)

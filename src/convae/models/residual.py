@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .decoders import ResizeConv2d, numbered_as_before_fusion
 from .encoders import gaussian_parameters, with_label_maps
+from .sizes import CONV_SIZES, sizes_said, stages
 
 
 class ResidualBlock(nn.Module):
@@ -32,10 +33,10 @@ class ResidualBlock(nn.Module):
 
 
 def _levels(image_size: int, what: str) -> int:
-    """Stride-2 stages between 4x4 and the image: 3 at 32x32, 4 at 64x64."""
-    if image_size not in (32, 64):
-        raise ValueError(f"the residual {what} takes 32x32 or 64x64 images, not {image_size}x{image_size}")
-    return 3 if image_size == 32 else 4
+    """Stride-2 stages between 4x4 and the image: 3 at 32x32, 4 at 64x64, 5 at 128x128, 6 at 256x256."""
+    if image_size not in CONV_SIZES:
+        raise ValueError(f"the residual {what} takes {sizes_said()} images, not {image_size}x{image_size}")
+    return stages(image_size)
 
 
 class ResNetEncoder(nn.Module):
