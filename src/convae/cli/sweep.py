@@ -59,12 +59,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def resume_command(argv: list[str]) -> str | None:
-    """The command that continues an interrupted sweep, written as the user started convae (``.venv/bin/convae``,
-    ``python3 -m convae``), so that it can be pasted; None where convae was not started from a command line."""
+def resume_command(argv: list[str], command: str = "sweep") -> str | None:
+    """The command that continues an interrupted sweep (or search), written as the user started convae
+    (``.venv/bin/convae``, ``python3 -m convae``), so that it can be pasted; None where convae was not started from a
+    command line."""
     from .train import program_as_invoked
 
-    if argv[1:2] != ["sweep"]:
+    if argv[1:2] != [command]:
         return None
     return " ".join([program_as_invoked(), *(shlex.quote(a) for a in argv[1:])])
 

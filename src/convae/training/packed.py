@@ -267,7 +267,7 @@ def not_batchable_line(model: str, why: str) -> str:
 @dataclasses.dataclass
 class Outcome:
     run_dir: str
-    status: str          # "done", "complete" (already before this call), "stopped"
+    status: str          # "done", "complete" (already before this call), "stopped", "pruned"
     why: str = ""        # for a stopped member: the one line that says why
 
 
@@ -276,9 +276,11 @@ class Pack:
     (its last good checkpoint kept, the reason in RUN/status.json) and the others go on."""
 
     def __init__(self, configs: list[TrainConfig], *, data, runtime, strategy: str = "batched", log=print,
-                 at_step: int | None = None, resume: str | None = None):
-        """``at_step``: the members resume from their checkpoints of that step (the newest all of them hold)."""
-        self.log, self.resume, self.strategy = log, resume, strategy
+                 at_step: int | None = None, resume: str | None = None, epoch_end=None):
+        """``at_step``: the members resume from their checkpoints of that step (the newest all of them hold).
+        ``epoch_end(member) -> str | None``: asked after each member's epoch-end evaluation; a reason ends that member
+        there (a search pruning it: its checkpoint and metrics stay, status "pruned") while the others go on."""
+        self.log, self.resume, self.strategy, self.epoch_end = log, resume, strategy, epoch_end
         silent = lambda line: None  # noqa: E731  (each member's lines go to its own log.txt)
         self.members = [Member(dataclasses.replace(c, quiet=True), runtime, data=data, resume=False,
                                auto_resume=True, log=silent, argv=None, hooks=Hooks(), at_step=at_step,
@@ -328,6 +330,14 @@ class Pack:
         for m in list(self.active):  # the epoch-end evaluations, on every thread
             self.guarded(m, m.end_steps)
         self.say_epoch()
+        for m in list(self.active) if self.epoch_end else []:
+            why = self.epoch_end(m)
+            if why:
+                self.active.remove(m)
+                m.say(f"stopped: {why}")
+                m.run_dir.write_status({"pruned": why})
+                m.close()
+                self.outcomes[m.run_dir.path] = Outcome(str(m.run_dir.path), "pruned", why)
 
     def say_epoch(self) -> None:
         """One line for the pack after an epoch (or its part): the members' test -ELBOs and their images/s."""

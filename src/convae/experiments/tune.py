@@ -1,0 +1,352 @@
+"""``convae tune``: a hyperparameter search on Optuna, its trials trained as packs of ordinary run folders.
+
+    convae tune --model fc --space lr=log:1e-4:1e-2 --space beta=0.5:2 --trials 20 --out runs/search
+
+* The space: ``KEY=low:high`` (uniform; integers where the setting is an integer), ``KEY=log:low:high``
+  (log-uniform), ``KEY=a,b,c`` (a choice), for any setting of ``convae train`` and ``model-option.KEY``.
+* Trials are asked from the study ``--pack`` at a time and trained together as a pack (``training/packed.py``)
+  where their architectures allow; every epoch end reports the member's test -ELBO to its trial, and a pruned
+  member leaves its pack while the others go on; a member whose loss turns non-finite is a failed trial, with its
+  step. Each trial is a run folder ``DIR/runs/trial-NNNN`` that every other command takes.
+* The study lives beside the runs (``DIR/study.db``, SQLite) or in any database Optuna takes (``--storage``), so
+  several workers can share it. ``--trials N`` counts the study's total: the same command continues an interrupted
+  search (an interrupted trial is asked again with its settings and resumes from its checkpoint; it is counted once).
+
+Optuna is an optional dependency: ``pip install optuna`` (or ``convae[tune]``); the command says so where it is
+missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TrainConfig, parse_model_options, settings_fields
+from ..data import load_for_config
+from ..errors import ConfigError, TrainingInterrupted
+from ..runs import RunDir
+from ..runtime import Runtime, resolve_device
+from ..training.packed import Pack, pack_key
+from .sweep import OPTION_PREFIX, with_grid_point
+
+NOT_IN_A_SPACE = {"out", "seed", "quiet", "extra", "model_options"}  # the search's own, or per option (model-option.K)
+METRICS = ("elbo", "iw")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+STUDY = "convae"
+
+
+def optuna_module():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("convae tune needs Optuna: pip install optuna (or pip install 'convae[tune]')") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+# -- the space ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str             # a setting, or model_option.KEY
+    kind: str             # "uniform", "log", "choice"
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    integer: bool = False
+
+    def suggest(self, trial):
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.kind == "log")
+        return trial.suggest_float(self.name, self.low, self.high, log=self.kind == "log")
+
+
+def parse_space(items: list[str]) -> list[Dimension]:
+    """``["lr=log:1e-4:1e-2", "beta=0.5:2", "model=fc,seed", "model-option.components=10,50"]`` -> dimensions, each
+    value read as its setting's type (a one-line error naming the item otherwise)."""
+    fields = {f.name: f for f in settings_fields()}
+    dimensions, seen = [], set()
+    for item in items:
+        key, _, spec = item.partition("=")
+        name = key.strip().lstrip("-").replace("-", "_")
+        option = name.startswith(OPTION_PREFIX)
+        if not spec or (not option and (name not in fields or name in NOT_IN_A_SPACE)):
+            why = ("--seed seeds the search (and every trial)" if name == "seed" else
+                   "give KEY=low:high, KEY=log:low:high or KEY=a,b,c with KEY a setting of convae train or "
+                   "model-option.KEY")
+            raise ConfigError(f"--space {item}: {why}")
+        if name in seen:
+            raise ConfigError(f"--space {item}: {name} is in the space twice")
+        seen.add(name)
+        kind = "any" if option else fields[name].type.split("|")[0].strip()
+        try:
+            dimensions.append(_dimension(name, kind, spec.strip()))
+        except ValueError as e:
+            raise ConfigError(f"--space {item}: {e}") from None
+    return dimensions
+
+
+def _dimension(name: str, kind: str, spec: str) -> Dimension:
+    def value(text: str):
+        if kind == "any":
+            return parse_model_options([f"x={text}"])["x"]
+        if kind == "bool":
+            return text.lower() in ("true", "1")
+        return {"int": int, "float": float, "str": str}[kind](text)
+
+    parts = spec.split(":")
+    if "," in spec or kind in ("str", "bool") or len(parts) == 1:
+        choices = tuple(value(v.strip()) for v in spec.split(","))
+        if len(set(map(str, choices))) != len(choices):
+            raise ValueError("a choice is given twice")
+        return Dimension(name, "choice", choices=choices)
+    log = parts[0] == "log"
+    if log:
+        parts = parts[1:]
+    if len(parts) != 2:
+        raise ValueError("a range is low:high or log:low:high")
+    low, high = float(parts[0]), float(parts[1])
+    if not (math.isfinite(low) and math.isfinite(high) and low < high) or (log and low <= 0):
+        raise ValueError(f"low < high{' and low > 0 on a log scale' if log else ''} needed, got {low:g}:{high:g}")
+    integer = kind == "int" or (kind == "any" and float(low).is_integer() and float(high).is_integer()
+                                and "." not in parts[0] + parts[1])
+    return Dimension(name, "log" if log else "uniform", low, high, integer=integer)
+
+
+# -- the study ---------------------------------------------------------------------------------------------------
+
+
+def open_study(out: Path, storage: str | None, sampler: str, pruner: str, seed: int):
+    """The study (created, or the one there), with this process's sampler and pruner."""
+    optuna = optuna_module()
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler}: choose from {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"--pruner {pruner}: choose from {', '.join(PRUNERS)}")
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    chosen_pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+                     "hyperband": optuna.pruners.HyperbandPruner(),
+                     "none": optuna.pruners.NopPruner()}[pruner]
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(study_name=STUDY, storage=url, load_if_exists=True, direction="minimize",
+                                        pruner=chosen_pruner)
+            break
+        except Exception as e:  # a database that cannot be reached or opened: one line, after a few tries (workers
+            if attempt == 4:     # starting together race to create its tables: the loser finds them made)
+                raise ConfigError(f"--storage {url}: cannot open the study ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160]})") from None
+            time.sleep(0.5 * (attempt + 1))
+    # seeded by --seed and the trials the study already holds: the same search draws the same settings, and a
+    # continued one (or a second worker) draws new ones instead of repeating the first start's
+    offset = seed + len(study.get_trials(deepcopy=False))
+    study.sampler = (optuna.samplers.TPESampler(seed=offset) if sampler == "tpe" else
+                     optuna.samplers.RandomSampler(seed=offset))
+    return study
+
+
+def counted(study) -> list:
+    """The trials that count towards --trials: finished (complete, pruned, failed), but not one interrupted and asked
+    again (its repetition counts instead)."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
+            (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus"))]
+
+
+def surplus(study, trial, trials: int) -> bool:
+    """Whether ``trial``, just asked, is one too many: workers sharing a study may ask at the same moment, each
+    seeing room for one more; the trials asked first keep the places (they are numbered in the order asked)."""
+    from optuna.trial import TrialState
+
+    running = sorted(t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING)
+    return len(counted(study)) + running.index(trial.number) >= trials
+
+
+def run_folder(out: Path, trial) -> Path:
+    """A trial's run folder; a trial asked again after an interruption goes on in its first attempt's."""
+    return out / "runs" / f"trial-{trial.user_attrs.get('resumes', trial.number):04d}"
+
+
+def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, metric: str = "elbo",
+         iw_samples: int = 100, sampler: str = "tpe", pruner: str = "median", seed: int = 0,
+         storage: str | None = None, pack: int = 2, log=print, resume: str | None = None) -> dict:
+    """Run the search until the study holds ``trials`` counted trials; returns ``summarize(out)``."""
+    from optuna.trial import TrialState
+
+    out = Path(out)
+    if trials < 1 or pack < 1:
+        raise ConfigError(f"--trials and --pack: positive integers, got {trials} and {pack}")
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric}: choose from {', '.join(METRICS)}")
+    TrainConfig(**{**base, "seed": seed}).validate()  # the base settings, refused before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(out, storage, sampler, pruner, seed)
+    study.set_user_attr("space", [d.__dict__ for d in space])
+    while len(counted(study)) < trials:
+        room = trials - len(counted(study)) - sum(t.state == TrialState.RUNNING
+                                                  for t in study.get_trials(deepcopy=False))
+        if room <= 0:
+            break  # the rest are running in other workers
+        asked = [study.ask() for _ in range(min(pack, room))]
+        configs = {}
+        for trial in asked:
+            if surplus(study, trial, trials):
+                trial.set_user_attr("surplus", True)  # not counted, never trained
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            settings = {d.name: d.suggest(trial) for d in space}
+            trial.set_user_attr("run", str(run_folder(out, trial)))
+            try:
+                config = TrainConfig(**{**with_grid_point(base, settings), "seed": seed, "quiet": True,
+                                        "out": str(run_folder(out, trial)),
+                                        "extra": {**base.get("extra", {}), "tune": str(out),
+                                                  "trial": trial.number}}).validate()
+            except ConfigError as e:
+                trial.set_user_attr("why", str(e))
+                study.tell(trial, state=TrialState.FAIL)
+                log(f"trial {trial.number}: {e}")
+                continue
+            configs[trial.number] = (trial, config)
+        groups: dict[tuple, list] = {}
+        for trial, config in configs.values():
+            groups.setdefault(pack_key(config), []).append((trial, config))
+        for members in groups.values():
+            train_trials(study, members, metric, iw_samples, log, resume)
+    return summarize(out, storage)
+
+
+def train_trials(study, members: list, metric: str, iw_samples: int, log, resume: str | None) -> None:
+    """One pack of trials: trained together, each epoch end reported to its trial (and pruned where the pruner
+    says), then each told its value, its pruning or its failure."""
+    from optuna.trial import TrialState
+
+    configs = [c for _, c in members]
+    trials = {str(Path(c.out)): t for t, c in members}
+    runtime = Runtime()
+    device = resolve_device(configs[0].device)
+    data = load_for_config(configs[0], progress=False).subset(configs[0].train_limit, configs[0].test_limit).to(device)
+    reported: dict[str, int] = {}
+
+    def epoch_end(member):
+        trial, record = trials[str(member.run_dir.path)], member.logger.metrics[-1] if member.logger.metrics else None
+        if record is None or reported.get(str(member.run_dir.path)) == record["step"]:
+            return None
+        reported[str(member.run_dir.path)] = record["step"]
+        trial.report(record["test_neg_elbo"], record["step"])
+        if record["step"] < member.last_step and trial.should_prune():  # a trial at its end is complete
+            return f"pruned by the search at step {record['step']} (test -ELBO {record['test_neg_elbo']:.2f})"
+        return None
+
+    strategy = "batched" if device.type != "cpu" else "threads"
+    log(f"trials {', '.join(str(t.number) for t, _ in members)}: "
+        + "; ".join(f"{t.number}: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                                                  for k, v in t.params.items()) for t, _ in members))
+    try:
+        outcomes = Pack(configs, data=data, runtime=runtime, strategy=strategy, log=lambda line: None,
+                        epoch_end=epoch_end, resume=resume).run()
+    except TrainingInterrupted:
+        for trial, _ in members:  # asked again, with the same settings, by the next start: it resumes its folder
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"resumes": trial.user_attrs.get("resumes", trial.number)})
+        raise
+    for outcome in outcomes:
+        trial = trials[str(Path(outcome.run_dir))]
+        if outcome.status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"trial {trial.number}: {outcome.why}")
+        elif outcome.status == "stopped":
+            trial.set_user_attr("why", outcome.why)
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"trial {trial.number}: failed: {outcome.why}")
+        else:
+            value = trial_value(Path(outcome.run_dir), metric, iw_samples)
+            study.tell(trial, value)
+            log(f"trial {trial.number}: {metric_name(metric, iw_samples)} {value:.2f}")
+
+
+def metric_name(metric: str, iw_samples: int) -> str:
+    return "test -ELBO" if metric == "elbo" else f"IW bound (K = {iw_samples})"
+
+
+def trial_value(run: Path, metric: str, iw_samples: int) -> float:
+    """The figure a finished trial is judged by: its last test -ELBO, or its IW bound on the test images."""
+    if metric == "elbo":
+        return RunDir(run).metrics()[-1]["test_neg_elbo"]
+    from ..evaluation.evaluate import evaluate_run
+    from ..runs import open_run
+
+    return evaluate_run(open_run(run, "auto"), iw_samples=iw_samples, pictures=False)["iw_nll"]
+
+
+# -- the results ---------------------------------------------------------------------------------------------------
+
+
+def summarize(out: str | Path, storage: str | None = None, top: int = 10) -> dict:
+    """The best trial, the top ``top`` as rows, the pruned and failed counts and the parameters' importances."""
+    optuna = optuna_module()
+    from optuna.trial import TrialState
+
+    out = Path(out)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if storage is None and not (out / "study.db").is_file():
+        raise ConfigError(f"{out}: no study here (no study.db; give --storage URL for one elsewhere)")
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    trials = counted(study)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    rows = [{"trial": t.number, "value": t.value, "params": t.params, "run": t.user_attrs.get("run")}
+            for t in complete[:top]]
+    importances = {}
+    if len(complete) >= 2 and study.user_attrs.get("space"):
+        try:
+            importances = dict(optuna.importance.get_param_importances(study))
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            importances = {}
+    return {"study": url, "trials": len(trials), "complete": len(complete),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": [{"trial": t.number, "why": t.user_attrs.get("why", "")} for t in trials
+                       if t.state == TrialState.FAIL],
+            "best": rows[0] if rows else None, "top": rows, "importances": importances}
+
+
+def format_summary(summary: dict) -> str:
+    best = summary["best"]
+    lines = [f"{summary['trials']} trial(s): {summary['complete']} complete, {summary['pruned']} pruned, "
+             f"{len(summary['failed'])} failed ({summary['study']})"]
+    if best:
+        lines.append(f"best: trial {best['trial']}, {best['value']:.2f}, "
+                     + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                                 for k, v in best["params"].items()) + f" ({best['run']})")
+        keys = list(best["params"])
+        lines += ["", "| trial | value | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        for row in summary["top"]:
+            lines.append(f"| {row['trial']} | {row['value']:.2f} | " + " | ".join(
+                f"{row['params'].get(k):.4g}" if isinstance(row["params"].get(k), float) else str(row["params"].get(k))
+                for k in keys) + " |")
+    if summary["importances"]:
+        lines.append("")
+        lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items()))
+    for failed in summary["failed"]:
+        lines.append(f"trial {failed['trial']} failed: {failed['why']}")
+    return "\n".join(lines)
+
+
+def write_summary(out: str | Path, storage: str | None = None) -> dict:
+    from ..files import atomic_write_json, atomic_write_text
+
+    summary = summarize(out, storage)
+    atomic_write_json(Path(out) / "summary.json", summary)
+    atomic_write_text(Path(out) / "summary.md", format_summary(summary) + "\n")
+    return summary
+
+
+__all__ = ["Dimension", "format_summary", "open_study", "parse_space", "summarize", "tune", "write_summary"]
