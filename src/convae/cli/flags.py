@@ -66,3 +66,25 @@ def given_settings(args: argparse.Namespace) -> dict:
     if "model_options" in given:
         given["model_options"] = parse_model_options(given["model_options"])
     return given
+
+
+def summary_asked(what: list[str], command: str) -> str | None:
+    """``convae COMMAND summary DIR``: DIR; None where no summary is asked for; a one-line error for anything else."""
+    if not what:
+        return None
+    if what[0] != "summary" or len(what) != 2:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{' '.join(what)}: did you mean `convae {command} summary DIR`?")
+    return what[1]
+
+
+def shared_settings(args: argparse.Namespace) -> dict:
+    """What every member of a sweep (or trial of a search) shares: --preset's recipe, then the options typed (the
+    folder is the command's own)."""
+    from ..config import PRESETS
+
+    base = dict(PRESETS[args.preset]) | {"extra": {"preset": args.preset}} if args.preset else {}
+    base.update(given_settings(args))
+    base.pop("out", None)
+    return base

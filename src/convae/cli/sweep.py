@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import PRESETS
 from ..errors import EXIT_INTERRUPTED, ConfigError, TrainingInterrupted
-from .flags import add_settings, given_settings
+from .flags import add_settings, shared_settings, summary_asked
 
 
 def add_parser(sub) -> None:
@@ -45,16 +45,15 @@ def add_parser(sub) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..experiments.sweep import format_summary, write_summary
 
-    if args.what:
-        if args.what[0] != "summary" or len(args.what) != 2:
-            raise ConfigError(f"{' '.join(args.what)}: did you mean `convae sweep summary DIR`?")
-        summary = write_summary(args.what[1])
+    folder = summary_asked(args.what, "sweep")
+    if folder:
+        summary = write_summary(folder)
         if args.json:
             print(json.dumps({**summary, "rows": [{k: v for k, v in r.items() if k != "curves"}
                                                   for r in summary["rows"]]}, indent=2))
         else:
             print(format_summary(summary))
-            print(f"\n{Path(args.what[1]) / 'summary.md'}, {Path(args.what[1]) / 'report.html'}")
+            print(f"\n{Path(folder) / 'summary.md'}, {Path(folder) / 'report.html'}")
         return 0
     return run(args)
 
@@ -79,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out: the sweep's folder is needed (DIR: sweep.json, runs/, summary.md)")
     if args.iw_samples < 0 or (args.iw_samples and not args.eval):
         raise ConfigError("--iw-samples: a number >= 0, and with --eval")
-    base = dict(PRESETS[args.preset]) | {"extra": {"preset": args.preset}} if args.preset else {}
-    base.update(given_settings(args))
-    base.pop("out", None)
+    base = shared_settings(args)
     plan = make_plan(base, parse_grid(args.grid), args.seeds, args.out, args.pack, args.pack_by)
     shard = parse_shard(args.shard)
     runtime = Runtime.from_environment(base.get("dist_timeout", 300.0))

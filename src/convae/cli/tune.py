@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import PRESETS
 from ..errors import EXIT_INTERRUPTED, ConfigError, TrainingInterrupted
-from .flags import add_settings, given_settings
+from .flags import add_settings, shared_settings, summary_asked
 
 
 def add_parser(sub) -> None:
@@ -45,19 +45,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..experiments.tune import format_summary, parse_space, tune, write_summary
     from .sweep import resume_command
 
-    if args.what:
-        if args.what[0] != "summary" or len(args.what) != 2:
-            raise ConfigError(f"{' '.join(args.what)}: did you mean `convae tune summary DIR`?")
-        summary = write_summary(args.what[1], args.storage)
+    folder = summary_asked(args.what, "tune")
+    if folder:
+        summary = write_summary(folder, args.storage)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0
     if not args.out:
         raise ConfigError("--out: the search's folder is needed (DIR: study.db, runs/, summary.md)")
     if not args.space:
         raise ConfigError("--space: give at least one KEY=SPEC to search (e.g. --space lr=log:1e-4:1e-2)")
-    base = dict(PRESETS[args.preset]) | {"extra": {"preset": args.preset}} if args.preset else {}
-    base.update(given_settings(args))
-    base.pop("out", None)
+    base = shared_settings(args)
     space = parse_space(args.space)
     resume = resume_command(sys.argv, "tune")
     try:
