@@ -21,7 +21,9 @@ from conftest import run_cli
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install optuna)")
 
-from convae.experiments.tune import parse_space  # noqa: E402
+from convae.experiments.tune import optuna_module, parse_space  # noqa: E402
+
+optuna_module()  # with convae's filter of Optuna's experimental-API warnings
 
 
 def search(idx_dir, out, *more):
@@ -101,6 +103,34 @@ def test_an_interrupted_search_resumes_its_trial_from_the_checkpoint_and_counts_
     repeated = next(t for t in counted if t.user_attrs.get("resumes") == 0)
     assert repeated.params == interrupted[0].params  # asked again with its settings, in its own folder
     assert "resuming" in (out / "runs" / "trial-0000" / "log.txt").read_text()
+
+
+def test_a_worker_killed_mid_trial_leaves_it_to_the_next_which_resumes_it_and_counts_it_once(tmp_path, idx_dir):
+    """SIGKILL: nothing is handled, no checkpoint written at the end. The trial's heartbeat stops; the next worker to
+    start fails it as stale and asks it again with its settings, and the repetition resumes the first attempt's run
+    folder from its newest checkpoint."""
+    out = tmp_path / "search"
+    command = [sys.executable, "-m", "convae", *search(idx_dir, out, "--trials", "2", "--pack", "1", "--pruner",
+                                                       "none", "--max-steps", "40", "--epochs", "5",
+                                                       "--checkpoint-every", "4", "--heartbeat", "1")]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trial0 = out / "runs" / "trial-0000" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (trial0.is_dir() and any(trial0.glob("step-*.json"))):
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    time.sleep(2.5)  # past the grace period of twice the heartbeat
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = trials_of(out)
+    stale = [t for t in trials if t.state.name == "FAIL"]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert [t.number for t in stale] == [0] and len(done) == 2
+    retry = next(t for t in done if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == 0)
+    assert retry.params == stale[0].params and retry.user_attrs["run"] == str(out / "runs" / "trial-0000")
+    assert "resuming" in (out / "runs" / "trial-0000" / "log.txt").read_text()
+    assert len(list((out / "runs").iterdir())) == 2
 
 
 def free_port() -> int:

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pack", type=int, default=2, help="trials asked at once and trained together (default 2)")
     p.add_argument("--storage", metavar="URL", help="the study's database (default sqlite:///DIR/study.db); any URL "
                                                    "Optuna takes, e.g. postgresql://..., shared by several workers")
+    p.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                   help="a worker marks its running trials alive this often; one silent for twice as long is taken "
+                        "for dead, and its trials are asked again and resume from their checkpoints (default 60)")
     p.add_argument("--json", action="store_true", help="summary: print it as JSON")
     p.set_defaults(handler=cmd_tune)
 
@@ -59,7 +62,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     resume = resume_command(sys.argv, "tune")
     try:
         tune(base, space, args.trials, args.out, metric=args.metric, iw_samples=args.iw_samples, sampler=args.sampler,
-             pruner=args.pruner, seed=args.seed, storage=args.storage, pack=args.pack, log=print, resume=resume)
+             pruner=args.pruner, seed=args.seed, storage=args.storage, pack=args.pack, log=print, resume=resume,
+             heartbeat=args.heartbeat)
     except TrainingInterrupted as e:
         print(f"convae: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -10,7 +10,9 @@
   step. Each trial is a run folder ``DIR/runs/trial-NNNN`` that every other command takes.
 * The study lives beside the runs (``DIR/study.db``, SQLite) or in any database Optuna takes (``--storage``), so
   several workers can share it. ``--trials N`` counts the study's total: the same command continues an interrupted
-  search (an interrupted trial is asked again with its settings and resumes from its checkpoint; it is counted once).
+  search (an interrupted trial is asked again with its settings and resumes from its checkpoint; it is counted once),
+  and a trial whose worker died (SIGKILL, a lost machine: no heartbeat for twice ``--heartbeat`` seconds) is asked
+  again by the next worker that starts or looks for work, and resumes the same way.
 
 Optuna is an optional dependency: ``pip install optuna`` (or ``convae[tune]``); the command says so where it is
 missing.
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +49,9 @@ def optuna_module():
     except ImportError:
         raise ConfigError("convae tune needs Optuna: pip install optuna (or pip install 'convae[tune]')") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the heartbeat and the retry of a dead worker's trials are marked experimental in Optuna; they are what a
+    # shared study needs, chosen knowingly: their warnings would only repeat that on every trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -123,8 +130,10 @@ def _dimension(name: str, kind: str, spec: str) -> Dimension:
 # -- the study ---------------------------------------------------------------------------------------------------
 
 
-def open_study(out: Path, storage: str | None, sampler: str, pruner: str, seed: int):
-    """The study (created, or the one there), with this process's sampler and pruner."""
+def open_study(out: Path, storage: str | None, sampler: str, pruner: str, seed: int, heartbeat: int = 60):
+    """The study (created, or the one there), with this process's sampler and pruner. Workers record a heartbeat
+    for their running trials every ``heartbeat`` seconds; a trial whose worker fell silent for twice that (a SIGKILL,
+    a lost machine) is failed and asked again with its settings, and resumes from its checkpoint (``run_folder``)."""
     optuna = optuna_module()
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler}: choose from {', '.join(SAMPLERS)}")
@@ -136,8 +145,11 @@ def open_study(out: Path, storage: str | None, sampler: str, pruner: str, seed: 
                      "none": optuna.pruners.NopPruner()}[pruner]
     for attempt in range(5):
         try:
-            study = optuna.create_study(study_name=STUDY, storage=url, load_if_exists=True, direction="minimize",
-                                        pruner=chosen_pruner)
+            backend = optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
+            study = optuna.create_study(study_name=STUDY, storage=backend, load_if_exists=True,
+                                        direction="minimize", pruner=chosen_pruner)
             break
         except Exception as e:  # a database that cannot be reached or opened: one line, after a few tries (workers
             if attempt == 4:     # starting together race to create its tables: the loser finds them made)
@@ -157,9 +169,14 @@ def counted(study) -> list:
     again (its repetition counts instead)."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False)
+    from optuna.storages import RetryFailedTrialCallback
+
+    every = study.get_trials(deepcopy=False)
+    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in every}  # a dead worker's, asked again
+    return [t for t in every
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
-            (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus"))]
+            (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("interrupted")
+             and not t.user_attrs.get("surplus"))]
 
 
 def surplus(study, trial, trials: int) -> bool:
@@ -172,26 +189,34 @@ def surplus(study, trial, trials: int) -> bool:
 
 
 def run_folder(out: Path, trial) -> Path:
-    """A trial's run folder; a trial asked again after an interruption goes on in its first attempt's."""
+    """A trial's run folder; a trial asked again (after an interruption, or its worker's death: it inherits the
+    first attempt's attributes) goes on in its first attempt's."""
+    if trial.user_attrs.get("run"):
+        return Path(trial.user_attrs["run"])
     return out / "runs" / f"trial-{trial.user_attrs.get('resumes', trial.number):04d}"
 
 
 def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, metric: str = "elbo",
          iw_samples: int = 100, sampler: str = "tpe", pruner: str = "median", seed: int = 0,
-         storage: str | None = None, pack: int = 2, log=print, resume: str | None = None) -> dict:
+         storage: str | None = None, pack: int = 2, log=print, resume: str | None = None,
+         heartbeat: int = 60) -> dict:
     """Run the search until the study holds ``trials`` counted trials; returns ``summarize(out)``."""
     from optuna.trial import TrialState
 
     out = Path(out)
-    if trials < 1 or pack < 1:
-        raise ConfigError(f"--trials and --pack: positive integers, got {trials} and {pack}")
+    if trials < 1 or pack < 1 or heartbeat < 1:
+        raise ConfigError(f"--trials, --pack and --heartbeat: positive integers, got {trials}, {pack} and "
+                          f"{heartbeat}")
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric}: choose from {', '.join(METRICS)}")
     TrainConfig(**{**base, "seed": seed}).validate()  # the base settings, refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    study = open_study(out, storage, sampler, pruner, seed)
+    study = open_study(out, storage, sampler, pruner, seed, heartbeat)
     study.set_user_attr("space", [d.__dict__ for d in space])
-    while len(counted(study)) < trials:
+    while True:
+        optuna_module().storages.fail_stale_trials(study)  # a dead worker's trials: failed, and asked again
+        if len(counted(study)) >= trials:
+            break
         room = trials - len(counted(study)) - sum(t.state == TrialState.RUNNING
                                                   for t in study.get_trials(deepcopy=False))
         if room <= 0:
@@ -247,12 +272,14 @@ def train_trials(study, members: list, metric: str, iw_samples: int, log, resume
         return None
 
     strategy = "batched" if device.type != "cpu" else "threads"
+    beat = Heartbeat(study, [t for t, _ in members])
     log(f"trials {', '.join(str(t.number) for t, _ in members)}: "
         + "; ".join(f"{t.number}: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                                                   for k, v in t.params.items()) for t, _ in members))
     try:
-        outcomes = Pack(configs, data=data, runtime=runtime, strategy=strategy, log=lambda line: None,
-                        epoch_end=epoch_end, resume=resume).run()
+        with beat:
+            outcomes = Pack(configs, data=data, runtime=runtime, strategy=strategy, log=lambda line: None,
+                            epoch_end=epoch_end, resume=resume).run()
     except TrainingInterrupted:
         for trial, _ in members:  # asked again, with the same settings, by the next start: it resumes its folder
             trial.set_user_attr("interrupted", True)
@@ -272,6 +299,35 @@ def train_trials(study, members: list, metric: str, iw_samples: int, log, resume
             value = trial_value(Path(outcome.run_dir), metric, iw_samples)
             study.tell(trial, value)
             log(f"trial {trial.number}: {metric_name(metric, iw_samples)} {value:.2f}")
+
+
+class Heartbeat:
+    """While a pack trains, its trials' heartbeats go to the study every ``heartbeat_interval`` seconds, from a
+    thread, as ``study.optimize`` does for its own trials (the storage's API for it takes the trial's id, which
+    Optuna keeps private; tested against Optuna 5)."""
+
+    def __init__(self, study, trials: list):
+        self.storage, self.ids = study._storage, [t._trial_id for t in trials]
+        self.interval = self.storage.get_heartbeat_interval() or 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.beat, name="convae-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        while True:
+            for trial_id in self.ids:
+                self.storage.record_heartbeat(trial_id)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def metric_name(metric: str, iw_samples: int) -> str:
