@@ -53,6 +53,30 @@ def test_a_search_makes_run_folders_and_a_study_and_the_same_command_adds_what_i
     assert code == 0, err
     trials = trials_of(out)
     assert len(trials) == 6 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6  # new settings
+    check_page_in_chromium(out / "report.html", min((t for t in trials if t.value is not None), key=lambda t: t.value))
+
+
+def check_page_in_chromium(page_file: Path, best) -> None:
+    """The search's page in a real browser, offline: no errors, its three plots drawn, the best trial named."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if chromium is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.goto(page_file.as_uri())
+            assert page.locator("svg").count() == 3 and errors == []
+            assert f"trial {best.number}" in page.locator("p").nth(1).inner_text()
+            assert page.locator("table tbody tr").count() >= 2
+            page.set_viewport_size({"width": 380, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 381
+        finally:
+            browser.close()
 
 
 def test_the_space_reads_each_settings_type_and_refuses_what_it_cannot_search():

@@ -397,12 +397,37 @@ def format_summary(summary: dict) -> str:
 
 
 def write_summary(out: str | Path, storage: str | None = None) -> dict:
+    """DIR/summary.json, summary.md and report.html (the optimisation history, the parallel coordinates of the
+    settings tried, the importances)."""
     from ..files import atomic_write_json, atomic_write_text
+    from ..reporting.html import write_tune_report
 
     summary = summarize(out, storage)
     atomic_write_json(Path(out) / "summary.json", summary)
     atomic_write_text(Path(out) / "summary.md", format_summary(summary) + "\n")
+    write_tune_report(summary, search_figures(summary["study"], summary), Path(out) / "report.html")
     return summary
+
+
+def search_figures(url: str, summary: dict) -> list:
+    """(caption, matplotlib figure) of the search, where there is enough to draw."""
+    optuna = optuna_module()
+    from optuna.visualization import matplotlib as plots
+
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    figures = []
+    if summary["complete"]:
+        figures.append(("The value of each trial in the order asked, and the best so far (pruned and failed trials "
+                        "are left out)", plots.plot_optimization_history(study).figure))
+        if len(summary["best"]["params"]) > 1 or summary["complete"] > 1:
+            figures.append(("Parallel coordinates: each complete trial's settings, coloured by its value",
+                            plots.plot_parallel_coordinate(study).figure))
+    if summary["importances"]:
+        figures.append(("How much each setting's choice explains of the values", 
+                        plots.plot_param_importances(study).figure))
+    for _, figure in figures:
+        figure.set_size_inches(6.4, 3.8)
+    return figures
 
 
 __all__ = ["Dimension", "format_summary", "open_study", "parse_space", "summarize", "tune", "write_summary"]

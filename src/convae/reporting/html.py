@@ -446,3 +446,39 @@ def write_sweep_report(summary: dict, out: str | Path) -> Path:
     out = Path(out)
     atomic_write_text(out, page)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A search's page
+
+
+def write_tune_report(summary: dict, figures: list[tuple[str, object]], out: str | Path) -> Path:
+    """One self-contained page of a search (``convae tune``): the best trial, the top trials, and ``figures``
+    ((caption, matplotlib figure): the optimisation history, the parallel coordinates, the importances)."""
+    best = summary["best"]
+    keys = list(best["params"]) if best else []
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+        row["trial"], f"{row['value']:.2f}", *(fmt(row["params"].get(k)) for k in keys), row["run"])) + "</tr>"
+        for row in summary["top"])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "value", *keys, "run folder"))
+    said = (f"best: trial {best['trial']}, {best['value']:.2f}, "
+            + ", ".join(f"{k} = {fmt(v)}" for k, v in best["params"].items()) if best else "no complete trial yet")
+    importances = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f}</td></tr>"
+                          for k, v in summary["importances"].items())
+    title = f"convae tune {Path(out).parent.name}"
+    body = (f"<h1>{html.escape(title)}</h1><p class='meta'>Generated {datetime.now():%Y-%m-%d %H:%M} by convae "
+            f"{__version__} from {html.escape(summary['study'])}: {summary['trials']} trial(s), {summary['complete']} "
+            f"complete, {summary['pruned']} pruned, {len(summary['failed'])} failed.</p>"
+            f"<h2>Results</h2><p>{html.escape(said)}</p><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>"
+            "</table>" + ("<table class='importances'><thead><tr><th>setting</th><th>importance (Optuna's "
+                          f"default evaluator, over the complete trials)</th></tr></thead><tbody>{importances}"
+                          "</tbody></table>" if importances else "")
+            + "<h2>The search</h2>"
+            + "".join(f"<figure>{_svg(fig)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+                      for caption, fig in figures))
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+    atomic_write_text(Path(out), page)
+    return Path(out)
