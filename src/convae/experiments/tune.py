@@ -52,6 +52,8 @@ def optuna_module():
     # the heartbeat and the retry of a dead worker's trials are marked experimental in Optuna; they are what a
     # shared study needs, chosen knowingly: their warnings would only repeat that on every trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # ask/tell with a heartbeat is what convae's packs need (they record the heartbeats themselves: ``Heartbeat``)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     return optuna
 
 
