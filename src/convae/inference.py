@@ -132,7 +132,7 @@ class TrainedModel:
         from PIL import Image, ImageOps
 
         from .data.arrays import as_images
-        from .data.prepare import composite_arrays, prepare_array, prepare_image
+        from .data.prepare import composite_arrays, fitting, prepare_array, prepare_image
         from .errors import DataError
 
         size, channels, policy, background = (self.config.image_size, self.channels, self.config.resize,
@@ -151,8 +151,7 @@ class TrainedModel:
                 x = as_images(x.detach().cpu().reshape(n * c, 1, h, w).numpy(), Path("images")).reshape(n, c, h, w)
                 if c in (2, 4):  # an alpha channel: over the background, as training draws one
                     x, _ = composite_arrays(x, background)
-                for k in range(n):
-                    self.last_prepared.append(fitting_of(w, h, size, policy))
+                self.last_prepared += [{**fitting(w, h, size, policy), "transparent": None} for _ in range(n)]
                 prepared.append(prepare_array(np.ascontiguousarray(x), size, channels, policy, background))
         except DataError as e:
             raise ConfigError(str(e)) from None
@@ -248,12 +247,6 @@ def as_tensor(images) -> torch.Tensor:
         return torch.stack([as_tensor(image) for image in images])
     array = np.asarray(images)
     return torch.from_numpy(array if array.flags.writeable else array.copy())
-
-
-def fitting_of(width: int, height: int, size: int, policy: str) -> dict:
-    from .data.prepare import fitting
-
-    return {**fitting(width, height, size, policy), "transparent": None}
 
 
 def pillow_as_array(image, channels: int, background: str):
