@@ -100,8 +100,9 @@ def _arithmetic_worker(rank, jobs):
     for job, port, args in jobs:
         join_as(rank, 2, port)
         job(rank, *args)
-    # as a torchrun worker of `python -m convae` does (convae/__main__.py): no interpreter teardown, where a gloo
-    # thread left joinable now and then aborts the process after its work is done (issue 34: 3 errors once)
+    # as a torchrun worker of convae does (convae.cli.run): no interpreter teardown, where a gloo thread that torch
+    # keeps after destroy_process_group now and then takes the GIL of a finalizing interpreter and aborts the
+    # finished worker (SIGABRT); mp.spawn then raised and this fixture errored its 3 tests (issue 34)
     sys.stdout.flush()
     os._exit(0)
 

@@ -122,3 +122,34 @@ def test_loss_curves_keep_both_curves_in_the_picture_and_labels_clear_of_ticks(t
         for tick in ax.get_yticklabels():
             if tick.get_text():
                 assert not label.overlaps(tick.get_window_extent(renderer)), ax.get_ylabel()
+
+
+@pytest.mark.parametrize("launched", [False, True], ids=["alone", "torchrun-worker"])
+def test_a_launched_worker_leaves_without_the_interpreters_teardown(launched):
+    """Point 13: the abort came from the interpreter's teardown racing a gloo thread that torch keeps alive after
+    destroy_process_group; a worker (RANK and WORLD_SIZE set) skips that teardown, keeping its code and its output,
+    while a process of its own exits as usual (atexit handlers run)."""
+    import os
+    import subprocess
+
+    program = ("import atexit, convae.cli as cli\n"
+               "atexit.register(print, 'teardown ran')\n"
+               "cli.main = lambda argv, hooks: print('the command ran') or 3\n"
+               "cli.run()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    if launched:
+        env.update(RANK="1", WORLD_SIZE="2")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "the command ran" in done.stdout  # flushed through the pipe before os._exit
+    assert ("teardown ran" in done.stdout) is not launched
+
+
+def test_the_convae_script_and_python_m_convae_both_run_through_run():
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    import convae
+
+    assert [e.value for e in entry_points(group="console_scripts") if e.name == "convae"] == ["convae.cli:run"]
+    assert "run()" in (Path(convae.__file__).parent / "__main__.py").read_text()

@@ -4,10 +4,10 @@ its data from ``BAD_DATA_DIR`` (a node whose copy of the data is damaged), whate
 import os
 import sys
 
-from convae.cli import main
+from convae.cli import run
 from convae.data import load_data
 from convae.training import Hooks
 
 bad = os.environ["RANK"] == os.environ["BAD_RANK"]
-sys.exit(main(sys.argv[1:], hooks=Hooks(load_data=lambda config: load_data(os.environ["BAD_DATA_DIR"])) if bad
+run(sys.argv[1:], hooks=Hooks(load_data=lambda config: load_data(os.environ["BAD_DATA_DIR"])) if bad
               else None))

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from convae.cli import main
+from convae.cli import run
 from convae.training import Hooks
 
 
@@ -15,4 +15,4 @@ def before_step(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-sys.exit(main(sys.argv[1:], hooks=Hooks(before_step=before_step)))
+run(sys.argv[1:], hooks=Hooks(before_step=before_step)))
