@@ -9,5 +9,4 @@ from convae.data import load_data
 from convae.training import Hooks
 
 bad = os.environ["RANK"] == os.environ["BAD_RANK"]
-run(sys.argv[1:], hooks=Hooks(load_data=lambda config: load_data(os.environ["BAD_DATA_DIR"])) if bad
-              else None))
+run(sys.argv[1:], hooks=Hooks(load_data=lambda config: load_data(os.environ["BAD_DATA_DIR"])) if bad else None)

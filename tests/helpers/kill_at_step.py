@@ -15,4 +15,4 @@ def before_step(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-run(sys.argv[1:], hooks=Hooks(before_step=before_step)))
+run(sys.argv[1:], hooks=Hooks(before_step=before_step))
