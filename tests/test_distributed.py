@@ -100,7 +100,7 @@ def _arithmetic_worker(rank, jobs):
     for job, port, args in jobs:
         join_as(rank, 2, port)
         job(rank, *args)
-    # as a torchrun worker of convae does (convae.cli.run): no interpreter teardown, where a gloo thread that torch
+    # as a torchrun worker of convae does (convae.__main__.run): no interpreter teardown, where a gloo thread that torch
     # keeps after destroy_process_group now and then takes the GIL of a finalizing interpreter and aborts the
     # finished worker (SIGABRT); mp.spawn then raised and this fixture errored its 3 tests (issue 34)
     sys.stdout.flush()
@@ -243,7 +243,7 @@ def test_sigkill_of_a_worker_costs_only_the_steps_since_the_last_checkpoint(tmp_
     The launch allows one restart more than the kill needs: once in CI a worker of the restarted group died by
     SIGABRT inside torch, before our code could say anything (not seen again in 85 runs of this launch here, idle
     and under load; most likely the teardown abort of issue 34, which the helper now skips by leaving through
-    ``convae.cli.run``), and a spare restart is what a user's ``--max-restarts`` is for. What the kill costs is still checked: the kill's own restart must
+    ``convae.__main__.run``), and a spare restart is what a user's ``--max-restarts`` is for. What the kill costs is still checked: the kill's own restart must
     resume from step 12, and a spare restart, when one was used, is reported as a warning with the workers' lines.
     """
     whole, data = whole_run

@@ -132,10 +132,10 @@ def test_a_launched_worker_leaves_without_the_interpreters_teardown(launched):
     import os
     import subprocess
 
-    program = ("import atexit, convae.cli as cli\n"
+    program = ("import atexit, convae.cli as cli, convae.__main__ as program\n"
                "atexit.register(print, 'teardown ran')\n"
                "cli.main = lambda argv, hooks: print('the command ran') or 3\n"
-               "cli.run()\n")
+               "program.run()\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     if launched:
         env.update(RANK="1", WORLD_SIZE="2")
@@ -145,11 +145,16 @@ def test_a_launched_worker_leaves_without_the_interpreters_teardown(launched):
     assert ("teardown ran" in done.stdout) is not launched
 
 
-def test_the_convae_script_and_python_m_convae_both_run_through_run():
+def test_the_convae_script_runs_the_program_python_m_convae_runs():
     from importlib.metadata import entry_points
-    from pathlib import Path
 
-    import convae
+    assert [e.value for e in entry_points(group="console_scripts") if e.name == "convae"] == ["convae.__main__:run"]
 
-    assert [e.value for e in entry_points(group="console_scripts") if e.name == "convae"] == ["convae.cli:run"]
-    assert "run()" in (Path(convae.__file__).parent / "__main__.py").read_text()
+
+def test_importing_convae_imports_only_its_version():
+    """What Python imports before convae's own code can catch a Ctrl-C (the package, for `python -m convae`)."""
+    import subprocess
+
+    code = "import sys, convae\nprint(sorted(m for m in sys.modules if m.startswith('convae')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "['convae', 'convae.version']", done.stdout + done.stderr

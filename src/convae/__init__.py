@@ -9,10 +9,11 @@ module of models as ``--plugin`` does. Everything else may change between versio
 """
 
 from .version import __version__
-from .models.registry import load_plugin, register_model
 
-# the parts that need torch, imported when first asked for (``import convae`` stays fast)
-_LAZY = {"VAE": "models.vae", "Prior": "models.densities", "Posterior": "models.densities",
+# imported when first asked for: the parts that need torch, and the registry too, so that `import convae` (which
+# `python -m convae` and the convae script do before any code of ours can catch a Ctrl-C) is the version alone
+_LAZY = {"register_model": "models.registry", "load_plugin": "models.registry",
+         "VAE": "models.vae", "Prior": "models.densities", "Posterior": "models.densities",
          "StandardNormal": "models.densities", "DiagonalGaussian": "models.densities",
          "make_encoder": "models.builtin", "make_decoder": "models.builtin",
          "gaussian_log_prob": "models.densities", "standard_normal": "models.noise", "Dropout": "models.noise"}

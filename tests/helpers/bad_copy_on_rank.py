@@ -4,7 +4,7 @@ its data from ``BAD_DATA_DIR`` (a node whose copy of the data is damaged), whate
 import os
 import sys
 
-from convae.cli import run
+from convae.__main__ import run
 from convae.data import load_data
 from convae.training import Hooks
 

@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from convae.cli import run
+from convae.__main__ import run
 from convae.training import Hooks
 
 

@@ -1,6 +1,5 @@
 """The ``convae`` command line. ``main`` parses, runs one command and turns every expected fault into one line and
-its exit code (``convae.errors``); ``run`` is the program (the ``convae`` script, ``python -m convae``): ``main``, then
-the process's exit. Each command lives in its own module and imports torch only when it runs, so
+its exit code (``convae.errors``); ``convae.__main__.run`` is the program around it. Each command lives in its own module and imports torch only when it runs, so
 ``convae --help`` answers at once, and a Ctrl-C at any moment (torch's import included) is one line and exit 130.
 """
 
@@ -11,7 +10,6 @@ import os
 import sys
 import traceback
 import warnings
-from typing import NoReturn
 
 from ..version import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, ConvaeError
@@ -20,27 +18,6 @@ from ..signals import interrupts_deferred_during_imports
 from . import compare, evaluate, info, sweep, train, tune, use
 from ..models.registry import PluginChanged, load_plugin
 from .flags import OneLineParser, speaks
-
-
-def run(argv: list[str] | None = None, hooks=None) -> NoReturn:
-    """``main``, then exit with its code. A worker of a launcher (torchrun sets ``RANK`` and ``WORLD_SIZE``) leaves
-    by ``os._exit`` once its output is flushed, skipping the interpreter's teardown: a process group that a
-    DistributedDataParallel model ever wrapped outlives ``destroy_process_group`` (torch keeps it, with its gloo
-    threads, to the end of the process), and when one of those threads releases its last piece of work while the
-    interpreter is finalizing, it takes the GIL, is ended by Python, and its C++ unwinding calls std::terminate:
-    SIGABRT, "terminate called without an active exception", a finished run reported as failed (issue 34; the
-    backtrace and the counts are in docs/distributed.md). Every file of ours is already written atomically and
-    closed by then; nothing is lost by skipping the teardown.
-    """
-    code = main(argv, hooks)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a console gone away or closed: nothing left to say there
-                pass
-        os._exit(code)
-    raise SystemExit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
