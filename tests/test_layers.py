@@ -60,6 +60,16 @@ def test_help_answers_without_importing_torch(argv):
     assert "usage: convae" in done.stdout
 
 
+@pytest.mark.parametrize("argv, line", [(["train", "--epochs", "3"], "convae train: interrupted"),
+                                        (["--plugin", "mine", "sweep", "summary"], "convae sweep: interrupted"),
+                                        (["--plugin=mine", "eval", "RUN"], "convae eval: interrupted"),
+                                        (["--help"], "convae: interrupted")])
+def test_an_interrupt_before_the_command_began_names_the_command(argv, line):
+    from convae.signals import interrupted_line
+
+    assert interrupted_line(argv) == line
+
+
 @pytest.mark.parametrize("delay", [0.2, 0.6, 1.2, 2.5])
 def test_ctrl_c_at_any_moment_of_startup_is_one_line_and_exit_130(tmp_path, idx_dir, delay):
     """SIGINT while Python imports torch, reads the data, builds the model or trains: never a traceback."""

@@ -1,12 +1,14 @@
 """The program: the ``convae`` script and ``python -m convae`` both call ``run``.
 
-Its module top imports nothing, and ``import convae`` is the version alone, so that a Ctrl-C while Python imports
-the command line (the options of every command, the registry of models) is one line and exit 130 too, as it is once
-``convae.cli.main`` runs (which defers it past any import of its own).
+Its module top imports only ``convae.signals``, and ``import convae`` is the version alone, so that a Ctrl-C while
+Python imports the command line (the options of every command, the registry of models) is one line and exit 130
+too, as it is once ``convae.cli.main`` runs (which defers it past any import of its own).
 """
 
 import os
 import sys
+
+from .signals import interrupted_line
 
 
 def run(argv: list[str] | None = None, hooks=None) -> None:
@@ -25,7 +27,7 @@ def run(argv: list[str] | None = None, hooks=None) -> None:
 
         code = main(argv, hooks)
     except KeyboardInterrupt:  # while the command line was being imported (main answers its own)
-        print(f"convae{_command(sys.argv[1:] if argv is None else argv)}: interrupted", file=sys.stderr)
+        print(interrupted_line(sys.argv[1:] if argv is None else argv), file=sys.stderr)
         code = 130  # convae.errors.EXIT_INTERRUPTED, not imported here: the import itself was what got cut
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         for stream in (sys.stdout, sys.stderr):
@@ -35,17 +37,6 @@ def run(argv: list[str] | None = None, hooks=None) -> None:
                 pass
         os._exit(code)
     raise SystemExit(code)
-
-
-def _command(argv: list[str]) -> str:
-    """" train" for ``convae --plugin m train ...``: the first word that is neither an option nor its value."""
-    words = iter(argv)
-    for word in words:
-        if word == "--plugin":
-            next(words, None)
-        elif not word.startswith("-"):
-            return f" {word}"
-    return ""
 
 
 if __name__ == "__main__":

@@ -82,3 +82,15 @@ class StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def interrupted_line(argv: list[str]) -> str:
+    """What a Ctrl-C before a command began says: ``convae train: interrupted`` for ``convae --plugin m train ...``
+    (the command is the first word that is neither an option nor the value of ``--plugin``)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--plugin":
+            next(words, None)
+        elif not word.startswith("-"):
+            return f"convae {word}: interrupted"
+    return "convae: interrupted"

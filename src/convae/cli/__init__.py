@@ -14,7 +14,7 @@ import warnings
 from ..version import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, ConvaeError
 from ..faults import debug, describe_os_error, first_line, is_out_of_memory
-from ..signals import interrupts_deferred_during_imports
+from ..signals import interrupted_line, interrupts_deferred_during_imports
 from . import compare, evaluate, info, sweep, train, tune, use
 from ..models.registry import PluginChanged, load_plugin
 from .flags import OneLineParser, speaks
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
             return code
     except KeyboardInterrupt:  # Ctrl-C outside training's own handler (starting up, loading data, evaluating)
         if speaks():
-            print(f"convae{' ' + args.command if args.command else ''}: interrupted", file=sys.stderr)
+            print(interrupted_line(sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return EXIT_INTERRUPTED
     except ConvaeError as e:
         return _fault(args, str(e), e.exit_code, every_rank=e.every_rank)
