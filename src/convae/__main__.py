@@ -1,13 +1,14 @@
 """The program: the ``convae`` script and ``python -m convae`` both call ``run``.
 
-Its module top imports only ``convae.signals``, and ``import convae`` is the version alone, so that a Ctrl-C while
-Python imports the command line (the options of every command, the registry of models) is one line and exit 130
-too, as it is once ``convae.cli.main`` runs (which defers it past any import of its own).
+Its module top imports only ``convae.errors`` and ``convae.signals``, and ``import convae`` is the version alone,
+so that a Ctrl-C while Python imports the command line (the options of every command, the registry of models) is
+one line and exit 130 too, as it is once ``convae.cli.main`` runs (which defers it past any import of its own).
 """
 
 import os
 import sys
 
+from .errors import EXIT_INTERRUPTED
 from .signals import interrupted_line
 
 
@@ -28,8 +29,8 @@ def run(argv: list[str] | None = None, hooks=None) -> None:
         code = main(argv, hooks)
     except KeyboardInterrupt:  # while the command line was being imported (main answers its own)
         print(interrupted_line(sys.argv[1:] if argv is None else argv), file=sys.stderr)
-        code = 130  # convae.errors.EXIT_INTERRUPTED, not imported here: the import itself was what got cut
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        code = EXIT_INTERRUPTED
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # runtime.launched_by_torchrun, without importing torch
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -1,6 +1,7 @@
 """The ``convae`` command line. ``main`` parses, runs one command and turns every expected fault into one line and
-its exit code (``convae.errors``); ``convae.__main__.run`` is the program around it. Each command lives in its own module and imports torch only when it runs, so
-``convae --help`` answers at once, and a Ctrl-C at any moment (torch's import included) is one line and exit 130.
+its exit code (``convae.errors``); ``convae.__main__.run`` is the program around it. Each command lives in its own
+module and imports torch only when it runs, so ``convae --help`` answers at once, and a Ctrl-C at any moment
+(torch's import included) is one line and exit 130.
 """
 
 from __future__ import annotations
