@@ -29,7 +29,7 @@ from convae.models import build_model
 from convae.objectives import neg_elbo
 from convae.runtime import Runtime
 from convae.training import train
-from convae.runs.checkpoint import latest_checkpoint, list_checkpoints, restore
+from convae.runs.checkpoint import latest_checkpoint, list_checkpoints, restore, use_population_statistics
 
 # every test here compares numbers across process layouts (or, after a restart, within one): scripts/test-layouts.sh
 pytestmark = pytest.mark.layouts
@@ -139,8 +139,11 @@ def test_two_ranks_end_with_identical_models_and_the_split_evaluation_is_the_sin
     assert "BatchNorm statistics: per-rank" in (run / "log.txt").read_text()
 
     model = build_model("seed")
-    restore(latest_checkpoint(run / "checkpoints"), model, None)
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    restore(checkpoint, model, None)
     assert all(torch.equal(model.state_dict()[k], a[k]) for k in a)
+    # the epoch's evaluation normalised by the population statistics of these weights, as the checkpoint keeps them
+    assert use_population_statistics(model, checkpoint.tensors).startswith("population statistics")
     config = TrainConfig(eval_batch_size=24)
     single = evaluate_neg_elbo(model, evaluation_images(tiny_data.test_images, tiny_data.levels, config),
                                batch_size=24, seed=config.seed + 1)  # 64 images: 24 + 24 on rank 0, 16 on rank 1

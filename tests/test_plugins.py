@@ -227,7 +227,8 @@ def test_an_example_plugin_is_evaluated_loaded_sampled_and_exported_in_fresh_pro
         assert code == 0, err
     refused = convae_process("eval", tmp_path / "vamp", "--iw-samples", "5", pythonpath="", check=False)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
-    assert "model 'vamp' comes from the plug-in module 'convae_examples.vamp', which is not loaded; pass --plugin " \
+    assert "model 'vamp' comes from the plug-in module 'convae_examples.vamp' (as that folder's config.json says), " \
+           "which is not loaded; pass --plugin " \
            "convae_examples.vamp" in refused.stderr
 
     # one fresh process: eval (IW bound) and ONNX export of both through the command line, then convae.load
@@ -311,12 +312,14 @@ def test_opening_a_run_never_imports_a_module_nobody_declared_and_warns_when_the
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                             cwd=plugin.parent, timeout=300)  # evil.py and tinyplug.py importable from here
     assert "forged 2" in result.stdout and "changed 0" in result.stdout, result.stderr[-2000:]
-    assert "model 'nnup-copy' comes from the plug-in module 'evil'" in result.stderr
+    assert "model 'nnup-copy' comes from the plug-in module 'evil' (as that folder's config.json says)" in result.stderr
     assert not marker.exists()  # evil.py sat in the current folder, importable, and was not imported
-    assert "model 'nnup-copy' was trained with tinyplug" in result.stderr and "the code changed since" in result.stderr
+    assert "model 'nnup-copy' (plug-in tinyplug) runs other code than it was trained with: tinyplug.py changed " \
+           "(sha256 " in result.stderr
     code, _, err = run_cli(capsys, "train", "--plugin", str(plugin), "--resume", str(tmp_path / "run"), "--max-steps",
                            "4")
-    assert code == 0 and "the code changed since" in err
+    assert code == 0 and "runs other code than it was trained with: tinyplug.py changed" in err
+    assert "tinyplug.py changed" in (tmp_path / "run" / "log.txt").read_text()
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["model_code"]
     assert recorded["source_sha256"] != settings["model_code"]["source_sha256"]  # what it goes on with, and before:
     assert [e["source_sha256"] for e in recorded["earlier"]] == [settings["model_code"]["source_sha256"]]

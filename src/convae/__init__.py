@@ -4,8 +4,9 @@ The public contract, all of it (docs/own-model.md): using a trained run, ``load`
 ``register_model`` on a factory that returns a ``VAE`` made of your pieces, with ``Prior`` / ``Posterior`` (defaults
 ``StandardNormal`` / ``DiagonalGaussian``; ``gaussian_log_prob`` for densities made of Gaussians), ``make_encoder``
 and ``make_decoder`` for convae's own networks, and the noise a training
-step draws, ``standard_normal`` and ``Dropout`` (what lets packed sweeps batch your model); ``load_plugin`` imports a
-module of models as ``--plugin`` does. Everything else may change between versions.
+step draws, ``standard_normal`` and ``Dropout`` (what lets packed sweeps batch your model); a training objective of
+your own, ``TrainingObjective`` returning an ``ObjectiveValue`` (what is reported stays the -ELBO); ``load_plugin``
+imports a module of models as ``--plugin`` does. Everything else may change between versions.
 """
 
 from .version import __version__
@@ -16,7 +17,8 @@ _LAZY = {"register_model": "models.registry", "load_plugin": "models.registry",
          "VAE": "models.vae", "Prior": "models.densities", "Posterior": "models.densities",
          "StandardNormal": "models.densities", "DiagonalGaussian": "models.densities",
          "make_encoder": "models.builtin", "make_decoder": "models.builtin",
-         "gaussian_log_prob": "models.densities", "standard_normal": "models.noise", "Dropout": "models.noise"}
+         "gaussian_log_prob": "models.densities", "standard_normal": "models.noise", "Dropout": "models.noise",
+         "TrainingObjective": "models.objective", "ObjectiveValue": "models.objective"}
 
 
 def load(run_dir, device: str = "auto"):
@@ -35,6 +37,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DiagonalGaussian", "Dropout", "Posterior", "Prior", "StandardNormal", "VAE", "__version__",
+__all__ = ["DiagonalGaussian", "Dropout", "ObjectiveValue", "Posterior", "Prior", "StandardNormal", "TrainingObjective",
+           "VAE", "__version__",
            "gaussian_log_prob", "load", "load_plugin", "make_decoder", "make_encoder", "register_model",
            "standard_normal"]

@@ -58,6 +58,19 @@ class NonFiniteLoss(ConvaeError, RuntimeError):
     """The loss became inf or NaN; the last good checkpoint is left as it was."""
 
 
+class UntrustedFigure(ConvaeError, RuntimeError):
+    """An evaluation gave a figure that is not the quantity its name says: inf or NaN, or a -ELBO that the model's
+    own densities contradict. It is refused, never reported; the message names the figure, the run and the step."""
+
+
+def refuse_non_finite(figures: dict, where: str) -> None:
+    """``UntrustedFigure`` naming the first of ``figures`` (name -> number or None) that is inf or NaN."""
+    for name, value in figures.items():
+        if value is not None and not (value == value and abs(value) != float("inf")):
+            raise UntrustedFigure(f"{where}: {name} is {value}: not a result (the model's numbers overflowed or are "
+                                  "undefined there); nothing was reported")
+
+
 class OutOfMemory(ConvaeError):
     """An allocation failed, or a setting was refused because it could not fit; the message names the options."""
 

@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 
 from .version import __version__
 from .errors import ConfigError
+from .models.densities import parameter_names
 from .files import atomic_write_bytes, atomic_write_text
 from .inference import TrainedModel
 
@@ -118,7 +119,7 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
         inputs_x, inputs_z = inputs_x + ["labels_onehot"], inputs_z + ["labels_onehot"]
     with torch.no_grad():
         params = _as_tuple(ImageEncoder(vae).eval()(*examples_x))
-    encoder_outputs = ["mu", "sigma"] + [f"context{k}" for k in range(len(params) - 2)]
+    encoder_outputs = parameter_names(len(params))
     modules = {"encoder": (ImageEncoder(vae).eval(), examples_x, inputs_x, encoder_outputs),
                # eval(): torch.onnx.export puts a module back in the mode it found, and a new module is in training
                # mode, which would leave the decoder's dropout on after the export

@@ -16,6 +16,7 @@ import torch
 
 from .data import to_float
 from .errors import ConfigError
+from .models.densities import parameter_names
 from .runs import Run, open_run
 
 
@@ -183,12 +184,22 @@ class TrainedModel:
         return numbers
 
     @torch.no_grad()
-    def encode(self, images, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior q(z | x) (q(z | x, label) for a conditional model): its means and standard deviations (of
-        its base Gaussian, for a flow posterior: ``latents`` gives z itself)."""
+    def encode(self, images, labels=None) -> tuple[torch.Tensor, ...]:
+        """The posterior q(z | x) (q(z | x, label) for a conditional model): every parameter its encoder gives, in
+        order and named by ``parameter_names`` — the means and standard deviations (of its base Gaussian, for a flow
+        posterior), then any context a posterior reads besides. ``latents`` gives the representative z itself."""
         x = self.prepare(images)
         params = self.model.encode(x, self.prepare_labels(labels, len(x)))
-        return params[0].float().cpu(), params[1].float().cpu()
+        return tuple(p.float().cpu() for p in params)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """The names of what ``encode`` returns (and ``convae encode`` writes): "mu", "sigma", "context0", ..."""
+        with torch.no_grad():
+            x = torch.full((1, self.channels, self.config.image_size, self.config.image_size), 0.5,
+                           dtype=self.param.dtype, device=self.device)
+            labels = torch.zeros(1, dtype=torch.long, device=self.device) if self.classes else None
+            return parameter_names(len(self.model.encode(x, labels)))
 
     @torch.no_grad()
     def latents(self, images, labels=None) -> torch.Tensor:
@@ -201,7 +212,7 @@ class TrainedModel:
         """Every group of latents of a hierarchical model, named ("z1 4x4", ...): the posterior's means and standard
         deviations as N x C x S x S maps (``encode`` gives them flat, in that order). One group ("z") for a model of
         one stochastic layer."""
-        mu, sigma = self.encode(images, labels)
+        mu, sigma = self.encode(images, labels)[:2]
         return {name: (m, s) for (name, m), s in zip(self.model.named_groups(mu).items(),
                                                    self.model.named_groups(sigma).values())}
 

@@ -21,6 +21,17 @@ KL_LOG_EPS = 1e-8  # the seed: log(1e-8 + sigma^2)
 LOG_2PI = math.log(2 * math.pi)
 
 
+class LossTerms(NamedTuple):
+    """The -ELBO of each image, in its two terms: L_tot = nll + kl.sum(1)."""
+
+    nll: torch.Tensor  # N: -log p(x | z), nats per image (L_likelihood)
+    kl: torch.Tensor   # N x U: KL(q || p) of each latent unit (they sum to the image's L_KL)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.nll + self.kl.sum(1)
+
+
 class NegELBO(NamedTuple):
     total: torch.Tensor       # L_tot = L_likelihood + L_KL
     likelihood: torch.Tensor  # L_likelihood, the Bernoulli negative log-likelihood summed over pixels
@@ -101,12 +112,14 @@ class Objective:
     kl_warmup:  steps over which that weight rises linearly from 0 to beta (Sønderby et al. 2016).
     free_bits:  nats per latent dimension below which its batch-mean KL is not penalised (Kingma et al. 2016).
     iw_samples: K > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2016); K = 1 is the ELBO.
+    dataset_size: the number of training images, for a model's own objective (``TrainingObjective``).
     """
 
     beta: float = 1.0
     kl_warmup: int = 0
     free_bits: float = 0.0
     iw_samples: int = 1
+    dataset_size: int = 0
 
     @property
     def plain(self) -> bool:
@@ -127,6 +140,10 @@ def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch
     ``model`` is the VAE or its DDP wrapper (whose forward is what DDP must see); the VAE's ``loss_terms`` say what
     its -ELBO is made of. The logged L_tot is the -ELBO, or under ``iw_samples`` > 1 the batch's IW bound; L_likelihood
     and L_KL are the ELBO's two terms. ``labels``: the batch's classes, for a conditional model.
+
+    A model with an objective of its own (``VAE.objective``, which refuses the levers above) differentiates that
+    objective; the figures then go on with its batch mean and the means of its parts: [L_tot, L_likelihood, L_KL,
+    objective, part, ...], the first three the true -ELBO's as always.
     """
     vae = getattr(model, "module", model)
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -134,6 +151,12 @@ def training_loss(model, x: torch.Tensor, objective: Objective, kl_weight: torch
         with autocast:
             out = model(x, labels)
         nll, kl_units = vae.loss_terms(out, x)
+        own = vae.training_objective(out, x, LossTerms(nll, kl_units), objective.dataset_size)
+        if own is not None:
+            kl = kl_units.sum(1)
+            terms = torch.stack([(nll + kl).mean(), nll.mean(), kl.mean(), at_least_float32(own.total).mean(),
+                                 *(at_least_float32(own.parts[name]).mean() for name in vae.objective.parts)])
+            return terms[3], terms
         if objective.plain:
             kl = kl_units.sum(1)
             terms = torch.stack([(nll + kl).mean(), nll.mean(), kl.mean()])

@@ -151,6 +151,14 @@ def describe_evaluation(run, result: dict) -> list[str]:
                      f"{result['mutual_information_max']:.2f} on {result['mutual_information_images']} images), "
                      + kl_said + ("" if result.get("prior") in (None, "StandardNormal") or result.get("kl") ==
                                   "monte carlo" else f" (against its {result['prior']} prior)"))
+    if result.get("kl_flag"):
+        lines.append(f"  WARNING     {result['kl_flag']}")
+    check = result.get("elbo_check")
+    if check:
+        lines.append(f"  checked     the -ELBO is its densities' (first {check['images']} images: "
+                     f"{check['reported_neg_elbo']:.2f} reported, {check['densities_neg_elbo']:.2f} from "
+                     f"{check['samples']} samples of log q - log p - log p(x|z); difference {check['difference']:.2f} "
+                     f"+- {check['std_error']:.2f})")
     for group in result.get("groups") or []:
         lines.append(f"              {group['group']}: {group['active_units']} of {group['units']} units active, KL "
                      f"{group['kl']:.2f} nats")
@@ -179,7 +187,7 @@ def describe_time(result: dict) -> str:
         parts.append(f"IW bound {duration(t['IW bound'])} (encoder {duration(t.get('encoder', 0))}, decoder "
                      f"{duration(t.get('decoder', 0))}" + (f"; {rate:,.0f} (image, sample) pairs/s, so about "
                      f"{duration(per_k * 5000)} for K = 5000 from nothing" if rate else "") + ")")
-    parts += [f"{part} {duration(t[part])}" for part in ("test ELBO", "latent usage") if part in t]
+    parts += [f"{part} {duration(t[part])}" for part in ("test ELBO", "ELBO check", "latent usage") if part in t]
     if "Fréchet distance" in t:
         parts.append(f"Fréchet distance {duration(t['Fréchet distance'])} (classifier "
                      f"{duration(t.get('feature classifier', 0))}, samples {duration(t.get('samples', 0))}, "

@@ -25,19 +25,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_sample)
 
-    p = sub.add_parser("encode", help="encode a data set with a trained model: latent means and sigmas",
-                       description="Encode images with the run's encoder and write mu, sigma and labels to an .npz.")
+    p = sub.add_parser("encode", help="encode a data set with a trained model: its latents and posterior parameters",
+                       description="Encode images with the run's encoder and write z (the latent reconstruct "
+                                   "decodes), every posterior parameter (mu, sigma, context0, ...) and the labels "
+                                   "to an .npz.")
     p.add_argument("run", help="a run folder written by convae train")
     p.add_argument("--data", metavar="SOURCE", help="as convae train --data (default: the run's own data)")
     p.add_argument("--split", choices=["test", "train", "all"], default="test",
                    help="which images (default test; all: training then test images)")
-    p.add_argument("--out", required=True, help="the .npz file to write (mu, sigma, labels, and the images' names: "
-                                                "their files, or their indices in the split)")
+    p.add_argument("--out", required=True, help="the .npz file to write (z, mu, sigma, any context0..., labels, and "
+                                                "the images' names: their files, or their indices in the split)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     p.set_defaults(handler=cmd_encode)
 
     p = sub.add_parser("decode", help="decode latents (an .npz with z or mu) into images",
-                       description="Decode latents from an .npz (array 'z', or 'mu' as `convae encode` writes).")
+                       description="Decode latents from an .npz (array 'z' as `convae encode` writes it, or 'mu').")
     p.add_argument("run", help="a run folder written by convae train")
     p.add_argument("latents", help="an .npz holding 'z' or 'mu' (N x latent_dim)")
     p.add_argument("--out", required=True, help="images.npz (uint8 N x C x H x W) or grid.png")
@@ -93,17 +95,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
     images = torch.cat([data.train_images if s == "train" else data.test_images for s in splits])
     labels = torch.cat([data.train_labels if s == "train" else data.test_labels for s in splits])
     names = [name for s in splits for name in data.names_of(s)]
-    mus, sigmas = [], []
+    # z: the posterior's representative latent (what reconstruct decodes: mu, or mu pushed through a flow), then
+    # every parameter the encoder gives under the names export's model.json uses (mu, sigma, context0, ...)
+    fields = ["z", *model.parameter_names]
+    columns: dict[str, list] = {name: [] for name in fields}
     for start in range(0, len(images), 1000):
-        mu, sigma = model.encode(images[start:start + 1000], labels[start:start + 1000] if model.classes else None)
-        mus.append(mu), sigmas.append(sigma)
+        batch, batch_labels = images[start:start + 1000], labels[start:start + 1000] if model.classes else None
+        columns["z"].append(model.latents(batch, batch_labels))
+        for name, value in zip(fields[1:], model.encode(batch, batch_labels)):
+            columns[name].append(value)
     out = Path(args.out)
     buffer = io.BytesIO()
-    np.savez(buffer, mu=torch.cat(mus).numpy(), sigma=torch.cat(sigmas).numpy(), labels=labels.cpu().numpy(),
-             names=np.array(names))
+    np.savez(buffer, **{name: torch.cat(parts).numpy() for name, parts in columns.items()},
+             labels=labels.cpu().numpy(), names=np.array(names))
     atomic_write_bytes(out, buffer.getvalue())
-    print(f"{len(images)} {args.split} images encoded ({model.latent_dim} dimensions): {out} (mu, sigma, labels, "
-          "names)")
+    print(f"{len(images)} {args.split} images encoded ({model.latent_dim} dimensions): {out} ({', '.join(fields)}, "
+          "labels, names; z is what `convae decode` decodes into the reconstructions)")
     return 0
 
 

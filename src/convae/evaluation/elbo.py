@@ -19,6 +19,7 @@ class ElboResult:
     kl: float            # mean KL term
     n_images: int
     kl_per_dim: list[float] | None = None  # mean KL of each latent dimension (they sum to ``kl``)
+    kl_std_error: float | None = None  # of ``kl``'s mean over the images (a Monte-Carlo KL's: is it below 0?)
 
 
 def batch_generator(device: torch.device, seed: int, start: int) -> torch.Generator:
@@ -37,7 +38,7 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
     was_training = model.training
     model.eval()
     p = next(model.parameters())
-    sums = torch.zeros(3, dtype=torch.float64, device=p.device)
+    sums = torch.zeros(4, dtype=torch.float64, device=p.device)  # -ELBO, nll, KL, KL squared
     kl_dims = torch.zeros(model.kl_unit_count, dtype=torch.float64, device=p.device)
     try:
         for start in range(runtime.rank * batch_size, len(data), runtime.world_size * batch_size):
@@ -47,12 +48,14 @@ def evaluate_neg_elbo(model: VAE, data: EvalImages, *, batch_size: int = 500, se
                             generator=batch_generator(p.device, seed, start))
             nll, kl_units = model.loss_terms(out, x)
             kl = kl_units.sum(1)
-            sums += torch.stack([t.double().sum() for t in (nll + kl, nll, kl)])
+            sums += torch.stack([t.double().sum() for t in (nll + kl, nll, kl, kl.double().square())])
             kl_dims += model.kl_units(out, torch.float64).sum(0)
     finally:
         model.train(was_training)
-    total, likelihood, kl = (runtime.all_reduce(sums) / len(data)).tolist()
-    return ElboResult(total, likelihood, kl, len(data), (runtime.all_reduce(kl_dims) / len(data)).tolist())
+    n = len(data)
+    total, likelihood, kl, kl_square = (runtime.all_reduce(sums) / n).tolist()
+    kl_std_error = (max(kl_square - kl * kl, 0.0) * n / max(n - 1, 1)) ** 0.5 / n ** 0.5
+    return ElboResult(total, likelihood, kl, n, (runtime.all_reduce(kl_dims) / n).tolist(), kl_std_error)
 
 
 def entropy_floor(data: EvalImages) -> float:
@@ -62,3 +65,68 @@ def entropy_floor(data: EvalImages) -> float:
     for start in range(0, len(data), 1000):
         total += bernoulli_entropy_floor(data.floats(start, start + 1000, torch.float64, torch.device("cpu"))).sum().item()
     return total / len(data)
+
+
+# -- the reported -ELBO against the model's own densities -------------------------------------------------------------
+
+CHECK_IMAGES = 500   # test images the check reads (the first ones)
+CHECK_SAMPLES = 8    # samples of z per image for the densities' estimate
+CHECK_SIGMAS = 6.0   # how many standard errors apart the two estimates may be before the -ELBO is refused
+CHECK_RELATIVE = 1e-3  # ... and how far apart relative to the -ELBO (float arithmetic, a hierarchy's sums)
+
+
+@torch.no_grad()
+def elbo_check(model: VAE, data: EvalImages, *, images: int = CHECK_IMAGES, samples: int = CHECK_SAMPLES,
+               batch_size: int = 100, seed: int = 0) -> dict:
+    """Whether the -ELBO the model reports (``loss_terms``, what every figure and table is made of) is the -ELBO of
+    its own densities: E_q[-log p(x | z) - log p(z) + log q(z | x)], estimated from ``samples`` draws of
+    ``log_weight_terms`` per image (the pieces of the IW bound), beside the reported terms of passes with the same
+    draws. Both are unbiased estimates of the same number for each image, so their mean difference over ``images``
+    test images is zero up to its standard error; a model
+    whose ``kl_units`` or ``loss_terms`` hold something else (a penalty, a weighted term: an objective, which
+    belongs in ``TrainingObjective``) is found here. Returns the two means, their difference, its standard error
+    and ``agrees``."""
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    differences, reported_sum, densities_sum = [], 0.0, 0.0
+    try:
+        for start in range(0, min(images, len(data)), batch_size):
+            stop = min(start + batch_size, images, len(data))
+            x = data.floats(start, stop, p.dtype, p.device)
+            labels = data.labels_of(start, stop, p.device)
+            generator = batch_generator(p.device, seed, start)
+            eps = torch.randn((len(x), samples, model.noise_dim), generator=generator, device=p.device,
+                              dtype=p.dtype)
+            # the same noise for both (common random numbers): for a Monte-Carlo KL the two are then the same
+            # number, for a closed-form KL they differ by the KL's sampling noise alone
+            reported = torch.stack([model.loss_terms(model(x, labels, eps=eps[:, k]), x).total.double()
+                                    for k in range(samples)], 1).mean(1)
+            log_px_z, log_pz, log_qz = model.log_weight_terms(x, model.infer(x, labels), eps, labels)
+            from_densities = -(log_px_z.double() + log_pz.double() - log_qz.double()).mean(1)
+            differences.append(reported - from_densities)
+            reported_sum += reported.sum().item()
+            densities_sum += from_densities.sum().item()
+    finally:
+        model.train(was_training)
+    d = torch.cat(differences)
+    n = len(d)
+    difference = d.mean().item()
+    std_error = (d.std() / n ** 0.5).item() if n > 1 else float("inf")
+    reported_mean = reported_sum / n
+    agrees = not (abs(difference) > CHECK_SIGMAS * std_error
+                  and abs(difference) > CHECK_RELATIVE * (abs(reported_mean) + 1.0))
+    if difference != difference:  # NaN: neither agrees nor disagrees; the caller refuses the non-finite figure
+        agrees = False
+    return {"reported_neg_elbo": reported_mean, "densities_neg_elbo": densities_sum / n, "difference": difference,
+            "std_error": std_error, "images": n, "samples": samples, "agrees": agrees}
+
+
+def disagreement_line(check: dict, model_name: str) -> str:
+    """The one line that refuses a -ELBO its densities contradict."""
+    return (f"model {model_name!r}: the -ELBO it reports ({check['reported_neg_elbo']:.2f} nats/image on the first "
+            f"{check['images']} test images) is not the -ELBO of its own prior, posterior and likelihood "
+            f"({check['densities_neg_elbo']:.2f}, from {check['samples']} samples of log q(z|x) - log p(z) - log "
+            f"p(x|z) per image; difference {check['difference']:.2f} +- {check['std_error']:.2f}): a kl_units or "
+            "loss_terms override that is not the KL (a penalty or a weight belongs in a convae.TrainingObjective, "
+            "docs/own-model.md#your-own-objective); no figure of it was reported")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from ..data import EvalImages, cache_for, evaluation_images, shapes_factors
-from ..errors import ConfigError
+from ..errors import ConfigError, UntrustedFigure, refuse_non_finite
 from ..objectives import bits_per_dim
 from ..progress import Stopwatch
 from ..runs import Run
 from ..runtime import Runtime
-from .elbo import entropy_floor, evaluate_neg_elbo
+from .elbo import disagreement_line, elbo_check, entropy_floor, evaluate_neg_elbo
 from .latents import latent_usage, posterior_parameters, usage_by_group
 from .likelihood import IW_BATCH, iw_bounds_path, kept_iw_bound
 from .pictures import class_names, draw_pictures
@@ -38,6 +38,14 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         return {}
     with watch("test ELBO"):
         elbo = evaluate_neg_elbo(run.model, test_set, batch_size=run.config.eval_batch_size, seed=run.config.seed + 1)
+    where = f"{run.path} at step {run.step}"
+    refuse_non_finite({"the test -ELBO": elbo.neg_elbo, "its L_likelihood": elbo.likelihood, "its L_KL": elbo.kl,
+                       "the IW bound": iw.nll if iw_samples else None}, where)
+    with watch("ELBO check"):  # the reported -ELBO is the -ELBO of the model's own densities, or it is refused
+        check = elbo_check(run.model, test_set)
+    refuse_non_finite({"the densities' -ELBO": check["densities_neg_elbo"]}, where)
+    if not check["agrees"]:
+        raise UntrustedFigure(f"{where}: {disagreement_line(check, run.config.model)}")
     protocol = describe_protocol(run, data, test_set)
     if run.model.classes:
         protocol += (f"; conditional on the label ({run.model.classes} classes): the bounds are on log p(x | label), "
@@ -46,7 +54,8 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
               "arithmetic": arithmetic(run.model),
               "n_test_images": len(test_set), "test_neg_elbo": elbo.neg_elbo, "test_L_likelihood": elbo.likelihood,
               "test_L_KL": elbo.kl, "likelihood": run.model.likelihood.name,
-              "conditional": bool(run.model.classes),
+              "conditional": bool(run.model.classes), "elbo_check": check, "batchnorm": run.batchnorm,
+              "code_changed": run.code_changed,
               "entropy_floor": entropy_floor(test_set) if run.model.likelihood.entropy_floor else None}
     if run.model.likelihood.discrete:
         result["test_bits_per_dim"] = bits_per_dim(elbo.neg_elbo, test_set.dims)
@@ -66,7 +75,10 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
                           latent_statistics=f"active units and I(x; z) not measured: the posterior "
                                             f"({type(run.model.posterior).__name__}) is not a diagonal Gaussian")
         # the KL of each unit against the model's own prior (a closed form, or one Monte-Carlo unit): the ELBO's
-        result.update(kl_per_dim=elbo.kl_per_dim, **run.model.describe_densities())
+        result.update(kl_per_dim=elbo.kl_per_dim, kl_std_error=elbo.kl_std_error, **run.model.describe_densities())
+        flag = impossible_kl(elbo, run.model.kl_estimate)
+        if flag:
+            result["kl_flag"] = flag
         groups = usage_by_group(run.model, mu, elbo.kl_per_dim)
         if groups is not None:
             result["groups"] = groups
@@ -91,6 +103,16 @@ def evaluate_run(run: Run, *, iw_samples: int = 0, test_limit: int | None = None
         result["iw_pairs_per_second"] = drawn / watch.seconds["IW bound"] if drawn > 0 else None
     run.dir.write_eval("eval.json", result)  # always the numbers just printed
     return result
+
+
+def impossible_kl(elbo, estimate: str) -> str | None:
+    """A Monte-Carlo KL whose mean is below zero by more than three standard errors: impossible for a KL, so its
+    estimate (log q - log p of one sample) is wrong somewhere (a posterior's log_prob, a prior's normalisation)."""
+    if estimate == "monte carlo" and elbo.kl_std_error is not None and elbo.kl < -3 * elbo.kl_std_error:
+        return (f"the Monte-Carlo KL averages {elbo.kl:.3f} +- {elbo.kl_std_error:.3f} nats, below zero by more than "
+                "3 standard errors: a KL cannot be negative; check the posterior's log_prob and the prior's "
+                "normalisation")
+    return None
 
 
 def describe_protocol(run: Run, data, test_set: EvalImages) -> str:

@@ -283,6 +283,11 @@ def summarize(out: str | Path) -> dict:
                 continue
             if not records or not _finished(run, records[-1]):
                 continue
+            bad = next((k for k in ("test_neg_elbo", "train_loss") if not _finite(records[-1].get(k))), None)
+            if bad is not None:  # a figure no summary may average (a run folder written before convae refused it)
+                stopped.append({"member": member["name"], "why": f"its {bad} at step {records[-1]['step']} is "
+                                                                 f"{records[-1].get(bad)}: left out of the summary"})
+                continue
             # whole epochs, and the last record, which a run bounded by --max-steps takes part-way through one
             metrics = [m for m in records[:-1] if not m.get("partial_epoch")] + records[-1:]
             done += 1
@@ -293,7 +298,7 @@ def summarize(out: str | Path) -> dict:
             values["seconds"].append(last["train_seconds"])
             curves.append([(m["epoch"], m.get("test_bits_per_dim", m["test_neg_elbo"])) for m in metrics])
             evaluation = run.read_eval("eval.json") or {}
-            if "iw_nll" in evaluation:
+            if "iw_nll" in evaluation and _finite(evaluation["iw_nll"]):
                 iw_k = evaluation["iw_samples"]
                 values["iw"].append(evaluation.get("iw_bits_per_dim", evaluation["iw_nll"]))
             if evaluation.get("active_units") is not None:
@@ -319,6 +324,10 @@ def _finished(run: RunDir, last: dict) -> bool:
     config, steps = settings["config"], settings.get("steps_per_epoch", 1)
     planned = config["epochs"] * steps
     return last["step"] >= min(planned, config.get("max_steps") or planned)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _mean_std(values: list[float]) -> dict | None:

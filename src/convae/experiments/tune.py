@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, parse_model_options, settings_fields
 from ..data import load_for_config
-from ..errors import ConfigError, TrainingInterrupted
+from ..errors import ConfigError, TrainingInterrupted, UntrustedFigure, refuse_non_finite
 from ..runs import RunDir
 from ..runtime import Runtime, resolve_device
 from ..training.packed import Pack, pack_key
@@ -289,18 +289,32 @@ def train_trials(study, members: list, metric: str, iw_samples: int, log, resume
             study.enqueue_trial(trial.params, user_attrs={"resumes": trial.user_attrs.get("resumes", trial.number)})
         raise
     for outcome in outcomes:
-        trial = trials[str(Path(outcome.run_dir))]
-        if outcome.status == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
-            log(f"trial {trial.number}: {outcome.why}")
-        elif outcome.status == "stopped":
-            trial.set_user_attr("why", outcome.why)
-            study.tell(trial, state=TrialState.FAIL)
-            log(f"trial {trial.number}: failed: {outcome.why}")
-        else:
+        tell_outcome(study, trials[str(Path(outcome.run_dir))], outcome, metric, iw_samples, log)
+
+
+def tell_outcome(study, trial, outcome, metric: str, iw_samples: int, log) -> None:
+    """Tell the study how a trial's run ended: pruned, failed (stopped, or a value that is not a finite number:
+    never a result), or complete with its value."""
+    from optuna.trial import TrialState
+
+    if outcome.status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        log(f"trial {trial.number}: {outcome.why}")
+        return
+    why = outcome.why if outcome.status == "stopped" else None
+    if why is None:
+        try:
             value = trial_value(Path(outcome.run_dir), metric, iw_samples)
-            study.tell(trial, value)
-            log(f"trial {trial.number}: {metric_name(metric, iw_samples)} {value:.2f}")
+            refuse_non_finite({metric_name(metric, iw_samples): value}, str(outcome.run_dir))
+        except UntrustedFigure as e:
+            why = str(e)
+    if why is not None:
+        trial.set_user_attr("why", why)
+        study.tell(trial, state=TrialState.FAIL)
+        log(f"trial {trial.number}: failed: {why}")
+        return
+    study.tell(trial, value)
+    log(f"trial {trial.number}: {metric_name(metric, iw_samples)} {value:.2f}")
 
 
 class Heartbeat:

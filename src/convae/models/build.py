@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 from ..errors import ConfigError
 from . import LIKELIHOODS
 from .likelihoods import make_likelihood
@@ -14,12 +16,14 @@ from .vae import VAE
 
 def build_model(name: str = "seed", encoder: str | None = None, image_size: int = 32, channels: int = 1,
                 likelihood: str = "bernoulli", gaussian_sigma: float | None = None, classes: int = 0,
-                options: dict | None = None) -> VAE:
+                options: dict | None = None, dataset_size: int | None = None) -> VAE:
     """The VAE called ``name`` for ``channels`` x ``image_size`` x ``image_size`` images, optionally with another
     encoder (``"mlp"``, ``"conv"`` or ``"resnet"``, for the built-in models) and another likelihood; ``classes`` > 0:
     conditional on a label of that many classes (the encoder reads it beside the image, the decoder beside z);
-    ``options``: the factory's keyword options (``--model-option KEY=VALUE``). A shape, likelihood or option the
-    model cannot take is a ValueError."""
+    ``options``: the factory's keyword options (``--model-option KEY=VALUE``); ``dataset_size``: the number of
+    training images, given to a factory that declares a ``dataset_size`` keyword (an objective that estimates the
+    aggregate posterior may want it when it is built; it is also given to every call of a ``TrainingObjective``). A
+    shape, likelihood or option the model cannot take is a ValueError."""
     try:
         factory = entry(name).factory
     except ConfigError as e:
@@ -28,6 +32,10 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
     options = dict(options or {})
     if encoder is not None:
         options["encoder"] = encoder
+    if "dataset_size" in options:
+        raise ValueError("--model-option dataset_size: set by convae (the number of training images), not an option")
+    if dataset_size is not None and "dataset_size" in inspect.signature(factory).parameters:
+        options["dataset_size"] = dataset_size
     try:
         inspect.signature(factory).bind(image_size, channels, p_x, classes, **options)
     except TypeError:
@@ -91,14 +99,68 @@ def example_model(name: str, encoder: str | None = None, image_size: int = 32, c
     raise error
 
 
-def build_run_model(config, channels: int, classes: int = 0) -> VAE:
+def build_run_model(config, channels: int, classes: int = 0, dataset_size: int | None = None) -> VAE:
     """The model a run's settings (a ``TrainConfig``) describe, for images with ``channels`` channels (and, with
     ``--conditional``, labels of ``classes`` classes); a shape or likelihood the model cannot take is a
     ConfigError naming the model."""
     if config.conditional and classes < 1:
         raise ConfigError("--conditional: the number of classes is unknown (the data has no labels)")
     try:
-        return build_model(config.model, config.encoder, config.image_size, channels, config.likelihood,
-                           config.gaussian_sigma, classes if config.conditional else 0, config.model_options)
+        model = build_model(config.model, config.encoder, config.image_size, channels, config.likelihood,
+                            config.gaussian_sigma, classes if config.conditional else 0, config.model_options,
+                            dataset_size)
     except ValueError as e:
         raise ConfigError(f"--model {config.model}: {e}") from None
+    check_outputs(model, config.model, config.image_size, channels, config.likelihood)
+    return model
+
+
+PROBE_IMAGES = 2
+
+
+def shape_said(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def check_outputs(model: VAE, name: str, image_size: int, channels: int, likelihood: str) -> None:
+    """One pass of two gray images through a model just built, before anything is written: the encoder must give
+    a mean and a positive scale of N x latent_dim each, and the decoder N x (channels x the likelihood's values per
+    channel) x H x W. Anything else is a ConfigError naming the model, the expected and the received shape (a
+    decoder of the wrong size or channel count otherwise trains on a wrong or empty likelihood). Nothing moves: the
+    model is in eval mode for the pass (no BatchNorm statistic changes), and torch's random generators are left as
+    they were. A model on PyTorch's meta device (counting memory) is not probed."""
+    p = next(model.parameters(), None)
+    if p is None or p.device.type == "meta":
+        return
+    n = PROBE_IMAGES
+    x = torch.full((n, channels, image_size, image_size), 0.5, dtype=p.dtype, device=p.device)
+    labels = torch.zeros(n, dtype=torch.long, device=p.device) if model.classes else None
+    images = f"{n} images of {shape_said(x.shape[1:])}"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(x, labels, generator=torch.Generator(device=p.device).manual_seed(0))
+    except ConfigError:
+        raise
+    except Exception as e:  # a layer that cannot take these shapes: its own message, on one line
+        said = " ".join(str(e).split())[:200]
+        raise ConfigError(f"--model {name}: a pass of {images} through it fails ({type(e).__name__}: {said})") from None
+    finally:
+        model.train(was_training)
+    for what, t in (("mean", out.mu), ("scale", out.sigma)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, model.latent_dim):
+            got = shape_said(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ConfigError(f"--model {name}: its encoder's {what} for {images} is {got}; expected "
+                              f"{n}x{model.latent_dim} (N x latent_dim)")
+    if not bool(torch.isfinite(out.sigma).all() and (out.sigma > 0).all()):
+        raise ConfigError(f"--model {name}: its encoder's scale (sigma) is not positive and finite for {images} "
+                          "(give it a softplus or exp; a scale <= 0 has no density)")
+    per_channel = model.likelihood.params_per_channel
+    expected = (n, channels * per_channel, image_size, image_size)
+    got = tuple(out.logits.shape)
+    if got != expected:
+        values = f"{per_channel} values per channel" if per_channel > 1 else "1 value per channel"
+        raise ConfigError(f"--model {name}: its decoder returns {shape_said(got)} for {images} under --likelihood "
+                          f"{likelihood}, which needs {values}: expected {shape_said(expected)} (N x C*{per_channel} x "
+                          "H x W)")

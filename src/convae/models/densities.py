@@ -118,6 +118,12 @@ class DiagonalGaussian(Posterior):
         return params[0]
 
 
+def parameter_names(count: int) -> list[str]:
+    """The names of the ``count`` posterior parameters an encoder returns, as files and model.json call them: "mu",
+    "sigma", then "context0", "context1", ... (what a flow or another posterior reads besides)."""
+    return ["mu", "sigma"] + [f"context{k}" for k in range(count - 2)]
+
+
 def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag sigma^2) summed over the last axis (float32 at least): for priors made of Gaussians."""
     z, mu, sigma = at_least_float32(z), at_least_float32(mu), at_least_float32(sigma)
@@ -128,4 +134,5 @@ def log_mean_exp(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.logsumexp(t, dim) - math.log(t.shape[dim])
 
 
-__all__ = ["DiagonalGaussian", "Posterior", "Prior", "StandardNormal", "gaussian_log_prob", "log_mean_exp"]
+__all__ = ["DiagonalGaussian", "Posterior", "Prior", "StandardNormal", "gaussian_log_prob", "log_mean_exp",
+           "parameter_names"]

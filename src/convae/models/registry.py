@@ -186,7 +186,8 @@ def check_name(name) -> None:
 
 def code_identity(name: str) -> dict:
     """What config.json records of model ``name``'s code: its module, the installed distribution and version that
-    provide it (None for a module of no distribution), and the SHA-256 of the module's source file."""
+    provide it (None for a module of no distribution), the SHA-256 of the module's source file, and for a plug-in
+    every source file its code is (``source_files``)."""
     known = entry(name)
     module = sys.modules.get(known.module)
     source = getattr(module, "__file__", None)
@@ -194,8 +195,65 @@ def code_identity(name: str) -> dict:
     if source and Path(source).is_file():
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     distribution, version = distribution_of(known.module)
-    return {"name": name, "module": known.module, "builtin": known.builtin, "distribution": distribution,
-            "version": version, "source_sha256": digest}
+    identity = {"name": name, "module": known.module, "builtin": known.builtin, "distribution": distribution,
+                "version": version, "source_sha256": digest}
+    if not known.builtin:
+        identity["source_files"] = source_files(known.module, distribution)
+    return identity
+
+
+def outside_the_project(path: Path) -> bool:
+    """Whether ``path`` is installed code (the standard library, site-packages) rather than a user's own folder."""
+    text = str(path)
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    return "site-packages" in text or "dist-packages" in text or any(text.startswith(p + "/lib") for p in prefixes)
+
+
+def source_files(module_name: str, distribution: str | None) -> dict[str, str]:
+    """Every source file a plug-in's code is, as {path: SHA-256}: for an installed distribution, the .py files of
+    its top-level package; for a local module, its file and the local modules loaded from its folder (the helpers it
+    imports, which site-packages and the standard library are not). Paths are relative to that folder."""
+    module = sys.modules.get(module_name)
+    source = getattr(module, "__file__", None)
+    if not source:
+        return {}
+    top = sys.modules.get(module_name.split(".")[0])
+    top_file = Path(getattr(top, "__file__", None) or source).resolve()
+    package = top_file.parent if top_file.name == "__init__.py" else None
+    root = (package.parent if package is not None else top_file.parent)
+    if distribution is not None and package is not None:
+        paths = sorted(package.rglob("*.py"))
+    else:
+        paths = sorted({Path(f).resolve() for m in list(sys.modules.values())
+                        if isinstance(f := getattr(m, "__file__", None), str) and f.endswith(".py")
+                        and Path(f).resolve().is_relative_to(root) and not outside_the_project(Path(f).resolve())})
+    found = {}
+    for path in paths:
+        if path.is_file() and "__pycache__" not in path.parts:
+            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def code_changes(recorded: dict, now: dict) -> list[str]:
+    """What changed between two ``code_identity`` records of one plug-in: a phrase for each file changed, added or
+    gone (or for the version, or the module's own source where the older record lists no files)."""
+    said = []
+    if recorded.get("version") != now.get("version"):
+        said.append(f"version {recorded.get('version') or 'none'} -> {now.get('version') or 'none'}")
+    before, after = recorded.get("source_files"), now.get("source_files")
+    if before is None or after is None:
+        if recorded.get("source_sha256") != now.get("source_sha256"):
+            said.append(f"{now.get('module')} changed (source {(recorded.get('source_sha256') or '?')[:12]} -> "
+                        f"{(now.get('source_sha256') or '?')[:12]})")
+        return said
+    for path in sorted(set(before) | set(after)):
+        if path not in after:
+            said.append(f"{printable(path)} is gone")
+        elif path not in before:
+            said.append(f"{printable(path)} is new")
+        elif before[path] != after[path]:
+            said.append(f"{printable(path)} changed (sha256 {before[path][:12]} -> {after[path][:12]})")
+    return said
 
 
 def distribution_of(module: str) -> tuple[str | None, str | None]:
@@ -208,34 +266,49 @@ def distribution_of(module: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def require_model(name: str, recorded: dict | None, where: str) -> None:
+def printable(text) -> str:
+    """``text`` safe to print: every control character (a newline, an ANSI escape) written as its escape sequence,
+    so a string read from a run folder cannot rewrite the terminal or forge a line."""
+    text = str(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def require_model(name: str, recorded: dict | None, where: str) -> str | None:
     """Make model ``name`` of a run folder buildable, from what its config.json recorded (``code_identity``), or
-    say in one line what to do; warn where its code changed since. ``where``: the file to name.
+    say in one line what to do; warn where its code changed since, and return that line (None where nothing
+    changed) for the caller to keep in log.txt or eval.json. ``where``: the file to name.
 
     Security: the recorded module is imported only where an installed entry point declares it (or the model's own
-    name); a module the user named with --plugin is imported already. Nothing else from the folder is imported."""
+    name); a module the user named with --plugin is imported already. Nothing else from the folder is imported, and
+    what the folder says is printed escaped (``printable``)."""
     recorded = recorded or {}
     module = recorded.get("module")
+    if module is not None and not isinstance(module, str):
+        raise ConfigError(f"{where}: model_code.module is not a module name ({printable(repr(module))[:80]})")
     if name not in _REGISTRY and name not in entry_points():
         declared = {ep.module for ep in importlib.metadata.entry_points(group=GROUP)}
         if module and module in declared:
             importlib.import_module(module)
         if name not in _REGISTRY:
-            how = (f"pass --plugin {module} (from the folder that holds it), or install the package that provides it"
+            shown = printable(module) if module else None
+            how = (f"pass --plugin {shown} (from the folder that holds it), or install the package that provides it"
                    if module else "pass --plugin MODULE with the module that registers it")
-            raise ConfigError(f"{where}: model {name!r} comes from the plug-in module {module or '?'!r}, which is not "
-                              f"loaded; {how}")
+            raise ConfigError(f"{where}: model {printable(repr(name))} comes from the plug-in module "
+                              f"{shown or '?'!r} (as that folder's config.json says), which is not loaded; {how}")
     if not module or recorded.get("builtin"):
-        return
+        return None
     now = code_identity(name)
     if now["module"] != module:
-        warnings.warn(f"{where}: model {name!r} was registered by {module}, now by {now['module']}", PluginChanged,
-                      stacklevel=2)
-    elif (now["version"], now["source_sha256"]) != (recorded.get("version"), recorded.get("source_sha256")):
-        warnings.warn(f"{where}: model {name!r} was trained with {module} {recorded.get('version') or ''} (source "
-                      f"{(recorded.get('source_sha256') or '?')[:12]}); loaded now: {now['version'] or ''} (source "
-                      f"{(now['source_sha256'] or '?')[:12]}): the code changed since", PluginChanged, stacklevel=2)
+        line = f"{where}: model {name!r} was registered by {printable(module)}, now by {now['module']}"
+    else:
+        changes = code_changes(recorded, now)
+        if not changes:
+            return None
+        line = (f"{where}: model {name!r} (plug-in {now['module']}) runs other code than it was trained with: "
+                + "; ".join(changes))
+    warnings.warn(line, PluginChanged, stacklevel=2)
+    return line
 
 
 __all__ = ["GROUP", "ModelEntry", "PluginChanged", "check_name", "code_identity", "declare_builtin", "describe_models", "entry",
-           "entry_points", "load_plugin", "model_names", "register_model", "require_model"]
+           "entry_points", "load_plugin", "model_names", "printable", "register_model", "require_model"]

@@ -9,10 +9,11 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ..objectives import at_least_float32
+from ..objectives import LossTerms, at_least_float32
 from .densities import DiagonalGaussian, Posterior, Prior, StandardNormal
 from .likelihoods import BERNOULLI, Likelihood
 from .noise import standard_normal
+from .objective import ObjectiveValue, TrainingObjective
 
 
 class VAEOutput(NamedTuple):
@@ -23,29 +24,20 @@ class VAEOutput(NamedTuple):
     kl: torch.Tensor | None = None  # N x 1, log q(z | x) - log p(z) of that sample, where the KL has no closed form
 
 
-class LossTerms(NamedTuple):
-    """The -ELBO of each image, in its two terms: L_tot = nll + kl.sum(1)."""
-
-    nll: torch.Tensor  # N: -log p(x | z), nats per image (L_likelihood)
-    kl: torch.Tensor   # N x U: KL(q || p) of each latent unit (they sum to the image's L_KL)
-
-    @property
-    def total(self) -> torch.Tensor:
-        return self.nll + self.kl.sum(1)
-
-
 class VAE(nn.Module):
     """The model every convae model is, built-in or a plug-in's: ``encoder`` (images -> the posterior's parameters,
     (mu, sigma) of N x latent_dim each), ``decoder`` (z -> the parameters of p(x | z)), the ``likelihood`` p(x | z),
     and the latent densities ``prior`` (default N(0, I)) and ``posterior`` (default a diagonal Gaussian); see
-    ``densities.py``. A hierarchy subclasses it and overrides its terms (``ladder.py``).
+    ``densities.py``. A hierarchy subclasses it and overrides its terms (``ladder.py``). ``objective``: what training
+    minimises where it is not the -ELBO (``objective.py``); what is reported stays the -ELBO and its terms.
 
     ``classes`` > 0 makes it conditional (Sohn et al. 2015): q(z | x, y) and p(x | z, y) for a class label y,
     given to the encoder as one constant map per class beside the image and to the decoder as a one-hot vector
     beside z. Every method then takes ``labels`` (N integers); ``sample`` draws them uniformly when none are given."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, likelihood: Likelihood = BERNOULLI,
-                 classes: int = 0, *, prior: Prior | None = None, posterior: Posterior | None = None):
+                 classes: int = 0, *, prior: Prior | None = None, posterior: Posterior | None = None,
+                 objective: TrainingObjective | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -54,6 +46,9 @@ class VAE(nn.Module):
         self.classes = classes
         self.prior = prior if prior is not None else StandardNormal()
         self.posterior = posterior if posterior is not None else DiagonalGaussian()
+        if objective is not None and not isinstance(objective, TrainingObjective):
+            raise TypeError(f"objective: a convae.TrainingObjective, not a {type(objective).__name__}")
+        self.objective = objective
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
                 eps: torch.Tensor | None = None) -> VAEOutput:
@@ -116,6 +111,14 @@ class VAE(nn.Module):
         any autocast region by the caller, as the seed's arithmetic wants)."""
         nll = self.likelihood.nll(out.logits, x)
         return LossTerms(nll, self.kl_units(out).to(nll.dtype))
+
+    def training_objective(self, out: VAEOutput, x: torch.Tensor, terms: LossTerms,
+                           dataset_size: int) -> ObjectiveValue | None:
+        """The model's own objective of the pass ``out`` over ``x`` (``terms``: its true -ELBO terms), or None where
+        the model trains on the -ELBO itself."""
+        if self.objective is None:
+            return None
+        return self.objective.evaluate(self, out, x, terms, dataset_size)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
              generator: torch.Generator | None = None) -> LossTerms:
@@ -231,8 +234,11 @@ class VAE(nn.Module):
 
     def describe_densities(self) -> dict:
         """What model.json, eval.json and the report say of the latent densities."""
-        return {"prior": type(self.prior).__name__, "posterior": type(self.posterior).__name__,
-                "kl": self.kl_estimate}
+        described = {"prior": type(self.prior).__name__, "posterior": type(self.posterior).__name__,
+                     "kl": self.kl_estimate}
+        if self.objective is not None:
+            described["objective"] = self.objective.describe()
+        return described
 
 
 def keras_init(module: nn.Module) -> None:

@@ -109,16 +109,22 @@ def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for k, run in enumerate(runs):
         colour = COLOURS[k % len(COLOURS)]
-        if run.steps:
-            ax.plot([r["step"] for r in run.steps], [r["loss"] for r in run.steps], color=colour, lw=1.2, label=run.name)
-        elif run.metrics:
-            ax.plot([m["step"] for m in run.metrics], [m["train_loss"] for m in run.metrics], "o-", color=colour,
-                    lw=1.2, label=f"{run.name} (per epoch)")
+        records, key = (run.steps, "loss") if run.steps else (run.metrics, "train_loss")
+        if records:
+            said = run.name if run.steps else f"{run.name} (per epoch)"
+            ax.plot([r["step"] for r in records], [r[key] for r in records], "-" if run.steps else "o-",
+                    color=colour, lw=1.2, label=said)
+        own = [r for r in records if r.get("train_objective") is not None]
+        if own:  # what a model's own objective minimised, beside (never instead of) its -ELBO
+            ax.plot([r["step"] for r in own], [r["train_objective"] for r in own], ":", color=colour, lw=1.2,
+                    label=f"{run.name}: its training objective")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (−ELBO), nats / image")
     ax.grid(alpha=0.3)
     _finish(ax, runs)
-    plots.append(("Training loss", _svg(fig)))
+    owners = [run for run in runs if any(r.get("train_objective") is not None for r in run.steps or run.metrics)]
+    plots.append(("Training loss" + (" (dotted: the model's own training objective, which training minimised; "
+                                     "the solid −ELBO is what every figure reports)" if owners else ""), _svg(fig)))
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     floors = []

@@ -79,14 +79,14 @@ class RunLogger:
             self.log_file.flush()
 
     def log_steps(self, record: dict) -> None:
-        """``record``: step, epoch, loss, L_likelihood, L_KL (means over the steps since the last record), lr,
-        img_per_s."""
+        """``record``: step, epoch, loss, L_likelihood, L_KL (means over the steps since the last record; for a model
+        with its own objective also ``train_objective`` and ``objective_PART``), lr, img_per_s."""
         if not self.active:
             return
         self.steps_file.write(_json_line(record))
         self.steps_file.flush()
         if self.tb is not None:
-            for key in ("loss", "L_likelihood", "L_KL", "lr", "img_per_s"):
+            for key in ("loss", "L_likelihood", "L_KL", "lr", "img_per_s", *objective_figures(record)):
                 self.tb.add_scalar(f"train/{key}", record[key], record["step"])
 
     def log_epoch(self, record: dict, images: dict[str, torch.Tensor] | None = None) -> None:
@@ -103,6 +103,8 @@ class RunLogger:
             for key in ("L_tot", "L_likelihood", "L_KL"):
                 self.tb.add_scalar(f"monitor/{key}", record[key], step)
             self.tb.add_scalar("train/epoch_loss", record["train_loss"], step)
+            for key in objective_figures(record):  # a model's own objective, beside the true -ELBO
+                self.tb.add_scalar(f"train/epoch_{key.removeprefix('train_')}", record[key], step)
             for key in HPARAM_METRICS:
                 self.tb.add_scalar(f"hparam/{key}", record[key], step)
             if record.get("test_kl_per_dim"):  # which latent dimensions carry information, epoch by epoch
@@ -126,6 +128,12 @@ class RunLogger:
         experiment, session_start, _ = hparams(values, {f"hparam/{k}": float("nan") for k in HPARAM_METRICS})
         for summary in (experiment, session_start):
             self.tb.file_writer.add_summary(summary)
+
+
+def objective_figures(record: dict) -> list[str]:
+    """The keys of a record that hold a model's own training objective and its parts (``train_objective``,
+    ``objective_PART``): logged beside the -ELBO, never in its place."""
+    return [k for k in record if k == "train_objective" or k.startswith("objective_")]
 
 
 def _tensorboard_writer(folder, purge_step: int | None):

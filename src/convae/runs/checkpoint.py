@@ -27,6 +27,9 @@ from ..files import atomic_write_bytes, atomic_write_json
 FORMAT = "convae-checkpoint"
 VERSION = 1
 EMA_PREFIX = "ema."  # the averaged weights of --ema, beside the model's ("ema.<parameter name>")
+# BatchNorm's population statistics of the weights a checkpoint evaluates with ("population.<buffer name>";
+# convae.training.normalisation), beside the running averages training keeps in the model's own buffers
+POPULATION_PREFIX = "population."
 _NAME = re.compile(r"^step-(\d{8,})\.json$")
 
 
@@ -214,7 +217,8 @@ def weights_only(checkpoint: Checkpoint) -> tuple[bytes, dict]:
     """The checkpoint's weights (the model's and the averaged ones: what evaluation reads) without the optimizer's
     state and RNG states, as (safetensors bytes, JSON content): a smaller file to carry a finished run to another
     machine. Its JSON says ``weights_only``, and checks itself as every checkpoint's does."""
-    blob = save_safetensors({k: v for k, v in checkpoint.tensors.items() if k.startswith(("model.", EMA_PREFIX))})
+    blob = save_safetensors({k: v for k, v in checkpoint.tensors.items()
+                             if k.startswith(("model.", EMA_PREFIX, POPULATION_PREFIX))})
     meta = {**checkpoint.meta, "tensors_sha256": hashlib.sha256(blob).hexdigest(), "weights_only": True}
     meta["meta_sha256"] = meta_digest(meta)
     return blob, meta
@@ -229,3 +233,20 @@ def use_averaged_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor
     for name, p in model.named_parameters():
         p.copy_(found[name])
     return True
+
+
+@torch.no_grad()
+def use_population_statistics(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    """Put a checkpoint's BatchNorm population statistics (of the weights it evaluates with) into ``model``: what
+    evaluation, export and ``convae.load`` normalise by. Returns what the model now normalises by, as eval.json says
+    it: None for a model without BatchNorm."""
+    buffers = dict(model.named_buffers())
+    wanted = [n for n in buffers if n.endswith((".running_mean", ".running_var"))]
+    if not wanted:
+        return None
+    found = {n: tensors[POPULATION_PREFIX + n] for n in wanted if POPULATION_PREFIX + n in tensors}
+    if len(found) != len(wanted):
+        return "running averages (a checkpoint written before convae kept population statistics)"
+    for name, value in found.items():
+        buffers[name].copy_(value)
+    return "population statistics of these weights (recomputed over training images when the checkpoint was written)"

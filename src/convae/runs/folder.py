@@ -41,6 +41,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.code_changed: str | None = None  # read_config's line where the model's plug-in code changed since
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -115,7 +116,7 @@ class RunDir:
         settings = settings or self.read_settings()
         saved = settings["config"]
         if isinstance(saved.get("model"), str):
-            require_model(saved["model"], settings.get("model_code"), str(self.config_file))
+            self.code_changed = require_model(saved["model"], settings.get("model_code"), str(self.config_file))
         try:
             return TrainConfig.from_dict(saved).validate()
         except ConfigError as e:

@@ -13,7 +13,7 @@ from ..data import EvalImages, ImageData, evaluation_images, load_for_config
 from ..errors import CheckpointError, ConfigError
 from ..models import VAE, build_run_model
 from ..runtime import resolve_device
-from .checkpoint import restore, use_averaged_weights
+from .checkpoint import restore, use_averaged_weights, use_population_statistics
 from .folder import RunDir
 
 
@@ -29,6 +29,8 @@ class Run:
     step: int
     metrics: list[dict]
     weights_sha256: str = ""  # of the weights evaluated (averaged ones under --ema): what an evaluation is of
+    batchnorm: str | None = None  # what BatchNorm normalises by in evaluation (None: the model has none)
+    code_changed: str | None = None  # how the plug-in's code differs from the code the run was trained with
 
     @property
     def dir(self) -> RunDir:
@@ -73,13 +75,16 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     data = settings.get("data", {})
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     # in the run's dtype before the weights go in: a float64 run's weights would lose their last digits in float32
-    model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0)).to(dtype)
+    model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0),
+                            data.get("train_images")).to(dtype)
     restore(checkpoint, model, None)
     if config.ema:
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with
+    batchnorm = use_population_statistics(model, checkpoint.tensors)  # ... and the statistics of those weights
     weights = weights_sha256(model)
     model = model.to(dev).eval()
-    return Run(run.path, config, settings, model, checkpoint.meta["step"], run.metrics(), weights)
+    return Run(run.path, config, settings, model, checkpoint.meta["step"], run.metrics(), weights, batchnorm,
+               run.code_changed)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -48,8 +48,9 @@ def make_batch(images: torch.Tensor, levels: float, config: TrainConfig, dtype: 
     return x
 
 
-def objective_of(config: TrainConfig) -> Objective:
-    return Objective(config.beta, config.kl_warmup, config.free_bits, config.iw_train)
+def objective_of(config: TrainConfig, dataset_size: int = 0) -> Objective:
+    """The step's objective settings; ``dataset_size``: the training images (for a model's own objective)."""
+    return Objective(config.beta, config.kl_warmup, config.free_bits, config.iw_train, dataset_size)
 
 
 class EagerStep:
@@ -63,7 +64,7 @@ class EagerStep:
         self.generator = generator
         self.labels = labels  # the training labels on the device, for a conditional model
         self.levels, self.config, self.dtype, self.precision = levels, config, dtype, precision
-        self.objective = objective_of(config)
+        self.objective = objective_of(config, len(images))
         # an input of the step like the learning rate: a device tensor, so a CUDA graph reads the current value
         self.kl_weight = torch.tensor(self.objective.kl_weight(0), device=next(model.parameters()).device,
                                       dtype=torch.float32)

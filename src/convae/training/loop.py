@@ -26,11 +26,12 @@ import torch
 from ..version import __version__
 from ..config import TrainConfig
 from ..data import ImageData, StreamedImages, load_for_config, resident_limit
-from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, OutOfMemory, RunBusy,
+from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, OutOfMemory, RunBusy, refuse_non_finite,
                       TrainingInterrupted)
 from ..faults import available_memory, describe_os_error, first_line, format_bytes, is_out_of_memory
 from ..models import VAE, build_run_model
-from ..models.registry import code_identity
+from ..models.objective import refused_with_objective
+from ..models.registry import code_changes, code_identity
 from ..progress import Progress, duration
 from ..reporting.html import write_report
 from ..reporting.sinks import RunLogger
@@ -41,8 +42,9 @@ from .averaging import WeightAverage
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
 from .epoch import EpochEvaluator
 from .hooks import Hooks
+from .normalisation import as_checkpoint_tensors, population_statistics, statistics_applied
 from .schedule import epoch_order, learning_rate
-from .state import RunState, Window
+from .state import RunState, Window, objective_keys
 
 
 @dataclass
@@ -74,6 +76,26 @@ def train(config: TrainConfig, *, data: ImageData | None = None, resume: bool = 
             runtime.close()
 
 
+# A test -ELBO above this many times the training loss is said: on binarized MNIST the two stay within a few percent
+# (the test set is as hard as the training set), and a model that overfits a small folder for many epochs reaches
+# 1.2-1.4x; past 1.5x the evaluation most likely scores another model than the one trained (BatchNorm statistics
+# that do not fit, a dropout or a likelihood that differ between training and evaluation), or training has
+# memorised its images. Only where both are positive: a continuous likelihood's -ELBO may be below zero.
+GENERALISATION_RATIO = 1.5
+
+
+def generalisation_warning(record: dict, likelihood) -> str | None:
+    """The warning for an epoch whose test -ELBO is far above its training loss (``GENERALISATION_RATIO``)."""
+    test, train = record.get("test_neg_elbo"), record.get("train_loss")
+    if not (likelihood.discrete or likelihood.entropy_floor) or test is None or train is None:
+        return None
+    if train > 0 and test > GENERALISATION_RATIO * train:
+        return (f"the test -ELBO ({test:.2f}) is {test / train:.1f}x the training loss ({train:.2f}) at step "
+                f"{record['step']}: the evaluated model does not score like the trained one (over-fitting a small "
+                "data set, or normalisation, dropout or a likelihood that differs between training and evaluation)")
+    return None
+
+
 def describe_environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
@@ -87,6 +109,7 @@ class Trainer:
         """``at_step``: resume from the checkpoint of that step rather than the newest (a pack's common step)."""
         self.config, self.runtime, self.log, self.hooks, self.program = config, runtime, log, hooks, program
         self.lock: RunLock | None = None
+        self.code_changed: str | None = None
         try:
             self.check_settings()
             start = self.prepare(data, resume, auto_resume, at_step)
@@ -168,7 +191,9 @@ class Trainer:
         self.precision = effective_precision(config, device, warn=say_stderr)
         torch.manual_seed(config.seed)
         self.check_memory()
-        self.model = build_run_model(config, self.data.shape[0], self.classes).to(device=device, dtype=self.dtype)
+        self.model = build_run_model(config, self.data.shape[0], self.classes,
+                                     len(self.data.train_images)).to(device=device, dtype=self.dtype)
+        self.check_objective()
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         step_module = runtime.wrap(self.model, device)
@@ -177,13 +202,25 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config, device, capturable=self.graphs)
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
         if checkpoint is None:
-            self.state = RunState.fresh(device, config.seed, runtime.rank)
+            self.state = RunState.fresh(device, config.seed, runtime.rank, len(self.objective_keys))
         else:
             restore(checkpoint, self.model, self.optimizer)
             if self.average is not None:
                 self.average.load(checkpoint.tensors)
-            self.state = RunState.restored(checkpoint, device, config.seed, runtime)
+            self.state = RunState.restored(checkpoint, device, config.seed, runtime, len(self.objective_keys))
         self.train_step = self.make_step(step_module, eager_only)
+
+    def check_objective(self) -> None:
+        """A model with its own training objective (``convae.TrainingObjective``) refuses the levers of convae's ELBO
+        objective by name; what it logs besides the -ELBO's terms is named in ``objective_keys``."""
+        objective = self.model.objective
+        refused = refused_with_objective(self.config) if objective is not None else None
+        if refused is not None:
+            flag, why = refused
+            raise ConfigError(f"{flag}: model {self.config.model!r} trains on its own objective ({objective.name}, "
+                              f"{type(objective).__name__}); {flag} {why}: drop it, or set the objective's own "
+                              "weights with --model-option")
+        self.objective_keys = objective_keys(objective)
 
     def eager_only(self) -> bool:
         """Whether the step must launch its kernels one by one: under DDP (the step holds collectives) or with
@@ -205,7 +242,7 @@ class Trainer:
         config = self.config
         try:
             with torch.device("meta"):
-                probe = build_run_model(config, self.data.shape[0], self.classes)
+                probe = build_run_model(config, self.data.shape[0], self.classes, len(self.data.train_images))
         except ConfigError:
             raise
         except Exception:  # a layer that cannot be built on meta: leave it to the real allocation
@@ -248,11 +285,14 @@ class Trainer:
                                 resume_step=self.state.step if resumed else None, hparams=config.to_dict(),
                                 metrics=start.metrics)
         self.announce(resumed)
+        if self.code_changed:  # said on the console when config.json was read; log.txt keeps it with the run
+            self.logger.note(self.code_changed)
         self.evaluate = EpochEvaluator(self.model, config, self.data, self.run_dir, self.precision, runtime)
         self.show_bar = runtime.is_writer and not config.quiet  # a bar on a terminal, else a line every 15 s
         self.planned_said = False
         self.last_save, self.stop = time.monotonic(), None
         self.report_drawn, self.report_cost = 0.0, 0.0
+        self.statistics, self.statistics_step = {}, None
 
     def describe(self, argv) -> dict:
         """What config.json records beside the settings."""
@@ -289,9 +329,11 @@ class Trainer:
         code = code_identity(self.config.model)
         recorded = dict(before.get("model_code") or {})
         earlier = recorded.pop("earlier", [])
-        if recorded and (recorded.get("version"), recorded.get("source_sha256")) != (code["version"],
-                                                                                    code["source_sha256"]):
+        changes = code_changes(recorded, code) if recorded and not code["builtin"] else []
+        if changes:
             earlier = earlier + [recorded]
+            self.code_changed = (f"warning: model {self.config.model!r} (plug-in {code['module']}) runs other code "
+                                 "than it was trained with until now: " + "; ".join(changes))
         if earlier:
             code["earlier"] = earlier
         return code
@@ -397,13 +439,15 @@ class Trainer:
         self.epoch, self.first_index = state.step // self.steps_per_epoch + 1, state.step % self.steps_per_epoch
         if self.first_index == 0:
             state.loss_sum.zero_()
+            if state.objective_sum is not None:
+                state.objective_sum.zero_()
         self.order = epoch_order(len(self.data.train_images), self.epoch, self.config,
                                  self.device if self.streamed is None else torch.device("cpu"))
         epochs = math.ceil(self.last_step / self.steps_per_epoch)
         self.bar = Progress(self.steps_per_epoch * batch, f"epoch {self.epoch}/{epochs}", "img", show=self.show_bar,
                             initial=self.first_index * batch)
         self.epoch_started, self.epoch_first_step = time.perf_counter(), state.step
-        self.window = Window(self.device, state.step, self.epoch_started)
+        self.window = Window(self.device, state.step, self.epoch_started, self.objective_keys)
 
     def say_plan(self, img_per_s: float) -> None:
         """Once the first steps have been timed: what the run will do, and about how long it will take."""
@@ -435,6 +479,8 @@ class Trainer:
         if self.average is not None:
             self.average.update()
         state.loss_sum += terms[0]
+        if state.objective_sum is not None:
+            state.objective_sum += terms[3:]
         self.window.sums += terms
         state.watch.record(terms[0])
         state.step += 1
@@ -503,10 +549,12 @@ class Trainer:
             elapsed = time.perf_counter() - self.epoch_started
         self.runtime.broadcast_buffers(self.model)
         rank_states = self.runtime.all_gather(self.state.rank_tensors(self.device))
+        statistics = self.population_statistics()
         if self.runtime.is_writer:
+            shared = {**(self.average.state() if self.average is not None else {}),
+                      **as_checkpoint_tensors(statistics)}
             self.run_dir.save_checkpoint(model=self.model, optimizer=self.optimizer, rank_states=rank_states,
-                                         keep=self.config.keep_checkpoints,
-                                         shared=self.average.state() if self.average is not None else None,
+                                         keep=self.config.keep_checkpoints, shared=shared,
                                          meta=self.state.meta(self.config.model, self.steps_per_epoch, elapsed))
         self.last_save = time.monotonic()
 
@@ -515,14 +563,22 @@ class Trainer:
         runtime.broadcast_buffers(self.model)
         steps_in_epoch = state.step - (epoch - 1) * self.steps_per_epoch
         train_loss = (runtime.all_reduce(state.loss_sum.clone()) / runtime.world_size / steps_in_epoch).item()
-        training = {"train_loss": train_loss, "lr": lr, "train_seconds": state.train_seconds,
+        training = {"train_loss": train_loss, **self.objective_means(steps_in_epoch), "lr": lr, "train_seconds": state.train_seconds,
                     "epoch_seconds": seconds, "img_per_s": images / max(seconds, 1e-9)}
-        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+        with self.evaluated_weights():
             record, pictures = self.evaluate(epoch, state.step, partial, training, samples=self.logger.shows_pictures)
+        refuse_non_finite({f"the {name}": record.get(key) for name, key in (
+            ("test -ELBO", "test_neg_elbo"), ("test L_likelihood", "test_L_likelihood"), ("test L_KL", "test_L_KL"),
+            ("monitored -ELBO", "L_tot"))}, f"{self.run_dir.path} at step {state.step} (epoch {epoch})")
         d = self.settings["distributed"]
         record.update(world_size=d["world_size"], backend=d["backend"], rank_devices=d["rank_devices"])
+        warning = generalisation_warning(record, self.model.likelihood)
+        if warning:
+            record["warning"] = warning
         self.logger.log_epoch(record, pictures)
         self.save(elapsed=0.0)
+        if warning:
+            self.say(f"warning: {warning}")
         self.say(f"epoch {epoch}: L_tot = {record['L_tot']:.4f}, L_likelihood = {record['L_likelihood']:.4f}, "
                  f"L_KL = {record['L_KL']:.4f}")
         floor = self.evaluate.floor
@@ -535,6 +591,38 @@ class Trainer:
         if self.config.report and runtime.is_writer:
             self.refresh_report(final=state.step == self.last_step)
 
+    def population_statistics(self) -> dict[str, torch.Tensor]:
+        """BatchNorm's population statistics of the weights evaluated now (the averaged ones under --ema), computed
+        once per step reached (``normalisation.py``); empty for a model without BatchNorm."""
+        if self.statistics_step != self.state.step:
+            with self.average.applied() if self.average is not None else contextlib.nullcontext():
+                self.statistics = population_statistics(
+                    self.model, self.streamed or self.data.train_images, self.data.levels, self.config, self.dtype,
+                    self.data.train_labels if self.config.conditional else None)
+            self.statistics_step = self.state.step
+        return self.statistics
+
+    @contextlib.contextmanager
+    def evaluated_weights(self):
+        """The model as evaluations see it for the duration: the averaged weights under --ema, and BatchNorm's
+        population statistics of those weights (rank 0's on every rank); the live weights and running averages
+        after, so training goes on exactly as it would have."""
+        statistics = self.population_statistics()
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            with statistics_applied(self.model, statistics):
+                if statistics:
+                    self.runtime.broadcast_buffers(self.model)
+                yield
+
+    def objective_means(self, steps_in_epoch: int) -> dict:
+        """A model's own objective and its parts, averaged over the epoch's steps (every rank's): the figures the
+        training minimised, beside the true -ELBO's ``train_loss``."""
+        sums = self.state.objective_sum
+        if sums is None:
+            return {}
+        means = self.runtime.all_reduce(sums.clone()) / self.runtime.world_size / steps_in_epoch
+        return dict(zip(self.objective_keys, means.tolist()))
+
     def refresh_report(self, final: bool) -> None:
         """RUN/report.html at an epoch end, unless the last refresh was recent: drawing its charts takes a second or
         two, so it is redrawn once at least ten times that long has passed (at most a tenth of the run's time goes
@@ -542,7 +630,7 @@ class Trainer:
         started = time.monotonic()
         if not final and started - self.report_drawn < 10 * self.report_cost:
             return
-        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+        with self.evaluated_weights():
             self.evaluate.draw_samples(self.epoch, self.state.step)
         write_report([self.run_dir.path], self.run_dir.report_file)
         self.report_drawn = time.monotonic()

@@ -31,7 +31,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from ..config import TrainConfig
-from ..errors import FileSystemFault, NonFiniteLoss, OutOfMemory, TrainingInterrupted
+from ..errors import FileSystemFault, NonFiniteLoss, OutOfMemory, TrainingInterrupted, UntrustedFigure
 from ..faults import describe_os_error, first_line, is_out_of_memory
 from ..models.noise import Recorder, Replay, draw, noise_from
 from ..signals import StopSignals
@@ -70,7 +70,7 @@ class Member(Trainer):
         """Its solo step on its own generator: what the ``threads`` strategy takes (and a batched pack falls back to
         where the model cannot be batched)."""
         self.state.own_noise(self.device)  # its stream, from where the solo run's would be now
-        self.objective = objective_of(self.config)
+        self.objective = objective_of(self.config, len(self.data.train_images))
         return make_train_step(step_module, self.optimizer, self.streamed or self.data.train_images,
                                self.data.levels, self.config, self.dtype, self.precision, self.device,
                                eager_only=True, labels=self.data.train_labels if self.config.conditional else None,
@@ -119,14 +119,21 @@ class MemberLoss(torch.nn.Module):
     parameters for everything the loss reads: the encoder and decoder, and the prior's and posterior's own (a
     VampPrior's pseudo-inputs, a flow's weights)."""
 
-    def __init__(self, model, precision: str):
+    def __init__(self, model, precision: str, dataset_size: int):
         super().__init__()
-        self.model, self.precision = model, precision
+        self.model, self.precision, self.dataset_size = model, precision, dataset_size
 
     def forward(self, x, labels):
+        """The -ELBO terms (nll: N, kl: N x U) and, for a model with its own objective, its value and parts per
+        image (N x (1 + parts))."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.model(x, labels)
-        return self.model.loss_terms(out, x)
+        terms = self.model.loss_terms(out, x)
+        own = self.model.training_objective(out, x, terms, self.dataset_size)
+        if own is None:
+            return terms.nll, terms.kl
+        figures = [own.total, *(own.parts[p] for p in self.model.objective.parts)]
+        return terms.nll, terms.kl, torch.stack([f.to(terms.nll.dtype) for f in figures], dim=1)
 
 
 class BatchedStep:
@@ -143,7 +150,7 @@ class BatchedStep:
         self.labels = lead.data.train_labels if lead.config.conditional else None
         self.device, self.dtype, self.precision = lead.device, lead.dtype, lead.precision
         self.plan = self.record_plan(lead)
-        self.loss_module = MemberLoss(self.model, self.precision)
+        self.loss_module = MemberLoss(self.model, self.precision, len(self.data.train_images))
         # every random number comes in from outside; labels only for a conditional model
         self.batched = vmap(self.member_loss, in_dims=(0,) * 7 + (None if self.labels is None else 0,),
                             randomness="error")
@@ -188,10 +195,14 @@ class BatchedStep:
         """One member's loss and logged terms [L_tot, L_likelihood, L_KL], as ``objectives.training_loss`` computes
         them for the ELBO with its KL weight and free bits (vmapped: every argument is this member's slice)."""
         with noise_from(Replay(noise)):
-            nll, kl_units = functional_call(self.loss_module, ({f"model.{n}": t for n, t in params.items()},
-                                                               {f"model.{n}": t for n, t in buffers.items()}),
-                                            (x, labels))
+            nll, kl_units, *own = functional_call(self.loss_module, ({f"model.{n}": t for n, t in params.items()},
+                                                                     {f"model.{n}": t for n, t in buffers.items()}),
+                                                  (x, labels))
         kl = kl_units.sum(1)
+        if own:  # the model's own objective: minimised, and logged after the -ELBO's terms (its levers are refused)
+            figures = own[0].mean(0)
+            return figures[0], torch.cat([torch.stack([(nll + kl).mean(), nll.mean(), kl.mean()]).to(figures.dtype),
+                                          figures])
         nll_mean, kl_mean = nll.mean(), kl.mean()
         penalised = torch.where(free_bits > 0, kl_units.mean(0).clamp(min=free_bits).sum(), kl_mean)
         loss = torch.where(plain, (nll + kl).mean(), nll_mean + kl_weight * penalised)
@@ -355,10 +366,10 @@ class Pack:
         return signals.received, (bool(config.checkpoint_every) and step % config.checkpoint_every == 0) or timed
 
     def guarded(self, member: Member, action, *args):
-        """``action(*args)`` of one member; a non-finite loss stops that member alone."""
+        """``action(*args)`` of one member; a non-finite loss (or evaluation) stops that member alone."""
         try:
             return action(*args)
-        except NonFiniteLoss as e:
+        except (NonFiniteLoss, UntrustedFigure) as e:
             self.active.remove(member)
             member.say(f"stopped: {e}")
             member.run_dir.write_status({"stopped": str(e)})
@@ -435,8 +446,9 @@ def probe_lane(config: TrainConfig, data, device: torch.device, strategy: str, b
 
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     classes = data.class_count() if config.conditional else 0
-    lane = SimpleNamespace(model=build_run_model(config, data.shape[0], classes).to(device, dtype).train(),
-                           config=config, objective=objective_of(config), data=data, device=device, dtype=dtype,
+    lane = SimpleNamespace(model=build_run_model(config, data.shape[0], classes,
+                                                           len(data.train_images)).to(device, dtype).train(),
+                           config=config, objective=objective_of(config, len(data.train_images)), data=data, device=device, dtype=dtype,
                            precision=config.precision, state=SimpleNamespace(step=0, generator=torch.Generator(device=device)))
     lane.optimizer = make_optimizer(lane.model, config, device)
     if strategy == "threads":

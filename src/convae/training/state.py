@@ -66,24 +66,37 @@ class RunState:
     watch: NonFiniteWatch
     saved_world: int = 1    # how many processes wrote the checkpoint it was restored from
     generator: torch.Generator | None = None  # the run's noise stream when it is not torch's global one (packed)
+    objective_sum: torch.Tensor | None = None  # a model's own objective and its parts, summed over the epoch
 
     @classmethod
-    def fresh(cls, device: torch.device, seed: int, rank: int) -> "RunState":
+    def fresh(cls, device: torch.device, seed: int, rank: int, objective_terms: int = 0) -> "RunState":
+        """``objective_terms``: how many figures a model's own objective logs (its value and its parts), or 0."""
         seed_rank(seed, rank)
-        return cls(0, 0.0, torch.zeros((), dtype=torch.float64, device=device), NonFiniteWatch(device, 0))
+        return cls(0, 0.0, torch.zeros((), dtype=torch.float64, device=device), NonFiniteWatch(device, 0),
+                   objective_sum=objective_zeros(objective_terms, device))
 
     @classmethod
-    def restored(cls, checkpoint: Checkpoint, device: torch.device, seed: int, runtime: Runtime) -> "RunState":
+    def restored(cls, checkpoint: Checkpoint, device: torch.device, seed: int, runtime: Runtime,
+                 objective_terms: int = 0) -> "RunState":
         """This rank's state from a checkpoint; its RNG and sums when the world size is the same, else each rank's
         share of the epoch's losses so far is the mean of the old ranks'."""
         step, saved_world, rank = checkpoint.meta["step"], checkpoint.meta.get("world_size", 1), runtime.rank
-        sums = [section(checkpoint, "extra", r)["epoch_loss_sum"] for r in range(saved_world)]
-        loss_sum = (sums[rank] if saved_world == runtime.world_size else torch.stack(sums).mean()).to(device)
+        extras = [section(checkpoint, "extra", r) for r in range(saved_world)]
+
+        def share(name: str) -> torch.Tensor:
+            sums = [e[name] for e in extras]
+            return (sums[rank] if saved_world == runtime.world_size else torch.stack(sums).mean(0)).to(device)
+
+        loss_sum = share("epoch_loss_sum")
+        objective_sum = objective_zeros(objective_terms, device)
+        if objective_sum is not None and all("epoch_objective_sum" in e for e in extras):
+            objective_sum = share("epoch_objective_sum")
         if rank < saved_world:
             set_rng_state(section(checkpoint, "rng", rank), device)
         else:
             seed_rank(seed, rank, step)
-        return cls(step, checkpoint.meta["train_seconds"], loss_sum, NonFiniteWatch(device, step), saved_world)
+        return cls(step, checkpoint.meta["train_seconds"], loss_sum, NonFiniteWatch(device, step), saved_world,
+                   objective_sum=objective_sum)
 
     def own_noise(self, device: torch.device) -> None:
         """From here on this run draws its noise (on ``device``) from a generator of its own, in the state torch's
@@ -101,6 +114,8 @@ class RunState:
             rng["cuda" if self.generator.device.type == "cuda" else "cpu"] = self.generator.get_state()
         mine = {f"rng.{k}": v for k, v in rng.items()}
         mine["extra.epoch_loss_sum"] = self.loss_sum.detach().cpu()
+        if self.objective_sum is not None:
+            mine["extra.epoch_objective_sum"] = self.objective_sum.detach().cpu()
         return mine
 
     def meta(self, model: str, steps_per_epoch: int, elapsed: float) -> dict:
@@ -109,11 +124,23 @@ class RunState:
                 "train_seconds": self.train_seconds + elapsed}
 
 
-class Window:
-    """The loss terms summed on the device since the last progress record, and the clock at its start."""
+def objective_zeros(terms: int, device: torch.device) -> torch.Tensor | None:
+    return torch.zeros(terms, dtype=torch.float64, device=device) if terms else None
 
-    def __init__(self, device: torch.device, step: int, started: float):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+def objective_keys(objective) -> list[str]:
+    """The names a model's own objective (a ``TrainingObjective``, or None) is logged under: ``train_objective``,
+    then ``objective_PART`` for each of its parts."""
+    return [] if objective is None else ["train_objective", *(f"objective_{p}" for p in objective.parts)]
+
+
+class Window:
+    """The loss terms summed on the device since the last progress record, and the clock at its start.
+    ``extra``: the names of the figures a step returns after its three -ELBO terms (``objective_keys``)."""
+
+    def __init__(self, device: torch.device, step: int, started: float, extra: list[str] | None = None):
+        self.extra = list(extra or [])
+        self.sums = torch.zeros(3 + len(self.extra), dtype=torch.float64, device=device)
         self.step, self.started = step, started
 
     def close(self, runtime: Runtime, step: int, epoch: int, lr: float, batch: int) -> dict:
@@ -121,9 +148,9 @@ class Window:
         now = time.perf_counter()
         sums = runtime.all_reduce(self.sums.cpu()) / runtime.world_size
         n = step - self.step
-        loss, likelihood, kl = (sums / n).tolist()
-        record = {"step": step, "epoch": epoch, "loss": loss, "L_likelihood": likelihood, "L_KL": kl, "lr": lr,
-                  "img_per_s": n * batch / max(now - self.started, 1e-9)}
+        loss, likelihood, kl, *extra = (sums / n).tolist()
+        record = {"step": step, "epoch": epoch, "loss": loss, "L_likelihood": likelihood, "L_KL": kl,
+                  **dict(zip(self.extra, extra)), "lr": lr, "img_per_s": n * batch / max(now - self.started, 1e-9)}
         self.sums.zero_()
         self.step, self.started = step, now
         return record
