@@ -24,6 +24,8 @@ BINARIZE = ("none", "dynamic")
 RESIZE = ("auto", "bilinear", "pad", "area")
 CHANNELS = ("auto", "1", "3")
 BACKGROUNDS = ("white", "black", "gray")
+# Pillow's own refusal (2 x Image.MAX_IMAGE_PIXELS): the default of --max-image-pixels (data/folder.py says why)
+MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
 def setting(default, help: str, *, choices: tuple | None = None, resumable: bool = False, metavar: str | None = None,
@@ -108,6 +110,10 @@ class TrainConfig:
     skip_bad_images: bool = setting(False, "leave out the image files Pillow cannot read or whose pixels convae "
                                            "cannot take (counted, and listed in the run's log.txt) instead of "
                                            "refusing them all in one message")
+    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "an image file of more pixels than this is not decoded (a "
+                                                      "guard against decompression bombs): refused in one line "
+                                                      "naming it, or skipped under --skip-bad-images (default "
+                                                      "178956970, Pillow's own limit)", metavar="N")
     test_fraction: float = setting(0.1, "held out for testing where the data has no split (fixed seed)")
     cache_dir: str | None = setting(None, "where prepared images are cached (default .convae-cache beside the run "
                                           "folder)")
@@ -150,7 +156,7 @@ class TrainConfig:
                     and (value >= above if inclusive else value > above))
 
         for name in ("epochs", "batch_size", "image_size", "monitor_images", "eval_batch_size",
-                     "progress_every", "keep_checkpoints"):
+                     "progress_every", "keep_checkpoints", "max_image_pixels"):
             positive(name, getattr(self, name))
         for name in ("max_steps", "train_limit", "test_limit", "checkpoint_every"):
             positive(name, getattr(self, name), allow_none=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..config import MAX_IMAGE_PIXELS
 from ..errors import DataError
 from .prepare import DEEP_GRAY
 
@@ -41,24 +42,58 @@ def labelled(files: list[Path], root: Path) -> tuple[list[int], list[str] | None
     return [classes.index(n) for n in names], classes
 
 
-def open_image(path: Path) -> Image.Image:
-    """The decoded image, upright as a viewer shows it: a camera stores a photo taken on its side as it was shot,
-    with an EXIF orientation tag that says how to turn it (Pillow does not turn it by itself)."""
+# Pillow refuses to decode an image of more than 2 x Image.MAX_IMAGE_PIXELS pixels (a decompression bomb: a small
+# file that unpacks to gigabytes) with a traceback, and warns above MAX_IMAGE_PIXELS at every open. convae checks the
+# size from the header itself against --max-image-pixels (by default Pillow's own refusal, 178,956,970 pixels: about
+# 0.7 GB as RGBA), refuses a larger file in one line naming it (or skips it under --skip-bad-images), and counts
+# the large images it decodes in the data summary instead of repeating Pillow's warning.
+LARGE_IMAGE_PIXELS = 89_478_485  # Pillow's warning threshold: what the data summary counts as large
+
+
+@contextlib.contextmanager
+def own_pixel_limit():
+    """Pillow's decompression-bomb check and warning off for the duration: convae checks the size itself."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_pixels(path: Path, size: tuple[int, int], limit: int | None) -> None:
+    """A DataError naming the file, its size and the option that allows it, where it has more than ``limit`` pixels."""
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise DataError(f"{path}: {width}x{height} = {width * height / 1e6:,.0f} million pixels, more than "
+                        f"--max-image-pixels {limit:,} lets convae decode (a guard against decompression bombs; raise "
+                        "it to read this file)")
+
+
+def open_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The decoded image, upright as a viewer shows it: a camera stores a photo taken on its side as it was shot,
+    with an EXIF orientation tag that says how to turn it (Pillow does not turn it by itself). An image of more than
+    ``max_pixels`` pixels is refused before it is decoded."""
+    try:
+        with own_pixel_limit():
+            image = Image.open(path)
+            check_pixels(path, image.size, max_pixels)
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {str(e)[:120]})") from None
     with contextlib.suppress(ValueError, OSError, SyntaxError, KeyError, struct.error):  # a damaged EXIF block:
         ImageOps.exif_transpose(image, in_place=True)  # the pixels as stored, as a viewer that ignores it shows
     return image
 
 
-def image_mode(path: Path) -> str:
-    """The mode from the header alone (no decoding)."""
+def image_mode(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> str:
+    """The mode from the header alone (no decoding); a DataError where the image is larger than ``max_pixels``."""
     try:
-        with Image.open(path) as image:
+        with own_pixel_limit(), Image.open(path) as image:
+            check_pixels(path, image.size, max_pixels)
             return image.mode
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__}: {str(e)[:120]})") from None
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from .folder import LARGE_IMAGE_PIXELS
 
 
 @dataclass
@@ -100,6 +101,9 @@ class ImageData:
         if left_out:
             lines.append(f"{sum(left_out.values()):,} file(s) left out, of types convae does not read as images: "
                          + ", ".join(f"{kind} {count}" for kind, count in left_out.items()))
+        if d.get("large"):
+            lines.append(f"{d['large']} image(s) of more than {LARGE_IMAGE_PIXELS / 1e6:.0f} million pixels decoded "
+                         "(within --max-image-pixels; Pillow would have warned of each)")
         if d.get("skipped"):
             lines.append(f"{len(d['skipped'])} unreadable image file(s) skipped (--skip-bad-images): "
                          + ", ".join(d["skipped"]))

@@ -26,7 +26,7 @@ import torch
 
 from .arrays import read_arrays
 from .cache import PreparedCache, cache_key, files_fingerprint
-from .folder import GRAY_MODES, image_mode, list_folder, open_image
+from .folder import GRAY_MODES, LARGE_IMAGE_PIXELS, MAX_IMAGE_PIXELS, image_mode, list_folder, open_image
 from . import idx
 from .idx import IDX_FILES, read_idx_folder
 from ..errors import DataError
@@ -58,17 +58,17 @@ def source_kind(source: str) -> str:
 def load_data(source: str | Path | None = None, *, image_size: int = 32, channels: str = "auto",
               resize: str = "auto", test_fraction: float = 0.1, cache_dir: str | Path | None = None,
               progress: bool = True, kind: str | None = None, background: str = "white",
-              skip_bad_images: bool = False) -> ImageData:
+              skip_bad_images: bool = False, max_image_pixels: int = MAX_IMAGE_PIXELS) -> ImageData:
     """The data set ``source`` names (default: the embedded MNIST); ``kind`` forces how it is read (``--data-dir``
     always means IDX files). ``background``: what transparent pixels show; ``skip_bad_images``: leave out image
-    files Pillow cannot read instead of refusing them all in one message. Cached per process: compare and eval read
-    the same data many times."""
+    files Pillow cannot read instead of refusing them all in one message; ``max_image_pixels``: a larger image file
+    is not decoded (refused, or skipped). Cached per process: compare and eval read the same data many times."""
     source = str(source) if source is not None else "mnist"
     kind = kind or source_kind(source)
     path = Path(source)
     stamp = path.stat().st_mtime_ns if SOURCES[kind].is_path and path.exists() else 0
     return _load(source, kind, stamp, image_size, channels, resize, test_fraction,
-                 str(cache_dir) if cache_dir else None, progress, background, skip_bad_images)
+                 str(cache_dir) if cache_dir else None, progress, background, skip_bad_images, max_image_pixels)
 
 
 def cache_root(cache_dir: str | Path | None) -> Path:
@@ -78,7 +78,7 @@ def cache_root(cache_dir: str | Path | None) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cache_dir, progress, background,
-          skip_bad_images) -> ImageData:
+          skip_bad_images, max_image_pixels) -> ImageData:
     reader = SOURCES[kind]
     if not reader.prepared:  # small gray sets, used as stored and resized per batch as the seed does
         data = reader.read(source)
@@ -89,6 +89,8 @@ def _load(source, kind, stamp, image_size, channels, resize, test_fraction, cach
     check_size(image_size)
     settings = {"image_size": image_size, "channels": channels, "resize": resize, "test_fraction": test_fraction,
                 "split_seed": SPLIT_SEED, "background": background, "skip_bad_images": skip_bad_images}
+    if max_image_pixels != MAX_IMAGE_PIXELS:  # (only where it differs: the caches of the default keep their keys)
+        settings["max_image_pixels"] = max_image_pixels
     return reader.read(source, settings, cache_root(cache_dir), progress)
 
 
@@ -175,7 +177,7 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
     modes = {}
     for path in every:
         try:
-            modes[path] = image_mode(path)
+            modes[path] = image_mode(path, settings.get("max_image_pixels", MAX_IMAGE_PIXELS))
         except DataError as e:
             bad.append((path, str(e)))
     readable = [p for p in every if p in modes]
@@ -206,7 +208,9 @@ def _prepare_folder(folder: Path, listing: dict, every: list[Path], settings: di
             dropped = []
             for k, (path, _) in enumerate(pairs):
                 try:
-                    image = open_image(path)  # its errors name the file
+                    image = open_image(path, settings.get("max_image_pixels", MAX_IMAGE_PIXELS))  # errors name it
+                    if image.size[0] * image.size[1] > LARGE_IMAGE_PIXELS:
+                        details["large"] = details.get("large", 0) + 1
                     try:
                         out[k], facts = prepare_image(image, size, channels, settings["resize"],
                                                       settings["background"])
@@ -387,4 +391,4 @@ def load_for_config(config, progress: bool = True, run_path: str | Path | None =
     return load_data(config.source, image_size=config.image_size, channels=config.channels, resize=config.resize,
                      test_fraction=config.test_fraction, cache_dir=cache_dir, progress=progress,
                      kind="idx" if config.data_dir is not None else None, background=config.background,
-                     skip_bad_images=config.skip_bad_images)
+                     skip_bad_images=config.skip_bad_images, max_image_pixels=config.max_image_pixels)
