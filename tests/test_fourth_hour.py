@@ -73,3 +73,62 @@ def test_large_images_within_the_limit_are_counted_not_warned_of_at_every_prepar
                for line in data.summary())
     assert Image.MAX_IMAGE_PIXELS == 100  # Pillow's own setting is put back
     assert folder_module.MAX_IMAGE_PIXELS == 178_956_970
+
+
+# -- 11. the advice for a run stopped by --max-steps ------------------------------------------------------------------
+
+
+def test_a_run_ended_by_max_steps_is_told_to_raise_max_steps_not_epochs(tmp_path, idx_dir, capsys):
+    common = ["--device", "cpu", "--quiet", "--no-report", "--no-tensorboard"]
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--model", "fc", "--max-steps", "4",
+                           "--batch-size", "32", "--out", str(run), *common)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "5", *common)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its --max-steps 4 ended it: extend it with --max-steps N (more than 4; --epochs alone does not" in err
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "6", *common)
+    assert code == 0, err  # the advice works
+
+
+# -- 13. export without --format, and what an ONNX user needs to prepare images ---------------------------------------
+
+
+def test_export_without_a_format_writes_one_and_model_json_says_how_images_are_prepared(tmp_path, seed_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(seed_run, run)
+    code, out, err = run_cli(capsys, "export", str(run))
+    assert code == 0, err
+    description = json.loads((run / "export" / "model.json").read_text())
+    assert description["format"] in ("onnx", "safetensors")
+    prepared = description["preprocessing"]
+    assert prepared["image_size"] == 32 and prepared["channels"] == 1 and prepared["levels"] == 255.0
+    assert prepared["resize"] == "bilinear" and "divide by 255" in prepared["steps"]
+
+
+# -- 15. the data's classes in config.json and what the label counts are ----------------------------------------------
+
+
+def test_config_json_counts_the_datas_classes_and_the_summary_says_the_counts_span_both_splits(tmp_path, tiny_data,
+                                                                                             capsys):
+    import torch
+
+    from convae.data import ImageData
+    from conftest import idx_folder
+
+    labelled = ImageData("blobs", tiny_data.train_images, torch.arange(256) % 3, tiny_data.test_images,
+                         torch.arange(64) % 3, levels=255.0)
+    idx_dir = idx_folder(tmp_path / "idx", labelled)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--model", "fc", "--max-steps", "2",
+                             "--device", "cpu", "--no-report", "--no-tensorboard", "--out", str(run))
+    assert code == 0, err
+    data = json.loads((run / "config.json").read_text())["data"]
+    labels = [line for line in out.splitlines() if line.startswith("labels:")]
+    assert data["class_count"] == 3
+    assert "labels: 3 classes, images per class in both splits (0 108, 1 106, 2 106)" in labels[0]
+    import convae
+
+    assert convae.load(run, device="cpu").classes == 0  # not conditional: the model takes no labels

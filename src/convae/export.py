@@ -176,7 +176,8 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
                    "posterior_sample": ("z = mu + sigma * eps, eps ~ N(0, I)" if vae.posterior.diagonal_gaussian else
                                         f"z = posterior({', '.join(encoder_outputs)}, eps), eps ~ N(0, I) of N x "
                                         f"{vae.noise_dim}"),
-                   "decoder_output": f"mean images N x {channels} x {size} x {size} in [0, 1]"}
+                   "decoder_output": f"mean images N x {channels} x {size} x {size} in [0, 1]",
+                   "preprocessing": preprocessing(model)}
     if vae.classes:
         description["labels_input"] = f"float32 one-hot labels N x {vae.classes}, the second input of both"
     description["files"] = [p.name for p in written]
@@ -184,6 +185,26 @@ def export(model: TrainedModel, fmt: str, out: Path) -> list[Path]:
     for stale in earlier - set(written):  # model.json now describes only this export: nothing else of ours stays
         stale.unlink(missing_ok=True)
     return written + [out / "model.json"]
+
+
+def preprocessing(model: TrainedModel) -> dict:
+    """How an image becomes the encoder's input, as training prepared its data (``convae.load`` does it for you):
+    what a user of the exported files needs to feed them."""
+    config = model.config
+    return {"image_size": config.image_size, "channels": model.channels,
+            "colour": "RGB" if model.channels == 3 else "gray (L)",
+            "resize": config.resize_mode, "background": config.background, "levels": model.levels,
+            "values": f"the stored 8-bit values divided by {model.levels:g} (floats in [0, 1])",
+            "binarize": config.binarize,
+            "steps": (f"draw transparency over {config.background}; convert to {'RGB' if model.channels == 3 else 'L'}; "
+                      + {"pad": f"pad to a square with {config.background}, then resize to {config.image_size} with a "
+                                "box filter",
+                         "bilinear": f"centre-crop to a square, then resize bilinearly to {config.image_size}",
+                         "area": f"centre-crop to a square, then resize to {config.image_size} with a box filter"}
+                      .get(config.resize_mode, config.resize_mode)
+                      + f"; divide by {model.levels:g}" + ("; the model was trained on Bernoulli draws of these values "
+                                                         "(feed the gray values to encode)"
+                                                         if config.binarize == "dynamic" else ""))}
 
 
 def exported_files(out: Path) -> set[Path]:

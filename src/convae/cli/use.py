@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 
 from ..config import DEVICES
@@ -55,7 +56,8 @@ def add_parsers(sub) -> None:
                        description="Write the run's encoder (images -> mu, sigma) and decoder (z -> images) for use "
                                    "without convae, with model.json describing inputs and outputs.")
     p.add_argument("run", help="a run folder written by convae train")
-    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript", "safetensors"],
+                   help="default onnx where the onnx package is installed, else safetensors (said when it is)")
     p.add_argument("--out", metavar="DIR", help="folder for the files (default RUN/export)")
     p.set_defaults(handler=cmd_export)
 
@@ -155,7 +157,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load(args.run, "cpu")
     out = Path(args.out) if args.out else model.run.path / "export"
-    for path in export(model, args.format, out):
+    fmt = args.format
+    if fmt is None:  # the portable graph where it can be written; the weights alone where it cannot
+        import importlib.util
+
+        fmt = "onnx" if importlib.util.find_spec("onnx") is not None else "safetensors"
+        if fmt == "safetensors":
+            print("convae export: the onnx package is not installed (pip install onnx): writing safetensors (the "
+                  "weights); --format chooses", file=sys.stderr)
+    for path in export(model, fmt, out):
         print(path)
     return 0
 

@@ -78,7 +78,8 @@ class ImageData:
                                     minlength=self.class_count()).tolist()
             names = self.classes or [str(k) for k in range(len(counts))]
             shown = ", ".join(f"{n} {k:,}" for n, k in list(zip(names, counts))[:20])
-            lines.append(f"labels: {len(counts)} classes ({shown}{', ...' if len(counts) > 20 else ''})")
+            lines.append(f"labels: {len(counts)} classes, images per class in both splits ({shown}"
+                         f"{', ...' if len(counts) > 20 else ''})")
         fit = d.get("fitting")
         if fit and (fit["cropped"] or fit["padded"] or fit["upscaled"]):
             said = []

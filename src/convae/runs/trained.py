@@ -75,8 +75,8 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     data = settings.get("data", {})
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     # in the run's dtype before the weights go in: a float64 run's weights would lose their last digits in float32
-    model = build_run_model(config, data.get("shape", [1])[0], data.get("class_count", 0),
-                            data.get("train_images")).to(dtype)
+    classes = data.get("class_count", 0) if config.conditional else 0  # the data's, which the model is conditional on
+    model = build_run_model(config, data.get("shape", [1])[0], classes, data.get("train_images")).to(dtype)
     restore(checkpoint, model, None)
     if config.ema:
         use_averaged_weights(model, checkpoint.tensors)  # what the run evaluated with

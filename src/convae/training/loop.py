@@ -269,9 +269,8 @@ class Trainer:
         self.complete = start.checkpoint is not None and self.state.step >= self.last_step
         if self.complete and not auto_resume:
             raise ConfigError(f"--resume {self.run_dir.path}: the run is already complete at step {self.state.step} "
-                              f"(epoch {math.ceil(self.state.step / self.steps_per_epoch)} of {config.epochs}); extend "
-                              f"it with --epochs N (more than {config.epochs}) or --max-steps N (more than "
-                              f"{self.state.step})")
+                              f"(epoch {math.ceil(self.state.step / self.steps_per_epoch)} of {config.epochs}); "
+                              + self.how_to_extend())
         self.settings = self.describe(argv)
         writes = runtime.is_writer and not self.complete
         if writes:
@@ -294,6 +293,15 @@ class Trainer:
         self.report_drawn, self.report_cost = 0.0, 0.0
         self.statistics, self.statistics_step = {}, None
 
+    def how_to_extend(self) -> str:
+        """The advice for a complete run: the limit that ended it is the one to raise (a run stopped by --max-steps
+        goes no further with more --epochs while its --max-steps holds)."""
+        config, step = self.config, self.state.step
+        if config.max_steps and config.max_steps <= config.epochs * self.steps_per_epoch:
+            return (f"its --max-steps {config.max_steps} ended it: extend it with --max-steps N (more than {step}; "
+                    f"--epochs alone does not, while --max-steps {config.max_steps} holds)")
+        return f"extend it with --epochs N (more than {config.epochs}) or --max-steps N (more than {step})"
+
     def describe(self, argv) -> dict:
         """What config.json records beside the settings."""
         data, runtime = self.data, self.runtime
@@ -307,7 +315,8 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, **commands,
                 "data": {**data.details, "name": data.name, "shape": list(data.shape), "levels": data.levels,
                          "train_images": len(data.train_images), "test_images": len(data.test_images),
-                         "classes": data.classes, "class_count": self.classes,
+                         # the data's classes (the model is conditional on them only under --conditional)
+                         "classes": data.classes, "class_count": data.class_count(),
                          "likelihood": self.model.likelihood.name, "training_images_bytes": data.train_images.numel(),
                          "fingerprint": self.fingerprint, "streamed": self.streamed is not None},
                 "distributed": {**runtime.describe(self.device),
