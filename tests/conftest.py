@@ -1,3 +1,10 @@
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +88,42 @@ def run_cli(capsys, *argv, hooks=None):
         code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def postgres(tmp_path):
+    """A PostgreSQL server of its own in a temporary folder (Debian's postgresql: initdb, pg_ctl), on a free local
+    port, run as the postgres user where the tests run as root; stopped afterwards."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)")
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("no PostgreSQL server here (Debian: apt-get install postgresql)")
+    bin_dir = bins[-1].parent
+    home = Path(tempfile.mkdtemp(prefix="convae-pg-"))  # pytest's own folders are closed to other users
+    data = home / "pg"
+    data.mkdir()
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        home.chmod(0o755)
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "convae"], check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True,
+                   timeout=120)
+    try:
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "convae", "study"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg2://convae@127.0.0.1:{port}/study"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(home, ignore_errors=True)

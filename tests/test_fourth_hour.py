@@ -132,3 +132,112 @@ def test_config_json_counts_the_datas_classes_and_the_summary_says_the_counts_sp
     import convae
 
     assert convae.load(run, device="cpu").classes == 0  # not conditional: the model takes no labels
+
+
+# -- 2-7, 9. a search: the documented URL, distinct draws, no password anywhere, refused settings, quiet Optuna --------
+
+
+def search(idx_dir, out, *more):
+    return ["tune", "--model", "fc", "--space", "lr=log:1e-4:1e-2", "--data-dir", str(idx_dir), "--max-steps", "4",
+            "--epochs", "1", "--device", "cpu", "--no-report", "--no-tensorboard", "--out", str(out), *more]
+
+
+def test_a_bare_postgresql_url_gets_the_installed_driver_and_a_missing_one_is_named(monkeypatch):
+    import importlib.util
+
+    from convae.errors import ConfigError
+    from convae.experiments import tune
+
+    pytest.importorskip("psycopg2")
+    assert tune.database_url("postgresql://me:pw@db.example/study") == "postgresql+psycopg2://me:pw@db.example/study"
+    assert tune.database_url("sqlite:///x.db") == "sqlite:///x.db"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("psycopg") else
+                        real(name, *a))
+    with pytest.raises(ConfigError, match=r"postgresql://me:\*\*\*@db.example/study: no PostgreSQL driver is "
+                                          r"installed here \(pip install psycopg2-binary"):
+        tune.database_url("postgresql://me:pw@db.example/study")
+    with pytest.raises(ConfigError, match="the database driver 'psycopg' is not installed .pip install psycopg.binary"):
+        tune.database_url("postgresql+psycopg://me@db.example/study")
+
+
+def test_no_two_trials_draw_from_the_same_sampler_state_across_seeds_restarts_and_workers(tmp_path):
+    """The issue's sequence — --seed 0 --trials 2, --seed 2 --trials 4, --seed 0 --trials 6 — once gave trials 4 and
+    5 the settings of 2 and 3 (the sampler was seeded by --seed + the trials already there); two workers sharing one
+    study the same way."""
+    pytest.importorskip("optuna")
+    from convae.experiments import tune
+
+    space = tune.parse_space(["lr=log:1e-4:1e-2", "beta=0.5:2"])
+    for sampler in ("tpe", "random"):
+        storage = f"sqlite:///{tmp_path / f'{sampler}.db'}"
+        drawn = []
+        for seed, total in ((0, 2), (2, 4), (0, 6)):  # three starts of the same search
+            study = tune.open_study(tmp_path, storage, sampler, "none", seed)
+            while len(study.trials) < total:
+                trial = study.ask()
+                drawn.append(json.dumps(tune.suggest_settings(study, trial, space, sampler, seed), sort_keys=True))
+                study.tell(trial, 1.0)
+        workers = [tune.open_study(tmp_path, storage, sampler, "none", 0) for _ in range(2)]
+        asked = [(w, w.ask()) for w in workers]  # asked at the same moment, with the same --seed
+        drawn += [json.dumps(tune.suggest_settings(w, t, space, sampler, 0), sort_keys=True) for w, t in asked]
+        assert len(drawn) == 8 and len(set(drawn)) == 8, sampler
+        again = tune.open_study(tmp_path, f"sqlite:///{tmp_path / 'again.db'}", sampler, "none", 0)
+        first = again.ask()  # the same search draws the same first settings
+        assert json.dumps(tune.suggest_settings(again, first, space, sampler, 0), sort_keys=True) == drawn[0]
+        (tmp_path / "again.db").unlink()
+
+
+def test_a_search_whose_settings_are_refused_fails_the_trial_at_once_uncounted_and_stops(tmp_path, idx_dir, capsys):
+    optuna = pytest.importorskip("optuna")
+    out = tmp_path / "search"
+    command = [*search(idx_dir, out, "--trials", "2", "--pack", "1"), "--space", "model-option.stpes=1:3"]
+    code, _, err = run_cli(capsys, *command)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--space: trial 0's settings were refused" in err and "stpes" in err and "not counted" in err
+    trials = optuna.load_study(study_name="convae", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"] and trials[0].user_attrs["refused"]
+    code, _, err = run_cli(capsys, *command)  # the same again: refused again, never "0 trials, exit 0"
+    assert code == 2 and "settings were refused" in err
+    code, _, err = run_cli(capsys, *search(idx_dir, out, "--trials", "2", "--pack", "1"))
+    assert code == 2 and err.count("\n") == 1, err  # a changed space on the existing study: said, with the difference
+    assert "--space: the study was searched over another space (model_option.stpes is gone)" in err
+
+
+def test_a_search_prints_no_optuna_warning_and_a_bad_storage_leaves_no_folder(tmp_path, idx_dir, capsys):
+    pytest.importorskip("optuna")
+    out = tmp_path / "search"
+    code, said, err = run_cli(capsys, *search(idx_dir, out, "--trials", "1", "--pack", "1"))
+    assert code == 0, err
+    assert "Warning" not in err and "[W " not in err, err
+    code, said, err = run_cli(capsys, "tune", "summary", str(out))
+    assert code == 0 and "[W " not in err + said and "Warning" not in err, err
+    missing = tmp_path / "never"
+    code, _, err = run_cli(capsys, *search(idx_dir, missing, "--storage", "mysql+nosuchdriver://u:pw@h/db"))
+    assert code == 2 and err.count("\n") == 1 and "pw" not in err, err
+    assert not missing.exists()
+
+
+def test_a_postgresql_study_by_the_documented_url_keeps_no_password_and_its_summary_finds_it(tmp_path, idx_dir,
+                                                                                            postgres, capsys):
+    """postgresql:// as the docs write it (the server trusts local users, so any password is taken); the password
+    reaches no file and no line; `tune summary DIR` finds the study from DIR/study.json, asking for the password
+    only where the URL had one."""
+    bare = postgres.replace("postgresql+psycopg2://convae@", "postgresql://convae:hunter2@")
+    out = tmp_path / "search"
+    code, said, err = run_cli(capsys, *search(idx_dir, out, "--trials", "1", "--pack", "1", "--storage", bare))
+    assert code == 0, err
+    assert "hunter2" not in said + err
+    for name in ("summary.md", "summary.json", "report.html", "study.json"):
+        text = (out / name).read_text()
+        assert "hunter2" not in text and "convae:***@" in text, name
+    code, said, err = run_cli(capsys, "tune", "summary", str(out))
+    assert code == 2 and "its study lives in postgresql://convae:***@" in err and "give --storage" in err
+    code, said, err = run_cli(capsys, "tune", "summary", str(out), "--storage", bare)
+    assert code == 0 and "1 trial(s)" in said and "hunter2" not in said + err
+    without = postgres.replace("postgresql+psycopg2://", "postgresql://")  # no password: found from study.json alone
+    other = tmp_path / "other"
+    code, said, err = run_cli(capsys, *search(idx_dir, other, "--trials", "2", "--pack", "1", "--storage", without))
+    assert code == 0, err
+    code, said, err = run_cli(capsys, "tune", "summary", str(other))
+    assert code == 0 and "2 trial(s)" in said, err

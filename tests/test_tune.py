@@ -3,13 +3,10 @@ ends; --trials counts the study's total, so the same command continues a search;
 its checkpoint and counts once; workers share a study in a real PostgreSQL server started here."""
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -155,45 +152,6 @@ def test_a_worker_killed_mid_trial_leaves_it_to_the_next_which_resumes_it_and_co
     assert retry.params == stale[0].params and retry.user_attrs["run"] == str(out / "runs" / "trial-0000")
     assert "resuming" in (out / "runs" / "trial-0000" / "log.txt").read_text()
     assert len(list((out / "runs").iterdir())) == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def postgres(tmp_path):
-    """A PostgreSQL server of its own in a temporary folder (Debian's postgresql: initdb, pg_ctl), on a free local
-    port, run as the postgres user where the tests run as root; stopped afterwards."""
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)")
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        pytest.skip("no PostgreSQL server here (Debian: apt-get install postgresql)")
-    bin_dir = bins[-1].parent
-    home = Path(tempfile.mkdtemp(prefix="convae-pg-"))  # pytest's own folders are closed to other users
-    data = home / "pg"
-    data.mkdir()
-    as_user = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        home.chmod(0o755)
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "convae"], check=True,
-                   capture_output=True, timeout=120)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True,
-                   timeout=120)
-    try:
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "convae", "study"],
-                       check=True, capture_output=True, timeout=60)
-        yield f"postgresql+psycopg2://convae@127.0.0.1:{port}/study"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_two_workers_share_one_study_in_postgresql_without_duplicated_or_lost_trials(tmp_path, idx_dir, postgres):

@@ -62,11 +62,14 @@ def resume_command(argv: list[str], command: str = "sweep") -> str | None:
     """The command that continues an interrupted sweep (or search), written as the user started convae
     (``.venv/bin/convae``, ``python3 -m convae``), so that it can be pasted; None where convae was not started from a
     command line."""
+    from ..experiments.tune import masked
     from .train import program_as_invoked
 
     if argv[1:2] != [command]:
         return None
-    return " ".join([program_as_invoked(), *(shlex.quote(a) for a in argv[1:])])
+    line = " ".join([program_as_invoked(), *(shlex.quote(a) for a in argv[1:])])
+    hidden = masked(line)  # a database password is never printed: the user gives it again
+    return hidden + (" (with the database password where *** stands)" if hidden != line else "")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 import warnings
@@ -31,6 +32,7 @@ from pathlib import Path
 from ..config import TrainConfig, parse_model_options, settings_fields
 from ..data import load_for_config
 from ..errors import ConfigError, TrainingInterrupted, UntrustedFigure, refuse_non_finite
+from ..files import atomic_write_json
 from ..runs import RunDir
 from ..runtime import Runtime, resolve_device
 from ..training.packed import Pack, pack_key
@@ -145,25 +147,87 @@ def open_study(out: Path, storage: str | None, sampler: str, pruner: str, seed: 
     chosen_pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
                      "hyperband": optuna.pruners.HyperbandPruner(),
                      "none": optuna.pruners.NopPruner()}[pruner]
+    url = database_url(url)
     for attempt in range(5):
         try:
             backend = optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
+                heartbeat_stale_trial_callback=stale_trial_callback()(max_retry=3))
             study = optuna.create_study(study_name=STUDY, storage=backend, load_if_exists=True,
                                         direction="minimize", pruner=chosen_pruner)
             break
         except Exception as e:  # a database that cannot be reached or opened: one line, after a few tries (workers
             if attempt == 4:     # starting together race to create its tables: the loser finds them made)
-                raise ConfigError(f"--storage {url}: cannot open the study ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:160]})") from None
+                raise ConfigError(f"--storage {masked(url)}: cannot open the study ({type(e).__name__}: "
+                                  f"{masked(str(e).splitlines()[0])[:160]})") from None
             time.sleep(0.5 * (attempt + 1))
-    # seeded by --seed and the trials the study already holds: the same search draws the same settings, and a
-    # continued one (or a second worker) draws new ones instead of repeating the first start's
-    offset = seed + len(study.get_trials(deepcopy=False))
-    study.sampler = (optuna.samplers.TPESampler(seed=offset) if sampler == "tpe" else
-                     optuna.samplers.RandomSampler(seed=offset))
+    study.sampler = sampler_for(sampler, seed, None)  # each trial's is set when it is asked (``suggest_settings``)
     return study
+
+
+def sampler_for(kind: str, seed: int, trial_number: int | None):
+    """The sampler that draws trial ``trial_number``'s settings: seeded by --seed and the trial's number in the study,
+    which the database hands out once (to one worker, once across restarts), so no two trials of a study draw from
+    the same sampler state, and the same search draws the same settings."""
+    optuna = optuna_module()
+    import numpy as np
+
+    entropy = [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, 0 if trial_number is None else trial_number + 1]
+    state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=state) if kind == "tpe" else optuna.samplers.RandomSampler(seed=state)
+
+
+def suggest_settings(study, trial, space: list[Dimension], sampler: str, seed: int) -> dict:
+    """Trial ``trial``'s settings, drawn by its own sampler (``sampler_for``)."""
+    study.sampler = sampler_for(sampler, seed, trial.number)
+    return {d.name: d.suggest(trial) for d in space}
+
+
+def stale_trial_callback():
+    """Optuna's callback that asks a dead worker's trial again: RetryHeartbeatStaleTrialCallback since Optuna 4.9
+    (the old name, RetryFailedTrialCallback, warns of its removal in 6.0), the same behaviour under either name."""
+    storages = optuna_module().storages
+    return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+
+
+DRIVERS = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000", "asyncpg": "asyncpg",
+           "pymysql": "pymysql", "mysqldb": "MySQLdb", "mysqlconnector": "mysql.connector"}
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "mysqldb": "mysqlclient",
+                   "mysqlconnector": "mysql-connector-python"}
+
+
+def database_url(url: str) -> str:
+    """``url`` with the database driver named where it was left to SQLAlchemy: a bare ``postgresql://`` means
+    psycopg 3 to SQLAlchemy 2.1 and psycopg2 to 2.0, so it is given the one installed here (psycopg2 first, what
+    ``convae[tune]`` installs). A driver that is not installed is a ConfigError naming it and its package."""
+    import importlib.util
+
+    scheme, found, rest = url.partition("://")
+    if not found:
+        return url
+    dialect, _, driver = scheme.partition("+")
+    if dialect in ("postgresql", "postgres") and not driver:
+        driver = next((d for d in ("psycopg2", "psycopg") if importlib.util.find_spec(d) is not None), None)
+        if driver is None:
+            raise ConfigError(f"--storage {masked(url)}: no PostgreSQL driver is installed here (pip install "
+                              "psycopg2-binary, or psycopg[binary]; or name one: postgresql+DRIVER://...)")
+        return f"postgresql+{driver}://{rest}"
+    module = DRIVERS.get(driver)
+    if module is not None and importlib.util.find_spec(module.split(".")[0]) is None:
+        raise ConfigError(f"--storage {masked(url)}: the database driver {driver!r} is not installed (pip install "
+                          f"{DRIVER_PACKAGES.get(driver, driver)})")
+    return url
+
+
+def masked(text: str) -> str:
+    """``text`` with the password of every database URL in it hidden (``user:***@host``): what convae writes to a
+    file, a page or the terminal, where a password must never be."""
+    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)([^\s/]+)(@)", r"\1***\3", text)
+
+
+def hides_a_password(url: str) -> bool:
+    """Whether ``url`` holds a password, shown or hidden by ``masked``."""
+    return masked(url) != url or ":***@" in url
 
 
 def counted(study) -> list:
@@ -171,14 +235,12 @@ def counted(study) -> list:
     again (its repetition counts instead)."""
     from optuna.trial import TrialState
 
-    from optuna.storages import RetryFailedTrialCallback
-
     every = study.get_trials(deepcopy=False)
-    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in every}  # a dead worker's, asked again
+    retried = {stale_trial_callback().retried_trial_number(t) for t in every}  # a dead worker's, asked again
     return [t for t in every
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
             (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("interrupted")
-             and not t.user_attrs.get("surplus"))]
+             and not t.user_attrs.get("surplus") and not t.user_attrs.get("refused"))]
 
 
 def surplus(study, trial, trials: int) -> bool:
@@ -212,9 +274,17 @@ def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, me
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric}: choose from {', '.join(METRICS)}")
     TrainConfig(**{**base, "seed": seed}).validate()  # the base settings, refused before anything is written
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    study = open_study(out, storage, sampler, pruner, seed, heartbeat)
-    study.set_user_attr("space", [d.__dict__ for d in space])
+    try:
+        study = open_study(out, storage, sampler, pruner, seed, heartbeat)
+        keep_space(study, space)
+    except ConfigError:
+        if created and not any(out.iterdir()):  # a search that never began leaves no folder behind
+            out.rmdir()
+        raise
+    if storage is not None:  # where the study lives, for `convae tune summary DIR` (never its password)
+        atomic_write_json(out / "study.json", {"storage": masked(storage)})
     while True:
         optuna_module().storages.fail_stale_trials(study)  # a dead worker's trials: failed, and asked again
         if len(counted(study)) >= trials:
@@ -225,12 +295,12 @@ def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, me
             break  # the rest are running in other workers
         asked = [study.ask() for _ in range(min(pack, room))]
         configs = {}
-        for trial in asked:
+        for k, trial in enumerate(asked):
             if surplus(study, trial, trials):
                 trial.set_user_attr("surplus", True)  # not counted, never trained
                 study.tell(trial, state=TrialState.FAIL)
                 continue
-            settings = {d.name: d.suggest(trial) for d in space}
+            settings = suggest_settings(study, trial, space, sampler, seed)
             trial.set_user_attr("run", str(run_folder(out, trial)))
             try:
                 config = TrainConfig(**{**with_grid_point(base, settings), "seed": seed, "quiet": True,
@@ -238,20 +308,56 @@ def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, me
                                         "extra": {**base.get("extra", {}), "tune": str(out),
                                                   "trial": trial.number}}).validate()
             except ConfigError as e:
-                trial.set_user_attr("why", str(e))
-                study.tell(trial, state=TrialState.FAIL)
-                log(f"trial {trial.number}: {e}")
-                continue
+                refuse(study, [trial], e, [t for t, _ in configs.values()] + asked[k + 1:])
             configs[trial.number] = (trial, config)
         groups: dict[tuple, list] = {}
         for trial, config in configs.values():
             groups.setdefault(pack_key(config), []).append((trial, config))
-        for members in groups.values():
-            train_trials(study, members, metric, iw_samples, log, resume)
+        packs = list(groups.values())
+        for k, members in enumerate(packs):
+            train_trials(study, members, metric, iw_samples, log, resume,
+                         untrained=[t for later in packs[k + 1:] for t, _ in later])
     return summarize(out, storage)
 
 
-def train_trials(study, members: list, metric: str, iw_samples: int, log, resume: str | None) -> None:
+def refuse(study, refused: list, error: ConfigError, others=()) -> None:
+    """Trials whose settings convae refuses (a value out of range, an option the model does not take): FAIL at once,
+    not counted; the search stops there in one line (every trial would meet the same space), and ``others``, the
+    trials asked beside them and not trained, are given back (FAIL, not counted) for the next start to ask again."""
+    from optuna.trial import TrialState
+
+    for trial in refused:
+        trial.set_user_attr("why", str(error))
+    for trial in [*refused, *others]:
+        trial.set_user_attr("refused", True)
+        study.tell(trial, state=TrialState.FAIL)
+    numbers = ", ".join(str(t.number) for t in refused)
+    raise ConfigError(f"--space: trial {numbers}'s settings were refused ({error}); the trial is failed and not "
+                      "counted; fix --space or the settings and run the search again") from None
+
+
+def keep_space(study, space: list[Dimension]) -> None:
+    """The study's space, kept in it; a study searched over another space is refused naming the difference (its
+    trials and a new search's would be ranked as one search)."""
+    wanted = [d.__dict__ | {"choices": list(d.choices)} for d in space]
+    kept = study.user_attrs.get("space")
+    if kept is not None and kept != json.loads(json.dumps(wanted)):
+        def said(dims):
+            return {d["name"]: json.dumps({k: v for k, v in d.items() if k != "name" and v not in (None, [], False)})
+                    for d in dims}
+
+        before, now = said(kept), said(json.loads(json.dumps(wanted)))
+        changes = ([f"{k} was {before[k]}, now {now[k]}" for k in before if k in now and before[k] != now[k]]
+                   + [f"{k} is new" for k in now if k not in before] + [f"{k} is gone" for k in before if k not in now])
+        raise ConfigError("--space: the study was searched over another space (" + "; ".join(changes) + "); its "
+                          "trials and this search's would be ranked as one: give another --out (or --storage) for a "
+                          "new search, or the study's own --space to continue it")
+    if kept is None:
+        study.set_user_attr("space", wanted)
+
+
+def train_trials(study, members: list, metric: str, iw_samples: int, log, resume: str | None,
+                 untrained: list = ()) -> None:
     """One pack of trials: trained together, each epoch end reported to its trial (and pruned where the pruner
     says), then each told its value, its pruning or its failure."""
     from optuna.trial import TrialState
@@ -282,6 +388,8 @@ def train_trials(study, members: list, metric: str, iw_samples: int, log, resume
         with beat:
             outcomes = Pack(configs, data=data, runtime=runtime, strategy=strategy, log=lambda line: None,
                             epoch_end=epoch_end, resume=resume).run()
+    except ConfigError as e:  # a setting the model refuses when it is built (an option it does not take)
+        refuse(study, [t for t, _ in members], e, untrained)
     except TrainingInterrupted:
         for trial, _ in members:  # asked again, with the same settings, by the next start: it resumes its folder
             trial.set_user_attr("interrupted", True)
@@ -369,10 +477,10 @@ def summarize(out: str | Path, storage: str | None = None, top: int = 10) -> dic
     from optuna.trial import TrialState
 
     out = Path(out)
-    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    if storage is None and not (out / "study.db").is_file():
-        raise ConfigError(f"{out}: no study here (no study.db; give --storage URL for one elsewhere)")
+    url = database_url(storage or study_location(out))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the summary's lines, not Optuna's notes on importances
     study = optuna.load_study(study_name=STUDY, storage=url)
+    url = masked(url)
     trials = counted(study)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     rows = [{"trial": t.number, "value": t.value, "params": t.params, "run": t.user_attrs.get("run")}
@@ -388,6 +496,22 @@ def summarize(out: str | Path, storage: str | None = None, top: int = 10) -> dic
             "failed": [{"trial": t.number, "why": t.user_attrs.get("why", "")} for t in trials
                        if t.state == TrialState.FAIL],
             "best": rows[0] if rows else None, "top": rows, "importances": importances}
+
+
+def study_location(out: Path) -> str:
+    """Where the search in ``out`` keeps its study: DIR/study.db, or the database DIR/study.json names (written by
+    ``tune`` from --storage, its password hidden: then the user gives it again)."""
+    if (out / "study.db").is_file():
+        return f"sqlite:///{(out / 'study.db').resolve()}"
+    try:
+        recorded = json.loads((out / "study.json").read_text())["storage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{out}: no study here (no study.db or study.json; give --storage URL for one "
+                          "elsewhere)") from None
+    if hides_a_password(recorded):
+        raise ConfigError(f"{out}: its study lives in {recorded} ({out / 'study.json'}; the password is not kept): "
+                          "give --storage with it")
+    return recorded
 
 
 def format_summary(summary: dict) -> str:
@@ -415,13 +539,14 @@ def format_summary(summary: dict) -> str:
 def write_summary(out: str | Path, storage: str | None = None) -> dict:
     """DIR/summary.json, summary.md and report.html (the optimisation history, the parallel coordinates of the
     settings tried, the importances)."""
-    from ..files import atomic_write_json, atomic_write_text
+    from ..files import atomic_write_text
     from ..reporting.html import write_tune_report
 
     summary = summarize(out, storage)
     atomic_write_json(Path(out) / "summary.json", summary)
     atomic_write_text(Path(out) / "summary.md", format_summary(summary) + "\n")
-    write_tune_report(summary, search_figures(summary["study"], summary), Path(out) / "report.html")
+    url = database_url(storage or study_location(Path(out)))  # the summary's own is masked
+    write_tune_report(summary, search_figures(url, summary), Path(out) / "report.html")
     return summary
 
 
@@ -446,4 +571,4 @@ def search_figures(url: str, summary: dict) -> list:
     return figures
 
 
-__all__ = ["Dimension", "format_summary", "open_study", "parse_space", "summarize", "tune", "write_summary"]
+__all__ = ["Dimension", "format_summary", "masked", "open_study", "parse_space", "summarize", "tune", "write_summary"]
