@@ -241,3 +241,60 @@ def test_a_postgresql_study_by_the_documented_url_keeps_no_password_and_its_summ
     assert code == 0, err
     code, said, err = run_cli(capsys, "tune", "summary", str(other))
     assert code == 0 and "2 trial(s)" in said, err
+
+
+# -- 9. a size the model refuses, before the folder is prepared ---------------------------------------------------
+
+
+def test_an_image_size_the_model_refuses_is_said_before_the_folder_is_prepared(tmp_path, small_folder, capsys):
+    cache = tmp_path / "cache"
+    code, _, err = run_cli(capsys, "train", "--data", str(small_folder), "--model", "resize", "--image-size", "100",
+                           "--device", "cpu", "--quiet", "--cache-dir", str(cache), "--out", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "--model resize" in err and "100" in err, err
+    assert not cache.exists() or not any(cache.rglob("*.npy")), "a cache of 100-px images was prepared for nothing"
+    assert not (tmp_path / "run").exists()
+
+
+# -- 10. a sweep's grid, checked before sweep.json is written ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid, said", [
+    ("model-option.stpes=1,2", "model 'planar' takes no such option"),
+    ("model-option.steps=1,0", "steps=0"),
+])
+def test_a_grid_the_model_refuses_is_said_before_the_sweep_is_written_and_the_fix_runs(tmp_path, idx_dir, capsys,
+                                                                                     grid, said):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "plugins" / "src"))
+    from convae.models.registry import load_plugin
+
+    load_plugin("convae_examples.planar")
+    out = tmp_path / "sweep"
+    common = ["sweep", "--model", "planar", "--data-dir", str(idx_dir), "--max-steps", "2", "--device", "cpu",
+              "--quiet", "--no-report", "--no-tensorboard", "--out", str(out)]
+    code, _, err = run_cli(capsys, *common, "--grid", grid)
+    assert code == 2 and err.count("\n") == 1 and said in err, err
+    assert not out.exists()  # nothing written, nothing trained: the corrected command is a new sweep
+    code, _, err = run_cli(capsys, *common, "--grid", "model-option.steps=1,2")
+    assert code == 0, err
+
+
+# -- 12. a model option repeated at its default on --resume -----------------------------------------------------------
+
+
+def test_resume_takes_a_model_option_given_at_its_factorys_default(tmp_path, idx_dir, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "plugins" / "src"))
+    common = ["--plugin", "convae_examples.planar", "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard"]
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "planar", "--data-dir", str(idx_dir), "--max-steps", "2",
+                           "--out", str(run), *common)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "4", "--model-option", "steps=4",
+                           *common)  # 4 is the factory's default: the run's own
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "6", "--model-option", "steps=2",
+                           *common)
+    assert code == 2 and "cannot change when resuming" in err, err

@@ -25,6 +25,7 @@ from ..config import TrainConfig, parse_model_options, settings_fields
 from ..data import load_for_config
 from ..errors import ConfigError
 from ..files import atomic_write_json, atomic_write_text
+from ..models.build import check_buildable
 from ..runs import RunDir
 from ..runtime import Runtime, resolve_device
 from ..training import train
@@ -147,7 +148,10 @@ def make_plan(base: dict, grid: dict, seeds: int, out: str | Path, pack: int | N
                         max(2, base.get("keep_checkpoints", 2)),  # a pack resumes from the step all members hold
                         "extra": {**base.get("extra", {}), "sweep": str(out), "member": name}}
             try:
-                members.append(Member(name, setting, seed, TrainConfig(**settings).validate()))
+                config = TrainConfig(**settings).validate()
+                if seed == first:  # the model of each setting builds (an option it takes, a value it accepts)
+                    check_buildable(config)
+                members.append(Member(name, setting, seed, config))
             except ConfigError as e:
                 raise ConfigError(f"sweep member {name}: {e}") from None
     return SweepPlan(out, {k: v for k, v in base.items() if k != "out"}, grid, list(range(first, first + seeds)),

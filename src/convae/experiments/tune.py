@@ -33,6 +33,7 @@ from ..config import TrainConfig, parse_model_options, settings_fields
 from ..data import load_for_config
 from ..errors import ConfigError, TrainingInterrupted, UntrustedFigure, refuse_non_finite
 from ..files import atomic_write_json
+from ..models.build import check_buildable
 from ..runs import RunDir
 from ..runtime import Runtime, resolve_device
 from ..training.packed import Pack, pack_key
@@ -307,6 +308,7 @@ def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, me
                                         "out": str(run_folder(out, trial)),
                                         "extra": {**base.get("extra", {}), "tune": str(out),
                                                   "trial": trial.number}}).validate()
+                check_buildable(config)  # an option the model does not take, a value it refuses: before training
             except ConfigError as e:
                 refuse(study, [trial], e, [t for t, _ in configs.values()] + asked[k + 1:])
             configs[trial.number] = (trial, config)

@@ -53,6 +53,17 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
     return model
 
 
+def factory_defaults(name: str) -> dict:
+    """The keyword options model ``name``'s factory takes with their defaults ({} where the model cannot be found
+    now): what a run's recorded options mean where they leave one out."""
+    try:
+        factory = entry(name).factory
+    except ConfigError:
+        return {}
+    return {n: p.default for n, p in inspect.signature(factory).parameters.items()
+            if p.default is not inspect.Parameter.empty and n not in ("classes", "dataset_size")}
+
+
 def accepted_shapes(name: str) -> list[str]:
     """The image shapes model ``name`` takes (by building it, with the first likelihood it takes), e.g. ["1x32x32",
     "3x64x64"], and "any size (8 to 1024)" for a model that also builds at sizes other than 32 and 64 (fully
@@ -113,6 +124,25 @@ def build_run_model(config, channels: int, classes: int = 0, dataset_size: int |
         raise ConfigError(f"--model {config.model}: {e}") from None
     check_outputs(model, config.model, config.image_size, channels, config.likelihood)
     return model
+
+
+def check_buildable(config) -> None:
+    """Before any data is read or prepared: the model of a run's settings builds for these settings with one of the
+    channel counts the data may have (the settings' own, or 1 and 3 where they say auto), counted on PyTorch's meta
+    device (nothing allocated). A size or likelihood it cannot take is its ConfigError, before a folder of images is
+    prepared for nothing."""
+    counts = [int(config.channels)] if config.channels in ("1", "3") else [1, 3]
+    first = None
+    for channels in counts:
+        try:
+            with torch.device("meta"):
+                build_run_model(config, channels, 2 if config.conditional else 0)
+            return
+        except ConfigError as e:
+            first = first or e
+        except Exception:  # a layer that cannot be built on meta: the real build says what is wrong, later
+            return
+    raise first
 
 
 PROBE_IMAGES = 2

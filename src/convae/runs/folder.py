@@ -28,6 +28,7 @@ from ..config import RESUMABLE, TrainConfig, option_name
 from ..errors import CheckpointError, ConfigError, FileSystemFault
 from ..faults import describe_os_error
 from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from ..models.build import factory_defaults
 from ..models.registry import require_model
 from .checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .lock import RunLock
@@ -302,7 +303,14 @@ def resumed_config(run: RunDir, given: dict, preset: str | None, presets: dict) 
                           "start a new run without --resume)")
     asked = {**{k: (v, f"--preset {preset}") for k, v in presets.get(preset, {}).items()},
              **{k: (v, option_name(k)) for k, v in given.items() if k != "out"}}
-    changed = [(k, v, said) for k, (v, said) in asked.items() if k not in RESUMABLE and saved.get(k) != v]
+    defaults = factory_defaults(saved.get("model")) if isinstance(saved.get("model"), str) else {}
+
+    def same(key, value) -> bool:  # a model option given at its factory's default is the run's own, recorded or not
+        if key == "model_options" and isinstance(value, dict) and isinstance(saved.get(key), dict):
+            return {**defaults, **saved[key]} == {**defaults, **value}
+        return saved.get(key) == value
+
+    changed = [(k, v, said) for k, (v, said) in asked.items() if k not in RESUMABLE and not same(k, v)]
     if changed:
         k, v, said = changed[0]
         what = f"its {k} is {v!r}, " if said.startswith("--preset") else ""

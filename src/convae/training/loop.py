@@ -30,6 +30,7 @@ from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, Out
                       TrainingInterrupted)
 from ..faults import available_memory, describe_os_error, first_line, format_bytes, is_out_of_memory
 from ..models import VAE, build_run_model
+from ..models.build import check_buildable
 from ..models.objective import refused_with_objective
 from ..models.registry import code_changes, code_identity
 from ..progress import Progress, duration
@@ -135,6 +136,7 @@ class Trainer:
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         if self.dtype == torch.float64 and self.device.type == "mps":
             raise ConfigError("--dtype float64: MPS has no float64")
+        check_buildable(config)  # a size or likelihood the model refuses, before a folder is prepared for nothing
 
     def prepare(self, data: ImageData | None, resume: bool, auto_resume: bool, at_step: int | None) -> Start:
         """The data on every rank and where the run starts (rank 0 decides), with everything that can fail on bad
