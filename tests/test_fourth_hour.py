@@ -298,3 +298,33 @@ def test_resume_takes_a_model_option_given_at_its_factorys_default(tmp_path, idx
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--max-steps", "6", "--model-option", "steps=2",
                            *common)
     assert code == 2 and "cannot change when resuming" in err, err
+
+
+# -- 14. the report: the whole training curve, pictures at their size, what the data is ------------------------------
+
+
+def test_the_epoch_picture_shows_large_images_at_their_own_resolution(tmp_path):
+    import torch
+
+    from convae.visualisation import seed_grid
+
+    images = torch.rand(9, 3, 128, 128)
+    seed_grid(images, images, tmp_path / "result1.png")
+    width, height = Image.open(tmp_path / "result1.png").size
+    assert width >= 2 * (3 * 129 + 1), width  # two panels of three 128-px images, each at 128 px at least
+    seed_grid(torch.rand(9, 1, 32, 32), torch.rand(9, 1, 32, 32), tmp_path / "seed.png")
+    assert Image.open(tmp_path / "seed.png").size[0] < 800  # the seed's picture as it was
+
+
+def test_a_short_runs_report_has_its_whole_curve_and_says_what_the_data_is(tmp_path, small_folder, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", str(small_folder), "--model", "fc", "--epochs", "3",
+                           "--batch-size", "8", "--device", "cpu", "--quiet", "--no-tensorboard", "--resize", "pad",
+                           "--background", "black", "--cache-dir", str(tmp_path / "cache"), "--out", str(run))
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12 and 4 in steps  # 4 steps an epoch: every epoch's end is on the curve, not only step 0 mod 25
+    page = (run / "report.html").read_text()
+    assert "data summary" in page and "data: art, 36 training and 4 test images of 3x32x32" in page
+    assert "<td>background</td><td>black</td>" in page and "<td>resize (effective)</td><td>pad</td>" in page
+    assert "epoch means" in page

@@ -38,8 +38,14 @@ def seed_grid(inputs: torch.Tensor, reconstructions: torch.Tensor, path: str | P
         size = 28 if t.shape[-1] == 32 else t.shape[-1]  # the seed's 28x28; other sizes as they are
         return F.interpolate(t[:9].float().cpu(), size=(size, size), mode="bilinear", align_corners=False)
 
-    # each 3x3 panel is one tiled image in one axes: drawn every epoch, 18 axes took most of a second
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6), gridspec_kw=dict(wspace=0.08))
+    # each 3x3 panel is one tiled image in one axes: drawn every epoch, 18 axes took most of a second. The figure
+    # grows with the images so that each is drawn at its own resolution at least (128-px images were shown at ~85 px)
+    panel = (3 * (max(28, inputs.shape[-1]) + 1) + 1) / 100  # inches across one panel at 100 dpi
+    if panel <= 3.0:  # the seed's picture, as it always was
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3.6), gridspec_kw=dict(wspace=0.08))
+    else:  # margins of 1 %, 10 % on top for the titles: each panel gets its images' own pixels at least
+        fig, axes = plt.subplots(1, 2, figsize=(2.2 * panel / 0.98, 1.05 * panel / 0.89),
+                                 gridspec_kw=dict(wspace=0.08, left=0.01, right=0.99, bottom=0.01, top=0.9))
     for ax, (name, images) in zip(axes, [("input", to_28(inputs)), ("reconstruction", to_28(reconstructions))]):
         show(ax, tile(images, 3, pad=1))
         ax.set_axis_off()

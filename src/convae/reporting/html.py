@@ -38,7 +38,8 @@ EVAL_PICTURES = [("samples.png", "Samples from the prior"),
                  ("latent_pca.png", "Latent space: PCA of test-set means, by label"),
                  ("artifacts.png", "Checkerboard artifacts: mean sample and spectra")]
 SETTINGS = ["model", "encoder", "likelihood", "epochs", "max_steps", "batch_size", "lr", "lr_schedule", "seed", "dtype",
-            "precision", "binarize", "data", "data_dir", "image_size", "channels", "resize", "train_limit", "test_limit"]
+            "precision", "binarize", "data", "data_dir", "image_size", "channels", "resize", "background",
+            "train_limit", "test_limit"]
 
 
 @dataclass
@@ -114,6 +115,9 @@ def _curves(runs: list[RunFiles]) -> list[tuple[str, str]]:
             said = run.name if run.steps else f"{run.name} (per epoch)"
             ax.plot([r["step"] for r in records], [r[key] for r in records], "-" if run.steps else "o-",
                     color=colour, lw=1.2, label=said)
+        if run.steps and run.metrics and len(run.steps) < 10:  # a short run: its epochs' means too, as markers
+            ax.plot([m["step"] for m in run.metrics], [m["train_loss"] for m in run.metrics], "o", color=colour,
+                    ms=4, label=f"{run.name} (epoch means)")
         own = [r for r in records if r.get("train_objective") is not None]
         if own:  # what a model's own objective minimised, beside (never instead of) its -ELBO
             ax.plot([r["step"] for r in own], [r["train_objective"] for r in own], ":", color=colour, lw=1.2,
@@ -200,12 +204,16 @@ def _settings_table(runs: list[RunFiles]) -> str:
                    "device": f"{env.get('device', '?')} ({env.get('device_name', '?')})",
                    "torch": env.get("torch"), "convae": env.get("convae"), "python": env.get("python"),
                    "processes": dist.get("world_size", 1), "precision (effective)": run.settings.get("precision"),
-                   "preset": (config.get("extra") or {}).get("preset")}
+                   "preset": (config.get("extra") or {}).get("preset"),
+                   "resize (effective)": (run.settings.get("data") or {}).get("resize_mode")}
+        if key == "data summary":  # what the data is and what preparing it did, as the run said it
+            lines = (run.settings.get("data") or {}).get("summary") or []
+            return "<br>".join(html.escape(line) for line in lines) or "–"
         v = sources[key] if key in sources else config.get(key)
         return "–" if v is None else html.escape(str(v))
 
-    keys = SETTINGS + ["preset", "parameters", "precision (effective)", "device", "processes", "torch", "python",
-                       "convae"]
+    keys = SETTINGS + ["resize (effective)", "data summary", "preset", "parameters", "precision (effective)", "device",
+                       "processes", "torch", "python", "convae"]
     head = "".join(f"<th style='color:{_hex(k)}'>{html.escape(r.name)}</th>" for k, r in enumerate(runs))
     rows = "".join(f"<tr><td>{html.escape(key)}</td>" + "".join(f"<td>{value(r, key)}</td>" for r in runs) + "</tr>"
                    for key in keys)

@@ -320,7 +320,8 @@ class Trainer:
                          # the data's classes (the model is conditional on them only under --conditional)
                          "classes": data.classes, "class_count": data.class_count(),
                          "likelihood": self.model.likelihood.name, "training_images_bytes": data.train_images.numel(),
-                         "fingerprint": self.fingerprint, "streamed": self.streamed is not None},
+                         "fingerprint": self.fingerprint, "streamed": self.streamed is not None,
+                         "resize_mode": self.config.resize_mode, "summary": data.summary()},
                 "distributed": {**runtime.describe(self.device),
                                 "batch_per_rank": self.config.batch_size // runtime.world_size,
                                 "batchnorm": runtime.batchnorm_mode(self.device), "cuda_graphs": self.graphs}}
@@ -518,6 +519,9 @@ class Trainer:
         only a checkpoint where the run was interrupted mid-epoch."""
         self.bar.close()
         synchronize(self.device)
+        if self.state.step > self.window.step:  # the steps since the last record: the curve reaches the epoch's end
+            self.logger.log_steps(self.window.close(self.runtime, self.state.step, self.epoch, self.lr,
+                                                    self.config.batch_size))
         seconds = time.perf_counter() - self.epoch_started
         self.state.train_seconds += seconds
         self.check_finite()
