@@ -328,3 +328,24 @@ def test_a_short_runs_report_has_its_whole_curve_and_says_what_the_data_is(tmp_p
     assert "data summary" in page and "data: art, 36 training and 4 test images of 3x32x32" in page
     assert "<td>background</td><td>black</td>" in page and "<td>resize (effective)</td><td>pad</td>" in page
     assert "epoch means" in page
+
+
+# -- 16. what preparing did to an array with alpha ---------------------------------------------------------------------
+
+
+def test_last_prepared_says_which_arrays_had_transparent_pixels(tmp_path, small_folder, capsys):
+    import convae
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", str(small_folder), "--model", "fc", "--max-steps", "1",
+                           "--batch-size", "8", "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard",
+                           "--cache-dir", str(tmp_path / "cache"), "--out", str(run))
+    assert code == 0, err
+    model = convae.load(run, device="cpu")
+    rgba = np.full((2, 24, 24, 4), 200, dtype=np.uint8)
+    rgba[1, ..., 3] = 255  # the second is opaque
+    rgba[0, :4, :4, 3] = 0
+    prepared = model.prepare_as_training(rgba)
+    assert prepared.dtype.is_floating_point is False and tuple(prepared.shape) == (2, 3, 32, 32)
+    assert [p["transparent"] for p in model.last_prepared] == [True, False]
+    assert (prepared[0, :, 0, 0] == 255).all()  # drawn over the white background

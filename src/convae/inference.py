@@ -129,7 +129,9 @@ class TrainedModel:
     def prepare_as_training(self, images) -> torch.Tensor:
         """uint8 N x C x size x size: each image through ``data.prepare.prepare_image`` with the run's size,
         channels, --resize and --background (a Pillow image turned upright by its EXIF tag first, as training reads
-        a file; an array or tensor first brought to uint8 by the rules training reads arrays with)."""
+        a file; an array or tensor first brought to uint8 by the rules training reads arrays with). Public: compare
+        it with the run's cached images to check the promise that a file is prepared as training prepared it, bit
+        for bit (``last_prepared`` says what was done to each image)."""
         from PIL import Image, ImageOps
 
         from .data.arrays import as_images
@@ -150,9 +152,11 @@ class TrainedModel:
                 x = channels_first(as_tensor(item), self.channels)
                 n, c, h, w = x.shape
                 x = as_images(x.detach().cpu().reshape(n * c, 1, h, w).numpy(), Path("images")).reshape(n, c, h, w)
+                transparent = np.zeros(n, dtype=bool)
                 if c in (2, 4):  # an alpha channel: over the background, as training draws one
+                    transparent = (x[:, -1] < 255).reshape(n, -1).any(1)
                     x, _ = composite_arrays(x, background)
-                self.last_prepared += [{**fitting(w, h, size, policy), "transparent": None} for _ in range(n)]
+                self.last_prepared += [{**fitting(w, h, size, policy), "transparent": bool(t)} for t in transparent]
                 prepared.append(prepare_array(np.ascontiguousarray(x), size, channels, policy, background))
         except DataError as e:
             raise ConfigError(str(e)) from None
