@@ -10,6 +10,7 @@ from PIL import Image
 
 import convae
 from convae.cli import main
+from convae.config import TrainConfig
 from convae.errors import ConfigError
 
 README = Path(__file__).parent.parent / "README.md"
@@ -117,7 +118,7 @@ def test_every_exportable_model_exports_with_the_batch_size_free_and_is_left_in_
 
     torch.manual_seed(0)
     vae = build_model(name, encoder).eval()
-    trained = SimpleNamespace(model=vae, channels=1, config=SimpleNamespace(image_size=32, model=name, encoder=encoder),
+    trained = SimpleNamespace(model=vae, channels=1, levels=255.0, config=TrainConfig(model=name, encoder=encoder),
                               run=SimpleNamespace(path=tmp_path, step=0))
     if fmt == "onnx":
         ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")

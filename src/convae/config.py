@@ -63,6 +63,10 @@ class TrainConfig:
     epochs: int = setting(100, "epochs to train", resumable=True)
     max_steps: int | None = setting(None, "stop after this many optimizer steps in all, ending like an epoch",
                                     resumable=True)
+    time_budget: str | None = setting(None, "train for this long (20m, 1h, 90s, 1h30m): the run times its own step "
+                                            "first and fixes its number of steps so that training (not start-up "
+                                            "or evaluation) ends at the budget; the learning-rate schedule is laid "
+                                            "over those steps, and a resumed run keeps them", metavar="DURATION")
     batch_size: int = setting(32, "images per step")
     lr: float = setting(1e-3, "Adam learning rate, or the peak of --lr-schedule onecycle")
     lr_schedule: str = setting("constant", "onecycle: linear warm-up to --lr, then cosine down to lr/100",
@@ -181,6 +185,8 @@ class TrainConfig:
         for name, value in (("checkpoint_minutes", self.checkpoint_minutes), ("dist_timeout", self.dist_timeout)):
             if value is not None and not number(value):
                 raise ConfigError(f"--{name.replace('_', '-')}: must be a positive number, got {value!r}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"--warmup-fraction: must be in [0, 1), got {self.warmup_fraction!r}")
         for f in dataclasses.fields(self):  # every setting with a fixed list of values
@@ -240,6 +246,22 @@ def check_model_options(options) -> None:
     for key, value in options.items():
         if not isinstance(value, (str, int, float, bool, type(None))):
             raise ConfigError(f"--model-option {key}: a number, true/false, null or text, not {value!r:.60}")
+
+
+def parse_duration(text: str) -> float:
+    """``"20m"``, ``"1h"``, ``"90s"``, ``"1h30m"``, ``"2.5h"`` (a bare number: seconds) -> seconds; a ConfigError
+    naming --time-budget otherwise."""
+    import re
+
+    spec = str(text).strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s?)?", spec)
+    if not spec or parts is None or not any(parts.groups()):
+        raise ConfigError(f"--time-budget {text}: give a duration such as 20m, 1h, 90s or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not total > 0:
+        raise ConfigError(f"--time-budget {text}: must be longer than zero")
+    return total
 
 
 def parse_model_options(items: list[str]) -> dict:

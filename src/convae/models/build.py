@@ -14,6 +14,9 @@ from .sizes import CONV_SIZES
 from .vae import VAE
 
 
+DATASET_SIZE_UNKNOWN = 1_000  # what a factory that asks for the training-set size is given before the data is read
+
+
 def build_model(name: str = "seed", encoder: str | None = None, image_size: int = 32, channels: int = 1,
                 likelihood: str = "bernoulli", gaussian_sigma: float | None = None, classes: int = 0,
                 options: dict | None = None, dataset_size: int | None = None) -> VAE:
@@ -34,8 +37,9 @@ def build_model(name: str = "seed", encoder: str | None = None, image_size: int 
         options["encoder"] = encoder
     if "dataset_size" in options:
         raise ValueError("--model-option dataset_size: set by convae (the number of training images), not an option")
-    if dataset_size is not None and "dataset_size" in inspect.signature(factory).parameters:
-        options["dataset_size"] = dataset_size
+    if "dataset_size" in inspect.signature(factory).parameters:
+        # the training images; where they are not known yet (a shape check before the data is read), a stand-in
+        options["dataset_size"] = dataset_size if dataset_size is not None else DATASET_SIZE_UNKNOWN
     try:
         inspect.signature(factory).bind(image_size, channels, p_x, classes, **options)
     except TypeError:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..version import __version__
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_duration
 from ..data import ImageData, StreamedImages, load_for_config, resident_limit
 from ..errors import (BadInput, ConfigError, FileSystemFault, NonFiniteLoss, OutOfMemory, RunBusy, refuse_non_finite,
                       TrainingInterrupted)
@@ -40,6 +40,8 @@ from ..runs import Checkpoint, RunLock, Start, plan_start, restore
 from ..runtime import Runtime, resolve_device, synchronize
 from ..signals import StopSignals
 from .averaging import WeightAverage
+from .budget import BudgetPlan, measure_steps_per_second
+from .budget import plan as budget_plan
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
 from .epoch import EpochEvaluator
 from .hooks import Hooks
@@ -115,6 +117,7 @@ class Trainer:
             self.check_settings()
             start = self.prepare(data, resume, auto_resume, at_step)
             self.build(start.checkpoint)
+            self.plan_budget(start)
             self.open_run_folder(start, argv, auto_resume)
         except BaseException:
             if self.lock is not None:
@@ -224,6 +227,38 @@ class Trainer:
                               "weights with --model-option")
         self.objective_keys = objective_keys(objective)
 
+    def plan_budget(self, start: Start) -> None:
+        """--time-budget: time this run's step on a copy of its model (``budget.py``) and fix its number of steps, so
+        that training ends at the budget; recorded as the run's --max-steps (and epochs to hold them), which a resumed
+        run keeps. Under torchrun rank 0's measurement is every rank's plan."""
+        config = self.config
+        self.budget: BudgetPlan | None = None
+        if not config.time_budget:
+            return
+        if start.checkpoint is not None:  # resumed: the steps planned when the run began (given as settings, or kept)
+            kept = start.run.read_settings().get("config", {}) if not config.max_steps else {}
+            if kept.get("max_steps"):
+                config.max_steps, config.epochs = kept["max_steps"], max(config.epochs, kept.get("epochs", 1))
+                self.last_step = min(config.epochs * self.steps_per_epoch, config.max_steps)
+            return
+        if config.max_steps:
+            raise ConfigError("--time-budget and --max-steps: give one of them (the budget fixes the number of steps "
+                              "from the speed measured here)")
+        labels = self.data.train_labels if config.conditional else None
+
+        def twin_step(model, optimizer):
+            return make_train_step(model, optimizer, self.streamed or self.data.train_images, self.data.levels, config,
+                                   self.dtype, self.precision, self.device, eager_only=self.eager_only(),
+                                   labels=labels)
+
+        rate, measured = measure_steps_per_second(
+            twin_step, self.model, lambda model: make_optimizer(model, config, self.device), len(self.data.train_images),
+            config.batch_size // self.runtime.world_size, self.device)
+        self.budget = self.runtime.broadcast(budget_plan(parse_duration(config.time_budget), rate, measured))
+        config.max_steps = self.budget.steps
+        config.epochs = math.ceil(self.budget.steps / self.steps_per_epoch)
+        self.last_step = self.budget.steps
+
     def eager_only(self) -> bool:
         """Whether the step must launch its kernels one by one: under DDP (the step holds collectives) or with
         streamed data (each batch comes from the host); elsewhere CUDA may record it as a graph."""
@@ -311,7 +346,10 @@ class Trainer:
         commands = {"command": argv}
         if before.get("command") is not None:  # a resumed run keeps the command it started with, and each resume's
             commands = {"command": before["command"], "resumed_with": before.get("resumed_with", []) + [argv]}
-        return {"config": self.config.to_dict(), "model_code": self.model_code(before),
+        budget = {"time_budget_plan": self.budget.describe()} if self.budget is not None else {}
+        if not budget and before.get("time_budget_plan"):
+            budget = {"time_budget_plan": before["time_budget_plan"]}
+        return {"config": self.config.to_dict(), "model_code": self.model_code(before), **budget,
                 "densities": self.model.describe_densities(), "environment": describe_environment(self.device),
                 "precision": self.precision, "model_parameters": sum(p.numel() for p in self.model.parameters()),
                 "steps_per_epoch": self.steps_per_epoch, **commands,
@@ -469,7 +507,13 @@ class Trainer:
                    and not config.max_steps)
         left = (self.last_step - self.state.step) * config.batch_size / max(img_per_s, 1e-9)
         epochs = math.ceil(self.last_step / self.steps_per_epoch)
-        if config.max_steps and config.max_steps < config.epochs * self.steps_per_epoch:
+        if self.budget is not None or (config.time_budget and config.max_steps):
+            seconds = parse_duration(config.time_budget)
+            plan = (f"{self.last_step} steps (--time-budget {config.time_budget}: {duration(seconds)} of training"
+                    + (f" at {self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} "
+                       "steps here" if self.budget is not None else ", as planned when the run began")
+                    + f"), {epochs} epoch{'s' * (epochs != 1)} of {self.steps_per_epoch} steps begun")
+        elif config.max_steps and config.max_steps < config.epochs * self.steps_per_epoch:
             plan = (f"{self.last_step} steps (--max-steps), {epochs} epoch{'s' * (epochs != 1)} of "
                     f"{self.steps_per_epoch} steps begun")
         else:
