@@ -64,7 +64,7 @@ def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_pat
     planned = json.loads((tmp_path / "cut" / "config.json").read_text())["config"]
     resumed = train(tiny(tmp_path / "cut", time_budget="2s"), data=tiny_data, resume=True, log=quiet)
     assert resumed.metrics[-1]["step"] == planned["max_steps"]  # the plan kept, not measured again
-    whole = train(tiny(tmp_path / "whole", max_steps=planned["max_steps"], epochs=planned["epochs"]), data=tiny_data,
+    train(tiny(tmp_path / "whole", max_steps=planned["max_steps"], epochs=planned["epochs"]), data=tiny_data,
                   log=quiet)
     a = RunDir(tmp_path / "cut").latest_checkpoint().tensors
     b = RunDir(tmp_path / "whole").latest_checkpoint().tensors

@@ -16,7 +16,7 @@ from ..version import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, ConvaeError
 from ..faults import debug, describe_os_error, first_line, is_out_of_memory
 from ..signals import interrupted_line, interrupts_deferred_during_imports
-from . import compare, evaluate, info, sweep, train, tune, use
+from . import compare, evaluate, explore, info, sweep, train, tune, use
 from ..models.registry import PluginChanged, load_plugin
 from .flags import OneLineParser, speaks
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(sub)
     sweep.add_parser(sub)
     tune.add_parser(sub)
+    explore.add_parser(sub)
     for command in set(sub.choices.values()):  # every command (and its own sub-commands) takes --plugin
         add_plugin_option(command)
     return parser

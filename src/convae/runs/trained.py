@@ -53,9 +53,10 @@ def check_labels(data: ImageData, classes: int, run_path: Path) -> None:
                           f"conditional on the classes 0..{classes - 1}")
 
 
-def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None, local_rank: int = 0) -> Run:
-    """Load ``path``'s config and newest checkpoint; a missing folder, a foreign checkpoint or a model that isn't
-    the expected one is a one-line error naming the folder."""
+def open_run(path: str | Path, device: str = "auto", expect_model: str | None = None, local_rank: int = 0,
+             step: int | None = None) -> Run:
+    """Load ``path``'s config and newest checkpoint (or the one of ``step``); a missing folder, a foreign checkpoint
+    or a model that isn't the expected one is a one-line error naming the folder."""
     run = RunDir(path)
     settings = run.read_settings()
     config = run.read_config(settings)
@@ -64,10 +65,13 @@ def open_run(path: str | Path, device: str = "auto", expect_model: str | None = 
     if not run.checkpoint_files():
         raise CheckpointError(f"{run.path}: has no checkpoint yet (the run never reached its first one): no trained "
                               "model to use yet")
-    try:
-        checkpoint = run.latest_checkpoint()
-    except CheckpointError:  # a run in training may have just replaced it: once more, with the newest there is now
-        checkpoint = run.latest_checkpoint()
+    if step is not None:
+        checkpoint = run.checkpoint_at(step)
+    else:
+        try:
+            checkpoint = run.latest_checkpoint()
+        except CheckpointError:  # a run in training may have just replaced it: once more, with the newest there is
+            checkpoint = run.latest_checkpoint()
     if checkpoint.meta.get("model") != config.model:
         raise CheckpointError(f"{checkpoint.path}: checkpoint of model {checkpoint.meta.get('model')!r}, "
                               f"but {run.config_file} says {config.model!r}")
