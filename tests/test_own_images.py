@@ -44,9 +44,18 @@ def every_mode(folder, rng):
         "LAB.tif": Image.fromarray(noise(18, 12, 3), "LAB"),
         "tiny.png": Image.fromarray(noise(3, 5, 3)),
     }
-    for name, image in images.items():
+    for name, image in list(images.items()):
         image.save(folder / name)
+        try:  # a file this Pillow cannot read back itself is no test of convae (Pillow 12.3: a YCbCr TIFF it wrote)
+            with Image.open(folder / name) as written:
+                written.load()
+        except OSError:
+            (folder / name).unlink()
+            del images[name]
     return images
+
+
+MODES_READ: list[str] = []  # the files of every_mode this Pillow reads back (14 with Pillow 13; 13 with 12.3)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +64,7 @@ def own_folder(tmp_path_factory):
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         (root / split / "a").mkdir(parents=True)
-        every_mode(root / split / "a", rng)
+        MODES_READ[:] = list(every_mode(root / split / "a", rng))
     return root
 
 
@@ -76,14 +85,14 @@ def test_the_api_prepares_each_file_as_training_cached_it(tmp_path, capsys, own_
     model = convae.load(run, device="cpu")
     data = open_run(run, "cpu").data()
     files = sorted((own_folder / "train" / "a").iterdir())
-    assert len(files) == len(data.train_images) == 14
+    assert len(files) == len(data.train_images) == len(MODES_READ)
     for k, path in enumerate(files):
         cached = data.train_images[k:k + 1].float() / 255
         with Image.open(path) as image:
             assert torch.equal(model.prepare(image), cached), path.name
     mixed = [Image.open(p) for p in files]  # a list of every size and mode, each prepared alone
     assert torch.equal(model.prepare(mixed), data.train_images.float() / 255)
-    assert model.encode(mixed)[0].shape == (14, model.latent_dim)
+    assert model.encode(mixed)[0].shape == (len(files), model.latent_dim)
     facts = {p.name: f for p, f in zip(files, model.last_prepared)}
     policy = "padded" if "pad" in options else "cropped"
     assert facts["RGB.png"]["fitted"] == policy  # the tiny 3 x 5 image: its short side (long side, padded) to 16
@@ -132,10 +141,12 @@ def test_encode_matches_latents_to_file_names_and_decode_keeps_them(tmp_path, ca
     run, _ = trained_on(tmp_path, capsys, own_folder)
     code, said, err = run_cli(capsys, "encode", str(run), "--split", "all", "--out", str(tmp_path / "z.npz"),
                               "--device", "cpu")
-    assert code == 0 and "28 all images encoded" in said, err
+    both = 2 * len(MODES_READ)
+    assert code == 0 and f"{both} all images encoded" in said, err
     with np.load(tmp_path / "z.npz") as f:
         names, mu = list(f["names"]), f["mu"]
-    assert names[:2] == ["train/a/1.png", "train/a/CMYK.tif"] and names[14] == "test/a/1.png" and len(mu) == 28
+    assert names[:2] == ["train/a/1.png", "train/a/CMYK.tif"] and names[both // 2] == "test/a/1.png"
+    assert len(mu) == both
     model = convae.load(run, device="cpu")
     with Image.open(own_folder / "test" / "a" / "RGBA.png") as image:
         expected = model.encode(image)[0][0].numpy()
@@ -144,7 +155,7 @@ def test_encode_matches_latents_to_file_names_and_decode_keeps_them(tmp_path, ca
                            "--device", "cpu")
     assert code == 0, err
     with np.load(tmp_path / "x.npz") as f:
-        assert list(f["names"]) == names and f["images"].shape == (28, 3, 16, 16)
+        assert list(f["names"]) == names and f["images"].shape == (both, 3, 16, 16)
     code, _, err = run_cli(capsys, "encode", str(run), "--data", str(own_folder / "test"), "--split", "test",
                            "--out", str(tmp_path / "other.npz"), "--device", "cpu")
     assert code == 0, err

@@ -411,6 +411,10 @@ class Trainer:
                      f"{self.settings['model_parameters']:,} parameters, {len(self.data.train_images)} training "
                      f"images, {self.steps_per_epoch} steps per epoch, device {self.device}")
             self.say_data_notes()
+        if self.budget is not None:  # said at once: a short budget may end before the first progress record
+            self.say(f"--time-budget {self.config.time_budget}: {self.budget.steps} steps at "
+                     f"{self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} steps here "
+                     "on a copy of the model")
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"
