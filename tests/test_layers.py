@@ -84,3 +84,46 @@ def test_ctrl_c_at_any_moment_of_startup_is_one_line_and_exit_130(tmp_path, idx_
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert err == "convae train: interrupted\n" or err.startswith("convae: SIGINT at step "), err
+
+
+# A factory of the seed's encoder and decoder that,, the first time it is called, receives a Ctrl-C that a "library"
+# inside it catches and drops: the command's own handler never sees it.
+SWALLOWING_PLUGIN = '''
+import os, signal, time
+import convae
+
+_done = []
+
+@convae.register_model("swallows", description="the seed model; its factory drops one Ctrl-C")
+def build(image_size, channels, likelihood, classes):
+    if not _done:
+        _done.append(1)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+    return convae.VAE(convae.make_encoder("conv", image_size, 2, channels, classes),
+                      convae.make_decoder("seed", 2 + classes, image_size, channels * likelihood.params_per_channel),
+                      2, likelihood, classes)
+'''
+
+
+def test_a_ctrl_c_that_a_library_drops_still_stops_training_at_its_first_step(tmp_path, idx_dir):
+    (tmp_path / "swallowing.py").write_text(SWALLOWING_PLUGIN)
+    done = subprocess.run([sys.executable, "-m", "convae", "train", "--plugin", "swallowing", "--model", "swallows",
+                           "--data-dir", str(idx_dir), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet",
+                           "--no-report", "--no-tensorboard", "--epochs", "500"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.startswith("convae: SIGINT at step 1: checkpoint written"), done.stderr
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_a_process_started_with_ctrl_c_ignored_answers_it_from_its_first_line():
+    """A background job of a non-interactive shell inherits SIGINT ignored; convae takes it back before it imports
+    anything heavy (Python itself leaves an inherited SIG_IGN alone)."""
+    code = "import signal, convae.__main__\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.stdout.strip() == "True", done.stdout + done.stderr

@@ -9,7 +9,9 @@ import os
 import sys
 
 from .errors import EXIT_INTERRUPTED
-from .signals import interrupted_line
+from .signals import interrupted_line, take_interrupts
+
+take_interrupts()  # the program's first act: Ctrl-C stops it however it was started
 
 
 def run(argv: list[str] | None = None, hooks=None) -> None:

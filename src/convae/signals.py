@@ -6,7 +6,12 @@
   can fail with a traceback (seen: numpy's lazy ``linalg`` recursing). There the interrupt waits, re-checked every
   20 ms, until the import is done.
 * ``StopSignals``: inside the training loop, SIGINT and SIGTERM only set a flag the loop reads between steps, so the
-  step in flight finishes and a checkpoint is written. An interrupt still waiting for an import counts.
+  step in flight finishes and a checkpoint is written. An interrupt not yet answered counts: one still waiting for
+  an import, and one raised as KeyboardInterrupt that never reached the command's own handler (a library on the way
+  caught and dropped it; CI once saw a run started with Ctrl-C go on training for two minutes).
+* ``take_interrupts``: the program's first act. A process started with SIGINT ignored (a background job of a
+  non-interactive shell, a supervisor's child) would otherwise ignore Ctrl-C until the command installs its own
+  handler, and always after; convae answers it the same way however it was started.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import contextlib
 import signal
 
 RETRY_SECONDS = 0.02
-_pending = False  # a SIGINT received during an import, not yet raised
+_pending = False  # a SIGINT received and not yet answered: waiting for an import to end, or raised and dropped
 
 
 def _importing(frame) -> bool:
@@ -28,12 +33,17 @@ def _importing(frame) -> bool:
 
 def _interrupt(signum, frame) -> None:
     global _pending
+    _pending = True  # until the command ends (it has answered) or the training loop takes it as its stop
     if _importing(frame):
-        _pending = True
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
         return
-    _pending = False
     raise KeyboardInterrupt
+
+
+def take_interrupts() -> None:
+    """SIGINT raises KeyboardInterrupt (Python's own answer) even where the process was started with it ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _retry(signum, frame) -> None:
@@ -74,7 +84,7 @@ class StopSignals:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handler)
-            if _pending:  # an interrupt that waited for an import: the run stops at its first step
+            if _pending:  # an interrupt that waited for an import, or was dropped: the run stops at its first step
                 _pending = False
                 self.received = "SIGINT"
         return self
