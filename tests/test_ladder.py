@@ -50,13 +50,14 @@ def test_the_iw_bound_with_one_sample_is_the_elbo_in_expectation_and_tightens():
         p.data.add_(torch.randn_like(p) * 0.02)
     x = torch.bernoulli(torch.full((3, 1, 32, 32), 0.3))
     with torch.no_grad():
-        w = log_weights(model, x, 400, torch.Generator().manual_seed(1))
-        elbo = torch.stack([-model.loss(x, generator=torch.Generator().manual_seed(s)).total for s in range(400)])
+        w = log_weights(model, x, 200, torch.Generator().manual_seed(1))
+        # 200 one-sample ELBOs of each image, in one pass (the batch is the 3 images repeated)
+        elbo = -model.loss(x.repeat(200, 1, 1, 1), generator=torch.Generator().manual_seed(2)).total.view(200, 3)
     assert (model(x).kl.sum(1) > 1).all()
     difference = w.mean(1) - elbo.mean(0)
-    assert (difference.abs() < 4 * (w.var(1) / 400 + elbo.var(0) / 400).sqrt()).all()
+    assert (difference.abs() < 4 * (w.var(1) / 200 + elbo.var(0) / 200).sqrt()).all()
     bound = lambda k: (torch.logsumexp(w[:, :k], 1) - torch.log(torch.tensor(float(k)))).mean()  # noqa: E731
-    assert bound(400) > bound(1)
+    assert bound(200) > bound(1)
 
 
 def test_a_ladder_run_evaluates_loads_encodes_its_groups_and_exports(ladder_run, tmp_path, capsys):

@@ -102,8 +102,8 @@ def test_a_sweep_writes_ordinary_run_folders_and_a_summary_with_error_bars(tmp_p
 @pytest.mark.layouts  # bit for bit within one layout
 def test_a_killed_sweep_resumes_with_the_same_command_and_ends_as_an_uninterrupted_one(tmp_path, idx_dir):
     def command(out):
-        return [sys.executable, "-m", "convae", *sweep_args(idx_dir, out, "--epochs", "3", "--seeds", "2", "--grid",
-                                                            "beta=0.5,1", "--pack", "4", "--pack-by", "threads",
+        return [sys.executable, "-m", "convae", *sweep_args(idx_dir, out, "--epochs", "2", "--grid", "beta=0.5,1",
+                                                            "--pack", "4", "--pack-by", "threads",
                                                             "--checkpoint-every", "3")]
 
     whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=300)
@@ -118,7 +118,7 @@ def test_a_killed_sweep_resumes_with_the_same_command_and_ends_as_an_uninterrupt
     cut.communicate()
     again = subprocess.run(command(tmp_path / "cut"), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    for name in ("beta=0.5,seed=0", "beta=0.5,seed=1", "beta=1.0,seed=0", "beta=1.0,seed=1"):
+    for name in ("beta=0.5,seed=0", "beta=1.0,seed=0"):
         strip = lambda run: [{k: v for k, v in m.items() if k not in TIMING}  # noqa: E731
                              for m in RunDir(run / "runs" / name).metrics() if not m["partial_epoch"]]
         assert strip(tmp_path / "cut") == strip(tmp_path / "whole"), name

@@ -1,10 +1,11 @@
-"""`--time-budget` (issue 41): a run times its own step, fixes its number of steps so that training ends at the
-budget, lays its schedule over them, and keeps them when resumed — a budgeted run is the run of --max-steps N with
-the N it measured, bit for bit."""
+"""`--time-budget` (issue 41): a run times its own step on a copy, fixes its warm-up and a first number of steps,
+re-plans the steps once from its own speed at the end of the warm-up, and keeps what it recorded when resumed — a
+budgeted run is the run of --max-steps N --warmup-steps W with the N and W it recorded, bit for bit."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from convae.config import TrainConfig, parse_duration
 from convae.errors import ConfigError, TrainingInterrupted
 from convae.runs import RunDir
-from convae.training import train
+from convae.training import Hooks, train
 
 from conftest import run_cli, sigterm_at
 
@@ -46,17 +47,88 @@ def test_durations_are_read_as_people_write_them():
             parse_duration(bad)
 
 
+class RunClock:
+    """The training loop's clock, advanced only by the run's own steps (``per_step`` seconds each): what the re-plan
+    measures is then exactly known."""
+
+    def __init__(self, per_step: float):
+        self.now, self.per_step = 1000.0, per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_the_plan_and_its_re_plan_are_the_arithmetic_they_say():
+    from convae.training.budget import plan, replan
+
+    first = plan(100.0, 3.0, 40, 0.25)
+    assert (first.steps, first.replan_step) == (300, 75)
+    assert plan(100.0, 3.0, 40, None).replan_step == 15  # a constant rate: re-planned after 5 % of the plan
+    second = replan(first, 75, 30.0, 2.0, 72)  # 30 s gone at step 75, the run's own 2 steps/s: 70 s left
+    assert second.steps == 75 + 140 and second.replan_step == 75
+    assert second.replanned == {"at_step": 75, "steps_per_second": 2.0, "measured_steps": 72, "seconds_left": 70.0,
+                                "steps": 215}
+    assert replan(first, 75, 130.0, 2.0, 72).steps == 76  # over the budget already: one more step, the epoch ends
+
+
+def ticking(clock: RunClock, then=None) -> Hooks:
+    """Hooks that advance ``clock`` by one step's time as each step starts (and run ``then``'s own hook)."""
+
+    def before_step(k):
+        clock.now += clock.per_step
+        if then is not None:
+            then.before_step(k)
+
+    return Hooks(before_step=before_step)
+
+
+def test_a_run_slower_than_its_copy_re_plans_at_the_end_of_its_warm_up_and_ends_at_the_budget(tmp_path, tiny_data,
+                                                                                               monkeypatch):
+    """The copy times 10 steps/s, the run's own steps take 0.25 s: planned 100 steps of 10 s; at the end of the
+    warm-up (25 steps, 6.25 s of the run's clock) the run's 4 steps/s re-plan 25 + 3.75 s x 4 = 40 steps, and
+    training takes the budget to the step."""
+    from convae.training import budget, loop
+    from convae.training.schedule import learning_rate
+
+    clock = RunClock(0.25)
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "measure_steps_per_second", lambda *args: (10.0, 30))
+    said = []
+    result = train(tiny(tmp_path / "budget", time_budget="10s"), data=tiny_data, log=said.append,
+                   hooks=ticking(clock))
+    settings = json.loads((tmp_path / "budget" / "config.json").read_text())
+    plan = settings["time_budget_plan"]
+    assert (plan["steps"], plan["replan_step"]) == (40, 25) and settings["config"]["warmup_steps"] == 25
+    assert plan["replanned"] == {"at_step": 25, "steps_per_second": 4.0, "measured_steps": 25 - budget.WARMUP_STEPS,
+                                 "seconds_left": 3.75, "steps": 40}
+    assert settings["config"]["max_steps"] == 40 and result.metrics[-1]["step"] == 40
+    assert result.metrics[-1]["train_seconds"] == 10.0
+    assert any("re-planned at step 25 from this run's own 4.00 steps/s over 22 steps: 40 steps in all (planned 100"
+               in line for line in said), said
+    assert any("trained 10 s, 100.0 % of the budget" in line for line in said), said
+    # the warm-up was fixed before the re-plan, so the rate climbs to --lr and the cosine starts there: no jump
+    config = budgeted_config(tmp_path)
+    assert learning_rate(config, 24, 40) == learning_rate(config, 25, 40) == config.lr
+
+
 def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_many_steps_bit_for_bit(tmp_path,
                                                                                                        tiny_data):
     said = []
-    budgeted = train(tiny(tmp_path / "budget", time_budget="0.6s"), data=tiny_data, log=said.append)
+    budgeted = train(tiny(tmp_path / "budget", time_budget="1.2s", warmup_fraction=0.5), data=tiny_data,
+                     log=said.append)
     settings = json.loads((tmp_path / "budget" / "config.json").read_text())
     plan = settings["time_budget_plan"]
     steps = plan["steps"]
-    assert steps == int(0.6 * plan["steps_per_second"]) and plan["measured_steps"] >= 5
+    first = int(1.2 * plan["steps_per_second"])
+    assert plan["measured_steps"] >= 5 and plan["replan_step"] == int(0.5 * first)
+    assert settings["config"]["warmup_steps"] == plan["replan_step"]
+    assert plan["replanned"]["at_step"] == plan["replan_step"] and plan["replanned"]["steps"] == steps
     assert settings["config"]["max_steps"] == steps and settings["config"]["epochs"] * 8 >= steps  # 8 steps an epoch
     assert budgeted.metrics[-1]["step"] == steps
-    assert any(f"--time-budget 0.6s: {steps} steps at " in line and "steps/s, timed over" in line
+    assert any(f"--time-budget 1.2s: {first} steps at " in line and "steps/s, timed over" in line
                for line in said), said
     records = [json.loads(line) for line in (tmp_path / "budget" / "steps.jsonl").read_text().splitlines()]
     from convae.training.schedule import learning_rate
@@ -65,22 +137,43 @@ def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_
     assert records[-1]["lr"] == learning_rate(budgeted_config(tmp_path), steps - 1, steps) < 1e-3 / 10
 
     # the timing drew nothing from the run's generators and touched none of its weights
-    same = train(tiny(tmp_path / "steps", max_steps=steps, epochs=settings["config"]["epochs"]), data=tiny_data,
-                 log=quiet)
+    same = train(tiny(tmp_path / "steps", max_steps=steps, warmup_steps=plan["replan_step"],
+                      epochs=settings["config"]["epochs"]), data=tiny_data, log=quiet)
     a = RunDir(tmp_path / "budget").latest_checkpoint().tensors
     b = RunDir(tmp_path / "steps").latest_checkpoint().tensors
     assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))
     assert budgeted.metrics[-1]["test_neg_elbo"] == same.metrics[-1]["test_neg_elbo"]
 
 
-def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_path, tiny_data):
-    config = tiny(tmp_path / "cut", time_budget="0.6s")
+@pytest.mark.parametrize("cut", ["before the re-plan", "after it"])
+def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_path, tiny_data, monkeypatch, cut):
+    """Cut before the re-plan, the resumed run re-plans at the same step from its own speed; cut after it, the
+    re-planned steps are kept. Either way the run is the --max-steps N --warmup-steps W run it recorded: 40 steps
+    planned at the copy's 10 steps/s for 4 s, the warm-up's 20 steps take 2.5 s at 8 steps/s, 32 steps in all."""
+    from convae.training import loop
+
+    clock = RunClock(0.125)
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "measure_steps_per_second", lambda *args: (10.0, 30))
+    config = tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5)
     with pytest.raises(TrainingInterrupted):
-        train(config, data=tiny_data, log=quiet, hooks=sigterm_at(5))
-    planned = json.loads((tmp_path / "cut" / "config.json").read_text())["config"]
-    resumed = train(tiny(tmp_path / "cut", time_budget="0.6s"), data=tiny_data, resume=True, log=quiet)
-    assert resumed.metrics[-1]["step"] == planned["max_steps"]  # the plan kept, not measured again
-    train(tiny(tmp_path / "whole", max_steps=planned["max_steps"], epochs=planned["epochs"]), data=tiny_data,
+        train(config, data=tiny_data, log=quiet,
+              hooks=ticking(clock, sigterm_at(2 if cut == "before the re-plan" else 22)))
+    at_cut = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert (at_cut["time_budget_plan"]["replanned"] is None) == (cut == "before the re-plan")
+    said = []
+    resumed = train(tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5), data=tiny_data, resume=True,
+                    log=said.append, hooks=ticking(clock))
+    recorded = json.loads((tmp_path / "cut" / "config.json").read_text())
+    planned = recorded["config"]
+    assert recorded["time_budget_plan"]["replanned"]["at_step"] == 20 and planned["warmup_steps"] == 20
+    assert planned["max_steps"] == 32 and resumed.metrics[-1]["step"] == 32
+    if cut == "after it":  # the steps re-planned before the cut, kept
+        assert recorded["time_budget_plan"] == at_cut["time_budget_plan"]
+        assert not any("re-planned" in line for line in said), said
+    else:  # timed again in the resumed process: from step 3 + 3 to 20
+        assert recorded["time_budget_plan"]["replanned"]["measured_steps"] == 14
+    train(tiny(tmp_path / "whole", max_steps=32, warmup_steps=20, epochs=planned["epochs"]), data=tiny_data,
           log=quiet)
     a = RunDir(tmp_path / "cut").latest_checkpoint().tensors
     b = RunDir(tmp_path / "whole").latest_checkpoint().tensors

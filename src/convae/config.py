@@ -72,6 +72,8 @@ class TrainConfig:
     lr_schedule: str = setting("constant", "onecycle: linear warm-up to --lr, then cosine down to lr/100",
                                choices=LR_SCHEDULES)
     warmup_fraction: float = setting(0.25, "share of all steps spent warming up (onecycle)")
+    warmup_steps: int | None = setting(None, "steps spent warming up (onecycle), instead of --warmup-fraction of all "
+                                             "steps; a --time-budget run records its own", metavar="STEPS")
     beta: float = setting(1.0, "weight of the KL term (1: the ELBO; the logged -ELBO stays unweighted)")
     kl_warmup: int = setting(0, "raise the KL weight linearly from 0 to --beta over STEPS steps (0: no warm-up)",
                              metavar="STEPS")
@@ -162,7 +164,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size", "monitor_images", "eval_batch_size",
                      "progress_every", "keep_checkpoints", "max_image_pixels"):
             positive(name, getattr(self, name))
-        for name in ("max_steps", "train_limit", "test_limit", "checkpoint_every"):
+        for name in ("max_steps", "warmup_steps", "train_limit", "test_limit", "checkpoint_every"):
             positive(name, getattr(self, name), allow_none=True)
         positive("iw_train", self.iw_train)
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:

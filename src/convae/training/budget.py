@@ -1,13 +1,24 @@
-"""``--time-budget``: how many steps a run can take in a given time, measured on this machine before it starts.
+"""``--time-budget``: how many steps a run can take in a given time, measured on this machine as it runs.
 
-The run's own step (the same model, batch, precision and step function) is timed on a throwaway copy of the model
-and optimizer: a few warm-up steps, then steps until ``MEASURE_SECONDS`` have passed. The number of steps is fixed
-from that rate once, before the first real step, and recorded (config.json's ``max_steps``, with ``epochs`` enough
-to hold them), so that the learning-rate schedule is laid over it from the start and a resumed run ends exactly
-where an uninterrupted one would. The run's random numbers and weights are untouched by the timing (it draws from
-torch's generators inside ``fork_rng``), so a budgeted run is the run of ``--max-steps N`` with that N, bit for
-bit. What the budget counts is training: the steps' time, not start-up, the epoch-end evaluations or checkpoints
-(reported apart, as ``eval_seconds`` and the run's wall time).
+Two measurements, because a few seconds at the start are not the speed of a long run (measured: a 15-minute run
+planned from 11 steps on a copy took 1,045 s, the loop's own work and a machine that settles below its first
+seconds' speed):
+
+1. **The plan**, before the first real step: the run's own step (the same model, batch, precision and step function)
+   is timed on a throwaway copy of the model and optimizer, on batches drawn at random from the training set: a few
+   warm-up steps, then steps until ``MEASURE_SECONDS`` have passed. It fixes the warm-up of the learning-rate
+   schedule (``warmup_steps``, the share ``--warmup-fraction`` of the planned steps) and a first number of steps.
+2. **The re-plan**, once, at the end of that warm-up (``replan_step``; 5 % of the plan under a constant rate): the
+   run's own steps since it began, timed by the training clock (the steps, the loop's records, not the epoch-end
+   evaluations), fix the number of steps that fills what is left of the budget. The warm-up does not depend on the
+   total, and the cosine begins there, so the schedule has no jump.
+
+Both are recorded as they are made (config.json's ``max_steps``, ``warmup_steps`` and ``time_budget_plan``), so a
+resumed run keeps them and ends where an uninterrupted one would; the run's random numbers and weights are untouched
+by the timing (the copy draws from torch's generators inside ``fork_rng``): a budgeted run is the run of
+``--max-steps N --warmup-steps W`` with the N and W it recorded, bit for bit. What the budget counts is training:
+the steps' time, not start-up, the epoch-end evaluations or checkpoints (reported apart, as ``eval_seconds`` and the
+run's wall time).
 """
 
 from __future__ import annotations
@@ -24,18 +35,28 @@ from ..runtime import synchronize
 WARMUP_STEPS = 3       # untimed: first-call costs (kernel selection, allocator, compilation)
 MEASURE_SECONDS = 3.0  # then steps are timed until this much time has passed ...
 MEASURE_STEPS = (5, 200)  # ... and at least 5, at most 200 steps
+REPLAN_FRACTION = 0.05   # under a constant learning rate, the re-plan comes after this share of the planned steps
+REPLAN_LEAST_STEPS = 5   # a re-plan needs this many timed steps of the run's own (after WARMUP_STEPS), else the plan
 
 
 @dataclass
 class BudgetPlan:
     seconds: float           # the budget
-    steps_per_second: float  # measured
+    steps_per_second: float  # measured on the copy
     measured_steps: int
-    steps: int               # the steps the run takes
+    steps: int               # the steps the run takes (re-planned once, at replan_step)
+    replan_step: int = 0     # where the run's own speed re-plans ``steps`` (the end of the warm-up)
+    replanned: dict | None = None  # {"at_step", "steps_per_second", "measured_steps", "seconds_left", "steps"}
 
     def describe(self) -> dict:
         return {"seconds": self.seconds, "steps_per_second": self.steps_per_second,
-                "measured_steps": self.measured_steps, "steps": self.steps}
+                "measured_steps": self.measured_steps, "steps": self.steps, "replan_step": self.replan_step,
+                "replanned": self.replanned}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "BudgetPlan":
+        return cls(record["seconds"], record["steps_per_second"], record["measured_steps"], record["steps"],
+                   record.get("replan_step", 0), record.get("replanned"))
 
 
 def measure_steps_per_second(make_step, model, optimizer_factory, n_images: int, batch_size: int,
@@ -47,14 +68,16 @@ def measure_steps_per_second(make_step, model, optimizer_factory, n_images: int,
     with torch.random.fork_rng(devices=devices):
         twin = copy.deepcopy(model)
         step = make_step(twin, optimizer_factory(twin))
-        index = torch.arange(batch_size, device=device) % max(1, n_images)
+        def batch():  # drawn at random, as the run's are (one batch over and over stays in cache and times fast)
+            return torch.randint(max(1, n_images), (batch_size,)).to(device)
+
         for k in range(WARMUP_STEPS):
-            step(index, 0.0, k)  # lr 0: the copy's weights stay finite whatever the run's lr
+            step(batch(), 0.0, k)  # lr 0: the copy's weights stay finite whatever the run's lr
         synchronize(device)
         started, timed = time.perf_counter(), 0
         least, most = MEASURE_STEPS
         while timed < most and (timed < least or time.perf_counter() - started < MEASURE_SECONDS):
-            step(index, 0.0, WARMUP_STEPS + timed)
+            step(batch(), 0.0, WARMUP_STEPS + timed)
             timed += 1
             if timed % 5 == 0 or timed >= least:
                 synchronize(device)
@@ -63,6 +86,21 @@ def measure_steps_per_second(make_step, model, optimizer_factory, n_images: int,
     return timed / max(elapsed, 1e-9), timed
 
 
-def plan(seconds: float, steps_per_second: float, measured: int) -> BudgetPlan:
-    """The steps that fit in ``seconds`` at the measured rate (at least one)."""
-    return BudgetPlan(seconds, steps_per_second, measured, max(1, math.floor(seconds * steps_per_second)))
+def plan(seconds: float, steps_per_second: float, measured: int, warmup_fraction: float | None) -> BudgetPlan:
+    """The steps that fit in ``seconds`` at the measured rate (at least one), and where to re-plan them: the end of
+    the warm-up (``warmup_fraction`` of them; None: a constant rate, re-planned after ``REPLAN_FRACTION``)."""
+    steps = max(1, math.floor(seconds * steps_per_second))
+    replan_step = max(1, int((REPLAN_FRACTION if warmup_fraction is None else warmup_fraction) * steps))
+    return BudgetPlan(seconds, steps_per_second, measured, steps, replan_step)
+
+
+def replan(budget: BudgetPlan, step: int, seconds_used: float, steps_per_second: float, measured: int) -> BudgetPlan:
+    """The plan once the run's own ``measured`` steps ran at ``steps_per_second`` and ``seconds_used`` of training
+    have gone by at ``step``: the steps that fill the rest of the budget (at least one more), recorded beside the
+    first plan."""
+    left = max(0.0, budget.seconds - seconds_used)
+    steps = step + max(1, math.floor(left * steps_per_second))
+    replanned = {"at_step": step, "steps_per_second": steps_per_second, "measured_steps": measured,
+                 "seconds_left": left, "steps": steps}
+    return BudgetPlan(budget.seconds, budget.steps_per_second, budget.measured_steps, steps, budget.replan_step,
+                      replanned)

@@ -11,6 +11,7 @@ DDP averages the gradients, and rank 0 alone prints and writes; see docs/distrib
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import platform
@@ -40,8 +41,9 @@ from ..runs import Checkpoint, RunLock, Start, plan_start, restore
 from ..runtime import Runtime, resolve_device, synchronize
 from ..signals import StopSignals
 from .averaging import WeightAverage
-from .budget import BudgetPlan, measure_steps_per_second
+from .budget import REPLAN_LEAST_STEPS, WARMUP_STEPS, BudgetPlan, measure_steps_per_second
 from .budget import plan as budget_plan
+from .budget import replan as budget_replan
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
 from .epoch import EpochEvaluator
 from .hooks import Hooks
@@ -228,18 +230,25 @@ class Trainer:
         self.objective_keys = objective_keys(objective)
 
     def plan_budget(self, start: Start) -> None:
-        """--time-budget: time this run's step on a copy of its model (``budget.py``) and fix its number of steps, so
-        that training ends at the budget; recorded as the run's --max-steps (and epochs to hold them), which a resumed
-        run keeps. Under torchrun rank 0's measurement is every rank's plan."""
+        """--time-budget: time this run's step on a copy of its model (``budget.py``) and fix its warm-up and a first
+        number of steps, recorded as the run's --warmup-steps and --max-steps (and epochs to hold them); the run
+        re-plans the steps once from its own speed at the end of the warm-up (``replan_budget``). A resumed run keeps
+        what was recorded. Under torchrun rank 0's measurements are every rank's plan."""
         config = self.config
-        self.budget: BudgetPlan | None = None
+        self.budget: BudgetPlan | None = None  # the plan (made here, or kept by a resumed run)
+        self.budget_timed_here = False
+        self.replan_mark: tuple[int, float] | None = None  # (step, training clock) where the re-plan's timing began
         if not config.time_budget:
             return
-        if start.checkpoint is not None:  # resumed: the steps planned when the run began (given as settings, or kept)
-            kept = start.run.read_settings().get("config", {}) if not config.max_steps else {}
-            if kept.get("max_steps"):
-                config.max_steps, config.epochs = kept["max_steps"], max(config.epochs, kept.get("epochs", 1))
+        if start.checkpoint is not None:  # resumed: the plan made when the run began (given as settings, or kept)
+            kept = start.run.read_settings() if not config.max_steps else {}
+            if kept.get("config", {}).get("max_steps"):
+                config.max_steps = kept["config"]["max_steps"]
+                config.epochs = max(config.epochs, kept["config"].get("epochs", 1))
+                config.warmup_steps = kept["config"].get("warmup_steps")
                 self.last_step = min(config.epochs * self.steps_per_epoch, config.max_steps)
+                if kept.get("time_budget_plan"):
+                    self.budget = BudgetPlan.from_record(kept["time_budget_plan"])
             return
         if config.max_steps:
             raise ConfigError("--time-budget and --max-steps: give one of them (the budget fixes the number of steps "
@@ -254,10 +263,53 @@ class Trainer:
         rate, measured = measure_steps_per_second(
             twin_step, self.model, lambda model: make_optimizer(model, config, self.device), len(self.data.train_images),
             config.batch_size // self.runtime.world_size, self.device)
-        self.budget = self.runtime.broadcast(budget_plan(parse_duration(config.time_budget), rate, measured))
-        config.max_steps = self.budget.steps
-        config.epochs = math.ceil(self.budget.steps / self.steps_per_epoch)
-        self.last_step = self.budget.steps
+        onecycle = config.lr_schedule == "onecycle"
+        plan = budget_plan(parse_duration(config.time_budget), rate, measured,
+                           config.warmup_fraction if onecycle else None)
+        if onecycle and config.warmup_steps:  # the user's warm-up: the re-plan comes at its end
+            plan = dataclasses.replace(plan, replan_step=min(config.warmup_steps, plan.steps))
+        self.budget, self.budget_timed_here = self.runtime.broadcast(plan), True
+        if onecycle and not config.warmup_steps:  # fixed now: the re-plan at its end moves only where the cosine ends
+            config.warmup_steps = self.budget.replan_step
+        self.use_budget_steps(self.budget.steps)
+
+    def use_budget_steps(self, steps: int) -> None:
+        config = self.config
+        config.max_steps, config.epochs, self.last_step = steps, math.ceil(steps / self.steps_per_epoch), steps
+
+    def training_clock(self) -> float:
+        """Seconds of training so far (``train_seconds`` counts each epoch's steps once they are done)."""
+        return self.state.train_seconds + time.perf_counter() - self.epoch_started
+
+    def replan_budget(self) -> None:
+        """After a step of a budgeted run: start the re-plan's clock once the process's first steps are past, and at
+        the end of the warm-up fix the steps that fill the rest of the budget at the speed the run has had."""
+        budget, step = self.budget, self.state.step
+        if budget is None or budget.replanned is not None or step > budget.replan_step:
+            return
+        if self.replan_mark is None and step - self.first_step_here >= WARMUP_STEPS:
+            synchronize(self.device)
+            self.replan_mark = (step, self.training_clock())
+        if step < budget.replan_step:
+            return
+        measured = step - self.replan_mark[0] if self.replan_mark is not None else 0
+        if measured < REPLAN_LEAST_STEPS:  # a resume just before the re-plan: too few steps here to time
+            self.say(f"--time-budget {self.config.time_budget}: kept the plan of {budget.steps} steps (only "
+                     f"{measured} steps timed here before step {step})")
+            self.budget = dataclasses.replace(budget, replanned={"at_step": step, "kept": True})
+        else:
+            synchronize(self.device)
+            used = self.training_clock()
+            rate = measured / max(used - self.replan_mark[1], 1e-9)
+            self.budget = self.runtime.broadcast(budget_replan(budget, step, used, rate, measured))
+            self.use_budget_steps(self.budget.steps)
+            self.say(f"--time-budget {self.config.time_budget}: re-planned at step {step} from this run's own "
+                     f"{rate:.2f} steps/s over {measured} steps: {self.budget.steps} steps in all (planned "
+                     f"{budget.steps} at {budget.steps_per_second:.2f} steps/s on the copy)")
+        if self.runtime.is_writer:
+            self.settings["config"] = self.config.to_dict()
+            self.settings["time_budget_plan"] = self.budget.describe()
+            self.run_dir.write_settings(self.settings)
 
     def eager_only(self) -> bool:
         """Whether the step must launch its kernels one by one: under DDP (the step holds collectives) or with
@@ -411,10 +463,10 @@ class Trainer:
                      f"{self.settings['model_parameters']:,} parameters, {len(self.data.train_images)} training "
                      f"images, {self.steps_per_epoch} steps per epoch, device {self.device}")
             self.say_data_notes()
-        if self.budget is not None:  # said at once: a short budget may end before the first progress record
+        if self.budget_timed_here:  # said at once: a short budget may end before the first progress record
             self.say(f"--time-budget {self.config.time_budget}: {self.budget.steps} steps at "
                      f"{self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} steps here "
-                     "on a copy of the model")
+                     f"on a copy of the model; re-planned from the run's own speed at step {self.budget.replan_step}")
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"
@@ -430,12 +482,17 @@ class Trainer:
                 self.log(f"{self.run_dir.path} is already complete at step {self.state.step}; nothing to do")
             return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
         self.model.train()
+        self.first_step_here = self.state.step
         with StopSignals() as signals, self.faults_said():
             try:
                 while self.state.step < self.last_step and self.stop is None:
                     self.run_epoch(signals)
                 if self.stop is not None:
                     self.stopped()
+                if self.config.time_budget:
+                    seconds = parse_duration(self.config.time_budget)
+                    self.say(f"--time-budget {self.config.time_budget}: trained {self.state.train_seconds:,.0f} s, "
+                             f"{100 * self.state.train_seconds / seconds:.1f} % of the budget")
             finally:
                 self.close()
         return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
@@ -483,6 +540,7 @@ class Trainer:
             if self.streamed is not None and i + 1 < self.steps_per_epoch:
                 self.streamed.prefetch(self.batch_indices(i + 1))
             self.record_step(i, self.train_step(self.batch_indices(i), lr, self.state.step), lr)
+            self.replan_budget()
             if self.finish_step(*self.control_point(signals)):
                 break
         self.end_steps()
@@ -511,11 +569,11 @@ class Trainer:
                    and not config.max_steps)
         left = (self.last_step - self.state.step) * config.batch_size / max(img_per_s, 1e-9)
         epochs = math.ceil(self.last_step / self.steps_per_epoch)
-        if self.budget is not None or (config.time_budget and config.max_steps):
+        if config.time_budget and config.max_steps:
             seconds = parse_duration(config.time_budget)
             plan = (f"{self.last_step} steps (--time-budget {config.time_budget}: {duration(seconds)} of training"
                     + (f" at {self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} "
-                       "steps here" if self.budget is not None else ", as planned when the run began")
+                       "steps here" if self.budget_timed_here else ", as planned when the run began")
                     + f"), {epochs} epoch{'s' * (epochs != 1)} of {self.steps_per_epoch} steps begun")
         elif config.max_steps and config.max_steps < config.epochs * self.steps_per_epoch:
             plan = (f"{self.last_step} steps (--max-steps), {epochs} epoch{'s' * (epochs != 1)} of "

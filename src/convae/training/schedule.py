@@ -22,7 +22,7 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate for ``step`` (0-based): constant, or one cycle (linear warm-up, cosine to lr / 100)."""
     if config.lr_schedule == "constant":
         return config.lr
-    warmup = max(1, int(config.warmup_fraction * total_steps))
+    warmup = config.warmup_steps or max(1, int(config.warmup_fraction * total_steps))
     if step < warmup:
         return config.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
