@@ -61,17 +61,32 @@ class RunClock:
         return getattr(time, name)
 
 
-def test_the_plan_and_its_re_plan_are_the_arithmetic_they_say():
+def test_the_plan_and_its_re_plans_are_the_arithmetic_they_say():
     from convae.training.budget import plan, replan
 
     first = plan(100.0, 3.0, 40, 0.25)
     assert (first.steps, first.replan_step) == (300, 75)
     assert plan(100.0, 3.0, 40, None).replan_step == 15  # a constant rate: re-planned after 5 % of the plan
     second = replan(first, 75, 30.0, 2.0, 72)  # 30 s gone at step 75, the run's own 2 steps/s: 70 s left
-    assert second.steps == 75 + 140 and second.replan_step == 75
-    assert second.replanned == {"at_step": 75, "steps_per_second": 2.0, "measured_steps": 72, "seconds_left": 70.0,
-                                "steps": 215}
+    assert second.steps == 75 + 140 and second.replan_step == 75 + 70  # again half-way through what is left
+    assert second.replans == [{"at_step": 75, "steps_per_second": 2.0, "measured_steps": 72, "seconds_left": 70.0,
+                               "steps": 215}]
+    third = replan(second, 145, 68.0, 2.5, 70)  # faster now: 32 s left at 2.5 steps/s
+    assert third.steps == 145 + 80 and third.replan_step == 185 and len(third.replans) == 2
+    assert replan(third, 220, 99.0, 2.5, 40).replan_step == 0  # 2 steps left: no more re-plans
     assert replan(first, 75, 130.0, 2.0, 72).steps == 76  # over the budget already: one more step, the epoch ends
+
+
+def test_a_re_laid_cosine_passes_through_its_knots_without_a_jump():
+    from convae.training.schedule import knotted_progress, learning_rate
+
+    config = TrainConfig(lr_schedule="onecycle", warmup_steps=10, schedule_knots=[[30, 0.4]])
+    assert knotted_progress(10, 10, 60, [[30, 0.4]]) == 0.0 and knotted_progress(60, 10, 60, [[30, 0.4]]) == 1.0
+    assert knotted_progress(20, 10, 60, [[30, 0.4]]) == pytest.approx(0.2)  # 10 -> 30 spans 0 -> 0.4
+    assert knotted_progress(45, 10, 60, [[30, 0.4]]) == pytest.approx(0.7)  # 30 -> 60 spans 0.4 -> 1
+    rates = [learning_rate(config, k, 60) for k in range(60)]
+    steps = [abs(b - a) for a, b in zip(rates, rates[1:])]
+    assert max(steps) < 2 * config.lr / 10 and rates[9] == rates[10] == config.lr  # no jump anywhere
 
 
 def ticking(clock: RunClock, then=None) -> Hooks:
@@ -85,11 +100,11 @@ def ticking(clock: RunClock, then=None) -> Hooks:
     return Hooks(before_step=before_step)
 
 
-def test_a_run_slower_than_its_copy_re_plans_at_the_end_of_its_warm_up_and_ends_at_the_budget(tmp_path, tiny_data,
-                                                                                               monkeypatch):
+def test_a_run_slower_than_its_copy_re_plans_from_its_own_speed_and_ends_at_the_budget(tmp_path, tiny_data,
+                                                                                          monkeypatch):
     """The copy times 10 steps/s, the run's own steps take 0.25 s: planned 100 steps of 10 s; at the end of the
-    warm-up (25 steps, 6.25 s of the run's clock) the run's 4 steps/s re-plan 25 + 3.75 s x 4 = 40 steps, and
-    training takes the budget to the step."""
+    warm-up (25 steps, 6.25 s of the run's clock) the run's 4 steps/s re-plan 25 + 3.75 s x 4 = 40 steps, half-way
+    through the rest (step 32) again, and training takes the budget to the step."""
     from convae.training import budget, loop
     from convae.training.schedule import learning_rate
 
@@ -101,17 +116,44 @@ def test_a_run_slower_than_its_copy_re_plans_at_the_end_of_its_warm_up_and_ends_
                    hooks=ticking(clock))
     settings = json.loads((tmp_path / "budget" / "config.json").read_text())
     plan = settings["time_budget_plan"]
-    assert (plan["steps"], plan["replan_step"]) == (40, 25) and settings["config"]["warmup_steps"] == 25
-    assert plan["replanned"] == {"at_step": 25, "steps_per_second": 4.0, "measured_steps": 25 - budget.WARMUP_STEPS,
-                                 "seconds_left": 3.75, "steps": 40}
+    assert plan["steps"] == 40 and plan["replan_step"] == 0 and settings["config"]["warmup_steps"] == 25
+    assert plan["replans"] == [
+        {"at_step": 25, "steps_per_second": 4.0, "measured_steps": 25 - budget.WARMUP_STEPS, "seconds_left": 3.75,
+         "steps": 40},
+        {"at_step": 32, "steps_per_second": 4.0, "measured_steps": 7, "seconds_left": 2.0, "steps": 40}]
+    assert settings["config"]["schedule_knots"] == [[32, pytest.approx(7 / 15)]]  # past the warm-up: a knot
     assert settings["config"]["max_steps"] == 40 and result.metrics[-1]["step"] == 40
     assert result.metrics[-1]["train_seconds"] == 10.0
-    assert any("re-planned at step 25 from this run's own 4.00 steps/s over 22 steps: 40 steps in all (planned 100"
-               in line for line in said), said
+    assert any("re-planned at step 25 from this run's own 4.00 steps/s over its last 22 steps, 4 s left: 40 steps "
+               "in all (were 100)" in line for line in said), said
     assert any("trained 10 s, 100.0 % of the budget" in line for line in said), said
-    # the warm-up was fixed before the re-plan, so the rate climbs to --lr and the cosine starts there: no jump
+    # the warm-up was fixed before the first re-plan, so the rate climbs to --lr and the cosine starts there
     config = budgeted_config(tmp_path)
     assert learning_rate(config, 24, 40) == learning_rate(config, 25, 40) == config.lr
+
+
+def test_a_run_that_slows_down_is_followed_by_each_re_plan(tmp_path, tiny_data, monkeypatch):
+    """Steps of 0.25 s until step 30, then of 0.5 s: the re-plan at the warm-up's end trusts 4 steps/s, the next
+    ones see the slower steps and bring the end in, and training still ends within a step of the budget."""
+    from convae.training import loop
+
+    clock = RunClock(0.25)
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "measure_steps_per_second", lambda *args: (4.0, 30))
+
+    def slows(k):
+        if k == 30:
+            clock.per_step = 0.5
+
+    said = []
+    result = train(tiny(tmp_path / "budget", time_budget="20s", warmup_fraction=0.25), data=tiny_data,
+                   log=said.append, hooks=ticking(clock, Hooks(before_step=slows)))
+    plan = json.loads((tmp_path / "budget" / "config.json").read_text())["time_budget_plan"]
+    assert plan["replans"][0]["steps"] == 80 and plan["replans"][-1]["steps"] < 70  # the end brought in
+    assert abs(result.metrics[-1]["train_seconds"] - 20.0) <= 0.5  # within one slow step of the budget
+    records = [json.loads(line) for line in (tmp_path / "budget" / "steps.jsonl").read_text().splitlines()]
+    rates = [r["lr"] for r in records if r["step"] > 20]  # past the warm-up (20 steps), the rate only falls
+    assert len(rates) > 3 and all(b <= a for a, b in zip(rates, rates[1:])), rates
 
 
 def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_many_steps_bit_for_bit(tmp_path,
@@ -123,9 +165,10 @@ def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_
     plan = settings["time_budget_plan"]
     steps = plan["steps"]
     first = int(1.2 * plan["steps_per_second"])
-    assert plan["measured_steps"] >= 5 and plan["replan_step"] == int(0.5 * first)
-    assert settings["config"]["warmup_steps"] == plan["replan_step"]
-    assert plan["replanned"]["at_step"] == plan["replan_step"] and plan["replanned"]["steps"] == steps
+    assert plan["measured_steps"] >= 5 and plan["replans"][0]["at_step"] == int(0.5 * first)
+    assert settings["config"]["warmup_steps"] == plan["replans"][0]["at_step"]
+    made = [r for r in plan["replans"] if not r.get("kept")]  # a slow machine may time too few steps to re-plan
+    assert steps == (made[-1]["steps"] if made else first)
     assert settings["config"]["max_steps"] == steps and settings["config"]["epochs"] * 8 >= steps  # 8 steps an epoch
     assert budgeted.metrics[-1]["step"] == steps
     assert any(f"--time-budget 1.2s: {first} steps at " in line and "steps/s, timed over" in line
@@ -137,8 +180,9 @@ def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_
     assert records[-1]["lr"] == learning_rate(budgeted_config(tmp_path), steps - 1, steps) < 1e-3 / 10
 
     # the timing drew nothing from the run's generators and touched none of its weights
-    same = train(tiny(tmp_path / "steps", max_steps=steps, warmup_steps=plan["replan_step"],
-                      epochs=settings["config"]["epochs"]), data=tiny_data, log=quiet)
+    same = train(tiny(tmp_path / "steps", max_steps=steps, warmup_steps=settings["config"]["warmup_steps"],
+                      schedule_knots=settings["config"]["schedule_knots"], epochs=settings["config"]["epochs"]),
+                 data=tiny_data, log=quiet)
     a = RunDir(tmp_path / "budget").latest_checkpoint().tensors
     b = RunDir(tmp_path / "steps").latest_checkpoint().tensors
     assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))
@@ -147,9 +191,9 @@ def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_
 
 @pytest.mark.parametrize("cut", ["before the re-plan", "after it"])
 def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_path, tiny_data, monkeypatch, cut):
-    """Cut before the re-plan, the resumed run re-plans at the same step from its own speed; cut after it, the
-    re-planned steps are kept. Either way the run is the --max-steps N --warmup-steps W run it recorded: 40 steps
-    planned at the copy's 10 steps/s for 4 s, the warm-up's 20 steps take 2.5 s at 8 steps/s, 32 steps in all."""
+    """Cut before the first re-plan, the resumed run re-plans at the same step from its own speed; cut after it, the
+    re-planned steps are kept. Either way the run is the run of the settings it recorded: 40 steps planned at the
+    copy's 10 steps/s for 4 s, the warm-up's 20 steps take 2.5 s at 8 steps/s, 32 steps in all."""
     from convae.training import loop
 
     clock = RunClock(0.125)
@@ -160,21 +204,23 @@ def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_pat
         train(config, data=tiny_data, log=quiet,
               hooks=ticking(clock, sigterm_at(2 if cut == "before the re-plan" else 22)))
     at_cut = json.loads((tmp_path / "cut" / "config.json").read_text())
-    assert (at_cut["time_budget_plan"]["replanned"] is None) == (cut == "before the re-plan")
+    assert len(at_cut["time_budget_plan"]["replans"]) == (0 if cut == "before the re-plan" else 1)
     said = []
     resumed = train(tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5), data=tiny_data, resume=True,
                     log=said.append, hooks=ticking(clock))
     recorded = json.loads((tmp_path / "cut" / "config.json").read_text())
-    planned = recorded["config"]
-    assert recorded["time_budget_plan"]["replanned"]["at_step"] == 20 and planned["warmup_steps"] == 20
+    planned, replans = recorded["config"], recorded["time_budget_plan"]["replans"]
+    assert replans[0]["at_step"] == 20 and replans[0]["steps"] == 32 and planned["warmup_steps"] == 20
     assert planned["max_steps"] == 32 and resumed.metrics[-1]["step"] == 32
-    if cut == "after it":  # the steps re-planned before the cut, kept
-        assert recorded["time_budget_plan"] == at_cut["time_budget_plan"]
-        assert not any("re-planned" in line for line in said), said
-    else:  # timed again in the resumed process: from step 3 + 3 to 20
-        assert recorded["time_budget_plan"]["replanned"]["measured_steps"] == 14
-    train(tiny(tmp_path / "whole", max_steps=32, warmup_steps=20, epochs=planned["epochs"]), data=tiny_data,
-          log=quiet)
+    if cut == "after it":  # the re-plan made before the cut, kept; the next one has too few steps timed here
+        assert replans[0] == at_cut["time_budget_plan"]["replans"][0]
+        assert replans[1] == {"at_step": 26, "kept": True, "measured_steps": 0}
+        assert not any("re-planned" in line for line in said) and planned["schedule_knots"] is None, said
+    else:  # timed again in the resumed process: from step 3 + 3 to 20, then from 20 to 26
+        assert [r["measured_steps"] for r in replans] == [14, 6]
+        assert planned["schedule_knots"] == [[26, 0.5]]
+    train(tiny(tmp_path / "whole", max_steps=32, warmup_steps=20, schedule_knots=planned["schedule_knots"],
+               epochs=planned["epochs"]), data=tiny_data, log=quiet)
     a = RunDir(tmp_path / "cut").latest_checkpoint().tensors
     b = RunDir(tmp_path / "whole").latest_checkpoint().tensors
     assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))

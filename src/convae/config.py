@@ -148,6 +148,9 @@ class TrainConfig:
     out: str | None = setting(None, "run folder (default runs/<date-time>); must not hold a run already",
                               metavar="DIR")
     extra: dict = setting({}, "free-form notes, e.g. the preset a run came from", internal=True)
+    schedule_knots: list | None = setting(None, "onecycle's cosine re-laid by a --time-budget re-plan: [step, progress "
+                                                "there] pairs it passes through on its way to the last step",
+                                          internal=True)
 
     def validate(self) -> "TrainConfig":
         def positive(name: str, value, allow_none: bool = False):

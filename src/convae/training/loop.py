@@ -43,12 +43,13 @@ from ..signals import StopSignals
 from .averaging import WeightAverage
 from .budget import REPLAN_LEAST_STEPS, WARMUP_STEPS, BudgetPlan, measure_steps_per_second
 from .budget import plan as budget_plan
+from .budget import kept as budget_kept
 from .budget import replan as budget_replan
 from .engine import effective_precision, make_optimizer, make_train_step, uses_cuda_graphs
 from .epoch import EpochEvaluator
 from .hooks import Hooks
 from .normalisation import as_checkpoint_tensors, population_statistics, statistics_applied
-from .schedule import epoch_order, learning_rate
+from .schedule import epoch_order, knotted_progress, learning_rate
 from .state import RunState, Window, objective_keys
 
 
@@ -246,6 +247,7 @@ class Trainer:
                 config.max_steps = kept["config"]["max_steps"]
                 config.epochs = max(config.epochs, kept["config"].get("epochs", 1))
                 config.warmup_steps = kept["config"].get("warmup_steps")
+                config.schedule_knots = kept["config"].get("schedule_knots")
                 self.last_step = min(config.epochs * self.steps_per_epoch, config.max_steps)
                 if kept.get("time_budget_plan"):
                     self.budget = BudgetPlan.from_record(kept["time_budget_plan"])
@@ -283,9 +285,10 @@ class Trainer:
 
     def replan_budget(self) -> None:
         """After a step of a budgeted run: start the re-plan's clock once the process's first steps are past, and at
-        the end of the warm-up fix the steps that fill the rest of the budget at the speed the run has had."""
-        budget, step = self.budget, self.state.step
-        if budget is None or budget.replanned is not None or step > budget.replan_step:
+        each re-plan step fix the steps that fill the rest of the budget at the speed the run had since the last one
+        (``budget.py``); a re-plan past the warm-up is a knot of the cosine, so the rate does not jump."""
+        budget, step, config = self.budget, self.state.step, self.config
+        if budget is None or not budget.replan_step:
             return
         if self.replan_mark is None and step - self.first_step_here >= WARMUP_STEPS:
             synchronize(self.device)
@@ -294,20 +297,26 @@ class Trainer:
             return
         measured = step - self.replan_mark[0] if self.replan_mark is not None else 0
         if measured < REPLAN_LEAST_STEPS:  # a resume just before the re-plan: too few steps here to time
-            self.say(f"--time-budget {self.config.time_budget}: kept the plan of {budget.steps} steps (only "
-                     f"{measured} steps timed here before step {step})")
-            self.budget = dataclasses.replace(budget, replanned={"at_step": step, "kept": True})
+            self.budget = budget_kept(budget, step, measured)
+            self.say(f"--time-budget {config.time_budget}: kept the plan of {budget.steps} steps at step {step} "
+                     f"(only {measured} steps timed here)")
         else:
             synchronize(self.device)
             used = self.training_clock()
-            rate = measured / max(used - self.replan_mark[1], 1e-9)
-            self.budget = self.runtime.broadcast(budget_replan(budget, step, used, rate, measured))
+            rate = self.runtime.broadcast(measured / max(used - self.replan_mark[1], 1e-9))
+            used = self.runtime.broadcast(used)
+            self.replan_mark = (step, used)
+            if config.lr_schedule == "onecycle" and step > (config.warmup_steps or 0):  # the cosine's knot here
+                progress = knotted_progress(step, config.warmup_steps, self.last_step, config.schedule_knots or [])
+                config.schedule_knots = [*(config.schedule_knots or []), [step, progress]]
+            self.budget = budget_replan(budget, step, used, rate, measured)
             self.use_budget_steps(self.budget.steps)
-            self.say(f"--time-budget {self.config.time_budget}: re-planned at step {step} from this run's own "
-                     f"{rate:.2f} steps/s over {measured} steps: {self.budget.steps} steps in all (planned "
-                     f"{budget.steps} at {budget.steps_per_second:.2f} steps/s on the copy)")
+            left = self.budget.replans[-1]["seconds_left"]
+            self.say(f"--time-budget {config.time_budget}: re-planned at step {step} from this run's own "
+                     f"{rate:.2f} steps/s over its last {measured} steps, {duration(left)} left: "
+                     f"{self.budget.steps} steps in all (were {budget.steps})")
         if self.runtime.is_writer:
-            self.settings["config"] = self.config.to_dict()
+            self.settings["config"] = config.to_dict()
             self.settings["time_budget_plan"] = self.budget.describe()
             self.run_dir.write_settings(self.settings)
 
@@ -466,7 +475,7 @@ class Trainer:
         if self.budget_timed_here:  # said at once: a short budget may end before the first progress record
             self.say(f"--time-budget {self.config.time_budget}: {self.budget.steps} steps at "
                      f"{self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} steps here "
-                     f"on a copy of the model; re-planned from the run's own speed at step {self.budget.replan_step}")
+                     f"on a copy of the model; re-planned from the run's own speed from step {self.budget.replan_step}")
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"

@@ -25,6 +25,19 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     warmup = config.warmup_steps or max(1, int(config.warmup_fraction * total_steps))
     if step < warmup:
         return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
+    if config.schedule_knots:
+        progress = knotted_progress(step, warmup, total_steps, config.schedule_knots)
+    else:
+        progress = (step - warmup) / max(1, total_steps - warmup)
     floor = config.lr / 100
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def knotted_progress(step: int, warmup: int, total_steps: int, knots) -> float:
+    """How far along the cosine ``step`` is, piecewise linear through (warmup, 0), each knot's (step, progress) and
+    (total_steps, 1): the cosine of a run whose end was re-planned at the knots, continuous at each."""
+    points = [(warmup, 0.0), *((int(k), float(p)) for k, p in knots), (total_steps, 1.0)]
+    for (s0, p0), (s1, p1) in zip(points, points[1:]):
+        if step < s1 or s1 == total_steps:
+            return p0 + (step - s0) / max(1, s1 - s0) * (p1 - p0)
+    return 1.0
