@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -72,6 +72,7 @@ def measure_steps_per_second(make_step, model, optimizer_factory, n_images: int,
     with torch.random.fork_rng(devices=devices):
         twin = copy.deepcopy(model)
         step = make_step(twin, optimizer_factory(twin))
+
         def batch():  # drawn at random, as the run's are (one batch over and over stays in cache and times fast)
             return torch.randint(max(1, n_images), (batch_size,)).to(device)
 
@@ -112,12 +113,10 @@ def replan(budget: BudgetPlan, step: int, seconds_used: float, steps_per_second:
     steps = step + max(1, math.floor(left * steps_per_second))
     made = {"at_step": step, "steps_per_second": steps_per_second, "measured_steps": measured, "seconds_left": left,
             "steps": steps}
-    return BudgetPlan(budget.seconds, budget.steps_per_second, budget.measured_steps, steps,
-                      next_replan(step, steps), budget.replans + [made])
+    return replace(budget, steps=steps, replan_step=next_replan(step, steps), replans=budget.replans + [made])
 
 
 def kept(budget: BudgetPlan, step: int, measured: int) -> BudgetPlan:
     """A re-plan with too few steps timed in this process (a resume just before it): the steps stay."""
-    return BudgetPlan(budget.seconds, budget.steps_per_second, budget.measured_steps, budget.steps,
-                      next_replan(step, budget.steps),
-                      budget.replans + [{"at_step": step, "kept": True, "measured_steps": measured}])
+    return replace(budget, replan_step=next_replan(step, budget.steps),
+                   replans=budget.replans + [{"at_step": step, "kept": True, "measured_steps": measured}])

@@ -233,8 +233,8 @@ class Trainer:
     def plan_budget(self, start: Start) -> None:
         """--time-budget: time this run's step on a copy of its model (``budget.py``) and fix its warm-up and a first
         number of steps, recorded as the run's --warmup-steps and --max-steps (and epochs to hold them); the run
-        re-plans the steps once from its own speed at the end of the warm-up (``replan_budget``). A resumed run keeps
-        what was recorded. Under torchrun rank 0's measurements are every rank's plan."""
+        re-plans the steps from its own speed as it goes (``replan_budget``). A resumed run keeps what was
+        recorded. Under torchrun rank 0's measurements are every rank's plan."""
         config = self.config
         self.budget: BudgetPlan | None = None  # the plan (made here, or kept by a resumed run)
         self.budget_timed_here = False
@@ -303,8 +303,7 @@ class Trainer:
         else:
             synchronize(self.device)
             used = self.training_clock()
-            rate = self.runtime.broadcast(measured / max(used - self.replan_mark[1], 1e-9))
-            used = self.runtime.broadcast(used)
+            rate, used = self.runtime.broadcast((measured / max(used - self.replan_mark[1], 1e-9), used))
             self.replan_mark = (step, used)
             if config.lr_schedule == "onecycle" and step > (config.warmup_steps or 0):  # the cosine's knot here
                 progress = knotted_progress(step, config.warmup_steps, self.last_step, config.schedule_knots or [])

@@ -27,7 +27,7 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
         return config.lr * (step + 1) / warmup
     if config.schedule_knots:
         progress = knotted_progress(step, warmup, total_steps, config.schedule_knots)
-    else:
+    else:  # the same line without knots, written as it always was: every earlier run's rates to the last bit
         progress = (step - warmup) / max(1, total_steps - warmup)
     floor = config.lr / 100
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
