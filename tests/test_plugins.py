@@ -167,8 +167,9 @@ def test_an_example_plugin_resumes_bit_for_bit(tmp_path, tiny_data, name):
 @pytest.mark.parametrize("name", ["nnup", "vamp", "planar"])
 def test_packed_members_of_a_plugin_each_train_their_own_prior_and_posterior(tmp_path, tiny_data, name):
     """Batched (one vmapped pass): each member's loss reads its own pseudo-inputs / flow, and equals its solo run to
-    float32 rounding grown over 8 steps (the same tolerance as the built-in models' pack test; measured here: 1e-9
-    relative, while a member at lr 2e-3 grows nnup's rounding to 2e-4 by step 8, as early training's chaos does)."""
+    float32 rounding grown over 8 steps (measured: 1e-9 relative, while a member at lr 2e-3 grows nnup's rounding to
+    2e-4 by step 8, as early training's chaos does, and to 2.0e-4 on the other member under OMP_NUM_THREADS=1 on an
+    AMD EPYC: hence 1e-3; that each member trained its own prior and flow is checked on the tensors below)."""
     members = [dict(seed=0), dict(seed=1, beta=0.5)]
     options = {"width": 8} if name == "nnup" else {}
     configs = [tiny(tmp_path / f"packed{k}", model=name, max_steps=8, model_options=options, **m)
@@ -179,7 +180,7 @@ def test_packed_members_of_a_plugin_each_train_their_own_prior_and_posterior(tmp
         solo = train(tiny(tmp_path / f"solo{k}", model=name, max_steps=8, model_options=options, **m),
                      data=tiny_data, log=lambda s: None)
         packed = RunDir(tmp_path / f"packed{k}").metrics()
-        assert packed[-1]["test_neg_elbo"] == pytest.approx(solo.metrics[-1]["test_neg_elbo"], rel=2e-4)
+        assert packed[-1]["test_neg_elbo"] == pytest.approx(solo.metrics[-1]["test_neg_elbo"], rel=1e-3)
         own = {n: t for n, t in RunDir(tmp_path / f"packed{k}").latest_checkpoint().tensors.items()
                if ".prior." in f".{n}" or ".posterior." in f".{n}"}
         solo_own = RunDir(tmp_path / f"solo{k}").latest_checkpoint().tensors
