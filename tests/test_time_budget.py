@@ -226,7 +226,7 @@ def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))
 
 
-def test_a_budget_with_max_steps_or_in_a_sweep_is_refused_in_one_line(tmp_path, idx_dir, capsys):
+def test_a_budget_with_max_steps_is_refused_in_one_line(tmp_path, idx_dir, capsys):
     code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--model", "fc", "--time-budget", "1m",
                            "--max-steps", "5", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"))
     assert code == 2 and err.count("\n") == 1 and "--time-budget and --max-steps: give one" in err, err
@@ -234,6 +234,93 @@ def test_a_budget_with_max_steps_or_in_a_sweep_is_refused_in_one_line(tmp_path, 
     code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--time-budget", "soon", "--device", "cpu",
                            "--out", str(tmp_path / "run"))
     assert code == 2 and "--time-budget soon: give a duration such as 20m" in err
-    code, _, err = run_cli(capsys, "sweep", "--data-dir", str(idx_dir), "--model", "fc", "--time-budget", "1m",
-                           "--seeds", "2", "--device", "cpu", "--out", str(tmp_path / "sweep"))
-    assert code == 2 and "--time-budget: not with convae sweep yet" in err and not (tmp_path / "sweep").exists()
+
+
+class TickingPackStep:
+    """A pack's step that advances the run clock by ``clock.per_step`` each time the pack steps."""
+
+    def __init__(self, step, clock):
+        self.step, self.clock = step, clock
+
+    def __call__(self, *args):
+        self.clock.now += self.clock.per_step
+        return self.step(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+
+def test_a_budgeted_pack_plans_from_the_packs_speed_and_its_members_end_together(tmp_path, tiny_data, monkeypatch):
+    """A pack of 2 whose members differ in warm-up: the first plan comes from the pack's step (timed once for both:
+    5 steps/s, 10 s = 50 steps), each member fixes its own warm-up (10 and 25 steps); the pack then re-plans at its
+    lead's warm-up end from the pack's own 0.25-s steps (4 steps/s) and half-way through each rest, and both
+    members take each plan: the same 40 steps, the same 10 s, each cosine knotted where it is."""
+    from convae.runtime import Runtime
+    from convae.training import loop, packed
+    from convae.training.packed import Pack
+    from convae.training.schedule import learning_rate
+
+    clock = RunClock(0.25)
+    monkeypatch.setattr(loop, "time", clock)
+    timed = []
+    monkeypatch.setattr(packed, "time_pack_step", lambda configs, *a: timed.append(len(configs)) or (5.0, 10))
+    real_step = packed.pack_step
+    monkeypatch.setattr(packed, "pack_step", lambda *a, **k: TickingPackStep(real_step(*a, **k), clock))
+    configs = [tiny(tmp_path / "a", time_budget="10s", warmup_fraction=0.2, seed=0, model="fc"),
+               tiny(tmp_path / "b", time_budget="10s", warmup_fraction=0.5, seed=1, model="fc")]
+    outcomes = Pack(configs, data=tiny_data, runtime=Runtime(), strategy="threads", log=quiet).run()
+    assert [o.status for o in outcomes] == ["done", "done"] and timed == [2]  # timed once, for the pack of 2
+    a, b = (json.loads((tmp_path / k / "config.json").read_text()) for k in ("a", "b"))
+    assert (a["config"]["warmup_steps"], b["config"]["warmup_steps"]) == (10, 25)
+    assert a["time_budget_plan"]["steps_per_second"] == 5.0 and a["time_budget_plan"]["replans"][0] == {
+        "at_step": 10, "steps_per_second": 4.0, "measured_steps": 10 - 3, "seconds_left": 7.5, "steps": 40}
+    assert a["time_budget_plan"]["replans"] == b["time_budget_plan"]["replans"]  # one plan for the pack
+    assert a["config"]["max_steps"] == b["config"]["max_steps"] == 40
+    for run, settings in (("a", a), ("b", b)):
+        metrics = RunDir(tmp_path / run).metrics()
+        assert metrics[-1]["step"] == 40 and metrics[-1]["train_seconds"] == pytest.approx(10.0)
+        config = TrainConfig.from_dict(settings["config"])
+        records = [json.loads(line) for line in (tmp_path / run / "steps.jsonl").read_text().splitlines()]
+        assert [r["lr"] for r in records] == [learning_rate(config, r["step"] - 1, 40) for r in records]
+    # a's cosine began at step 10 and is knotted at each later re-plan; b was still warming up at the first
+    assert a["config"]["schedule_knots"][0][0] == 25 and b["config"]["schedule_knots"][0][0] == 32
+
+
+def test_a_sweep_with_a_budget_trains_its_packed_members_for_the_budget(tmp_path, idx_dir, capsys):
+    """End to end, on the real clock: 2 seeds packed together, each with the same steps from the pack's timing
+    (batch 8: 32 steps an epoch, so that the budget holds few epoch ends, each of which draws a picture)."""
+    code, out, err = run_cli(capsys, "sweep", "--data-dir", str(idx_dir), "--model", "fc", "--time-budget", "1s",
+                             "--seeds", "2", "--pack", "2", "--pack-by", "threads", "--lr-schedule", "onecycle",
+                             "--batch-size", "8",
+                             "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard", "--eval-batch-size",
+                             "64", "--out", str(tmp_path / "sweep"))
+    assert code == 0, err
+    runs = sorted((tmp_path / "sweep" / "runs").iterdir())
+    settings = [json.loads((r / "config.json").read_text()) for r in runs]
+    assert len(runs) == 2 and settings[0]["config"]["max_steps"] == settings[1]["config"]["max_steps"]
+    assert settings[0]["time_budget_plan"]["replans"] == settings[1]["time_budget_plan"]["replans"]
+    for r, s in zip(runs, settings):
+        assert RunDir(r).metrics()[-1]["step"] == s["config"]["max_steps"]
+        assert "on the pack's step" in (r / "log.txt").read_text()
+
+
+def test_the_cpu_hour_preset_trains_for_its_budget_and_a_length_given_replaces_it(tmp_path, idx_dir, capsys):
+    from convae.cli import build_parser
+    from convae.cli.train import config_from_args
+
+    out = tmp_path / "hour"
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--preset", "cpu-hour", "--time-budget", "1s",
+                           "--device", "cpu", "--quiet", "--no-report", "--no-tensorboard", "--eval-batch-size", "64",
+                           "--out", str(out))
+    assert code == 0, err
+    settings = json.loads((out / "config.json").read_text())
+    saved = settings["config"]
+    assert (saved["model"], saved["binarize"], saved["batch_size"], saved["lr_schedule"], saved["time_budget"],
+            saved["extra"]) == ("pixel", "dynamic", 64, "onecycle", "1s", {"preset": "cpu-hour"})
+    assert RunDir(out).metrics()[-1]["step"] == saved["max_steps"] == settings["time_budget_plan"]["steps"]
+    parse = build_parser().parse_args
+    hour, _ = config_from_args(parse(["train", "--preset", "cpu-hour"]))
+    assert hour.time_budget == "1h" and hour.model == "pixel"
+    for length in (["--epochs", "2"], ["--max-steps", "50"]):  # a length instead of the hour
+        config, _ = config_from_args(parse(["train", "--preset", "cpu-hour", *length]))
+        assert config.time_budget is None and config.model == "pixel" and config.precision == "bf16"

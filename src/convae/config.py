@@ -318,4 +318,18 @@ PRESETS: dict[str, dict] = {
     # for it, with a one-cycle schedule peaking at 2e-3.
     "fast": dict(model="fc", batch_size=128, lr=2e-3, lr_schedule="onecycle", warmup_fraction=0.05, precision="fp32",
                  epochs=10),
+    # The best importance-weighted bound two CPU cores reach in an hour on binarized MNIST (docs/results.md, "The
+    # best model two CPU cores train in an hour"): the PixelCNN-headed VAE in bf16 where the CPU multiplies bf16
+    # natively (else fp32, said), batch 64, one cycle over the steps the budget holds. --time-budget sets the hour.
+    "cpu-hour": dict(model="pixel", batch_size=64, lr=1e-3, lr_schedule="onecycle", warmup_fraction=0.25,
+                     precision="bf16", binarize="dynamic", time_budget="1h"),
 }
+
+
+def with_preset(preset: str | None, given: dict) -> dict:
+    """The settings of ``preset``'s recipe with the options ``given`` on top (and the preset's name in ``extra``); a
+    length given (--epochs, --max-steps) replaces a preset's --time-budget."""
+    values = {**PRESETS[preset], "extra": {"preset": preset}} if preset else {}
+    if given.keys() & {"epochs", "max_steps"} and "time_budget" not in given:
+        values.pop("time_budget", None)
+    return {**values, **given}

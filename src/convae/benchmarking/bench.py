@@ -163,8 +163,8 @@ def run_bench(settings: BenchSettings, log=print) -> dict:
                            "speedup_over_cpu": row["img_per_s"] / cpu["img_per_s"]})
     return {"what": "training steps (gather + forward + loss + backward + Adam), median of rounds, "
                     "warm-up (and any compile or graph capture) excluded",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "peaks_gflops": peaks,
-            "rows": rows, "ratios": ratios}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_description(),
+            "peaks_gflops": peaks, "rows": rows, "ratios": ratios}
 
 
 def format_table(result: dict) -> str:
@@ -192,6 +192,8 @@ def format_table(result: dict) -> str:
     lines.append(f"FLOPs per image per training step: {first['train_flops_per_image'] / 1e6:.1f} M "
                  "(3 x the forward multiply-adds x 2, counted from the layers)")
     lines.append("seed epoch = 60,000 images at that speed; 100 epochs = the seed's full run")
+    if result.get("cpu"):
+        lines.append(f"CPU: {result['cpu']}")
     for ratio in result["ratios"]:
         lines.append(f"{ratio['device']}/cpu speed ratio at batch {ratio['batch']}, {ratio['precision']}: "
                      f"{ratio['speedup_over_cpu']:.1f}x")

@@ -82,9 +82,8 @@ def summary_asked(what: list[str], command: str) -> str | None:
 def shared_settings(args: argparse.Namespace) -> dict:
     """What every member of a sweep (or trial of a search) shares: --preset's recipe, then the options typed (the
     folder is the command's own)."""
-    from ..config import PRESETS
+    from ..config import with_preset
 
-    base = dict(PRESETS[args.preset]) | {"extra": {"preset": args.preset}} if args.preset else {}
-    base.update(given_settings(args))
+    base = with_preset(args.preset, given_settings(args))
     base.pop("out", None)
     return base

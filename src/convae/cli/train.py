@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import PRESETS, TrainConfig
+from ..config import PRESETS, TrainConfig, with_preset
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigError, NonFiniteLoss, TrainingInterrupted
 from .flags import add_settings, given_settings
 
@@ -39,11 +39,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             return resumed_config(RunDir(args.out), given, args.preset, PRESETS), True
     if args.resume:
         return resumed_config(RunDir(args.resume), given, args.preset, PRESETS), True
-    values = dict(PRESETS[args.preset]) if args.preset else {}
-    if args.preset:
-        values["extra"] = {"preset": args.preset}
-    values.update(given)
-    return TrainConfig(**values), False
+    return TrainConfig(**with_preset(args.preset, given)), False
 
 
 def program_as_invoked() -> str:

@@ -135,7 +135,6 @@ def make_plan(base: dict, grid: dict, seeds: int, out: str | Path, pack: int | N
     seeds counting up from the base's own (--seed, default 0)."""
     if seeds < 1:
         raise ConfigError(f"--seeds: must be a positive integer, got {seeds}")
-    refuse_time_budget(base, "sweep")
     if pack is not None and pack < 1:
         raise ConfigError(f"--pack: must be a positive integer, got {pack}")
     out = Path(out)
@@ -157,15 +156,6 @@ def make_plan(base: dict, grid: dict, seeds: int, out: str | Path, pack: int | N
                 raise ConfigError(f"sweep member {name}: {e}") from None
     return SweepPlan(out, {k: v for k, v in base.items() if k != "out"}, grid, list(range(first, first + seeds)),
                      pack, members, pack_by)
-
-
-def refuse_time_budget(base: dict, command: str) -> None:
-    """--time-budget plans one run's steps from its own measured speed; the members of a pack step together at the
-    pack's speed, which differs, so a budget per member is not offered yet: said in one line."""
-    if base.get("time_budget"):
-        raise ConfigError(f"--time-budget: not with convae {command} yet (its members train together as packs, at "
-                          "another speed than one run alone); give each run `convae train --time-budget`, or bound "
-                          "the members with --max-steps")
 
 
 def keep_plan(plan: SweepPlan, argv: list[str] | None) -> None:

@@ -37,7 +37,7 @@ from ..models.build import check_buildable
 from ..runs import RunDir
 from ..runtime import Runtime, resolve_device
 from ..training.packed import Pack, pack_key
-from .sweep import OPTION_PREFIX, refuse_time_budget, with_grid_point
+from .sweep import OPTION_PREFIX, with_grid_point
 
 NOT_IN_A_SPACE = {"out", "seed", "quiet", "extra", "model_options"}  # the search's own, or per option (model-option.K)
 METRICS = ("elbo", "iw")
@@ -275,7 +275,6 @@ def tune(base: dict, space: list[Dimension], trials: int, out: str | Path, *, me
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric}: choose from {', '.join(METRICS)}")
     TrainConfig(**{**base, "seed": seed}).validate()  # the base settings, refused before anything is written
-    refuse_time_budget(base, "tune")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..version import __version__
-from ..config import RESUMABLE, TrainConfig, option_name
+from ..config import RESUMABLE, TrainConfig, option_name, parse_duration
 from ..errors import CheckpointError, ConfigError, FileSystemFault
 from ..faults import describe_os_error
 from ..files import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -308,6 +308,8 @@ def resumed_config(run: RunDir, given: dict, preset: str | None, presets: dict) 
     def same(key, value) -> bool:  # a model option given at its factory's default is the run's own, recorded or not
         if key == "model_options" and isinstance(value, dict) and isinstance(saved.get(key), dict):
             return {**defaults, **saved[key]} == {**defaults, **value}
+        if key == "time_budget" and value and saved.get(key):  # 60m is 1h
+            return parse_duration(value) == parse_duration(saved[key])
         return saved.get(key) == value
 
     changed = [(k, v, said) for k, (v, said) in asked.items() if k not in RESUMABLE and not same(k, v)]

@@ -110,6 +110,8 @@ def describe_environment(device: torch.device) -> dict:
 
 
 class Trainer:
+    BUDGET_TIMED_ON = "on a copy of the model"  # what --time-budget's first plan timed (``time_budget_step``)
+
     def __init__(self, config: TrainConfig, runtime: Runtime, *, data: ImageData | None, resume: bool,
                  auto_resume: bool, log, argv, hooks: Hooks, at_step: int | None = None, program: str = "convae"):
         """``at_step``: resume from the checkpoint of that step rather than the newest (a pack's common step)."""
@@ -239,6 +241,7 @@ class Trainer:
         self.budget: BudgetPlan | None = None  # the plan (made here, or kept by a resumed run)
         self.budget_timed_here = False
         self.replan_mark: tuple[int, float] | None = None  # (step, training clock) where the re-plan's timing began
+        self.first_step_here = self.state.step  # the step this process began at
         if not config.time_budget:
             return
         if start.checkpoint is not None:  # resumed: the plan made when the run began (given as settings, or kept)
@@ -255,16 +258,7 @@ class Trainer:
         if config.max_steps:
             raise ConfigError("--time-budget and --max-steps: give one of them (the budget fixes the number of steps "
                               "from the speed measured here)")
-        labels = self.data.train_labels if config.conditional else None
-
-        def twin_step(model, optimizer):
-            return make_train_step(model, optimizer, self.streamed or self.data.train_images, self.data.levels, config,
-                                   self.dtype, self.precision, self.device, eager_only=self.eager_only(),
-                                   labels=labels)
-
-        rate, measured = measure_steps_per_second(
-            twin_step, self.model, lambda model: make_optimizer(model, config, self.device), len(self.data.train_images),
-            config.batch_size // self.runtime.world_size, self.device)
+        rate, measured = self.time_budget_step()
         onecycle = config.lr_schedule == "onecycle"
         plan = budget_plan(parse_duration(config.time_budget), rate, measured,
                            config.warmup_fraction if onecycle else None)
@@ -275,6 +269,21 @@ class Trainer:
             config.warmup_steps = self.budget.replan_step
         self.use_budget_steps(self.budget.steps)
 
+    def time_budget_step(self) -> tuple[float, int]:
+        """Steps per second of this run's step, and how many were timed: on a throwaway copy of its model and
+        optimizer (``budget.measure_steps_per_second``)."""
+        config = self.config
+        labels = self.data.train_labels if config.conditional else None
+
+        def twin_step(model, optimizer):
+            return make_train_step(model, optimizer, self.streamed or self.data.train_images, self.data.levels, config,
+                                   self.dtype, self.precision, self.device, eager_only=self.eager_only(),
+                                   labels=labels)
+
+        return measure_steps_per_second(
+            twin_step, self.model, lambda model: make_optimizer(model, config, self.device), len(self.data.train_images),
+            config.batch_size // self.runtime.world_size, self.device)
+
     def use_budget_steps(self, steps: int) -> None:
         config = self.config
         config.max_steps, config.epochs, self.last_step = steps, math.ceil(steps / self.steps_per_epoch), steps
@@ -284,27 +293,43 @@ class Trainer:
         return self.state.train_seconds + time.perf_counter() - self.epoch_started
 
     def replan_budget(self) -> None:
-        """After a step of a budgeted run: start the re-plan's clock once the process's first steps are past, and at
-        each re-plan step fix the steps that fill the rest of the budget at the speed the run had since the last one
-        (``budget.py``); a re-plan past the warm-up is a knot of the cosine, so the rate does not jump."""
-        budget, step, config = self.budget, self.state.step, self.config
+        """After a step of a budgeted run: at each re-plan step, fix the steps that fill the rest of the budget at the
+        speed the run had since the last one (``budget.py``)."""
+        due = self.replan_due()
+        if due is not None:
+            self.apply_replan(*due)
+
+    def replan_due(self) -> tuple[float, float | None, int] | None:
+        """At a re-plan step: (seconds of training used, this process's steps per second since the last re-plan,
+        and how many steps that timed; the rate is None where too few were timed here, a resume just before it);
+        None elsewhere. Starts the re-plan's clock once the process's first steps are past."""
+        budget, step = self.budget, self.state.step
         if budget is None or not budget.replan_step:
-            return
+            return None
         if self.replan_mark is None and step - self.first_step_here >= WARMUP_STEPS:
             synchronize(self.device)
             self.replan_mark = (step, self.training_clock())
         if step < budget.replan_step:
-            return
+            return None
         measured = step - self.replan_mark[0] if self.replan_mark is not None else 0
-        if measured < REPLAN_LEAST_STEPS:  # a resume just before the re-plan: too few steps here to time
+        if measured < REPLAN_LEAST_STEPS:
+            return self.training_clock(), None, measured
+        synchronize(self.device)
+        used = self.training_clock()
+        rate, used = self.runtime.broadcast((measured / max(used - self.replan_mark[1], 1e-9), used))
+        self.replan_mark = (step, used)
+        return used, rate, measured
+
+    def apply_replan(self, used: float, rate: float | None, measured: int) -> None:
+        """The re-plan ``replan_due`` timed (a pack's members all take their lead's, so they end together): the new
+        number of steps, recorded at once; a re-plan past the warm-up is a knot of the cosine, so the rate does not
+        jump."""
+        budget, step, config = self.budget, self.state.step, self.config
+        if rate is None:  # a resume just before the re-plan: too few steps here to time
             self.budget = budget_kept(budget, step, measured)
             self.say(f"--time-budget {config.time_budget}: kept the plan of {budget.steps} steps at step {step} "
                      f"(only {measured} steps timed here)")
         else:
-            synchronize(self.device)
-            used = self.training_clock()
-            rate, used = self.runtime.broadcast((measured / max(used - self.replan_mark[1], 1e-9), used))
-            self.replan_mark = (step, used)
             if config.lr_schedule == "onecycle" and step > (config.warmup_steps or 0):  # the cosine's knot here
                 progress = knotted_progress(step, config.warmup_steps, self.last_step, config.schedule_knots or [])
                 config.schedule_knots = [*(config.schedule_knots or []), [step, progress]]
@@ -474,7 +499,7 @@ class Trainer:
         if self.budget_timed_here:  # said at once: a short budget may end before the first progress record
             self.say(f"--time-budget {self.config.time_budget}: {self.budget.steps} steps at "
                      f"{self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} steps here "
-                     f"on a copy of the model; re-planned from the run's own speed from step {self.budget.replan_step}")
+                     f"{self.BUDGET_TIMED_ON}; re-planned from the run's own speed from step {self.budget.replan_step}")
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"
@@ -490,20 +515,22 @@ class Trainer:
                 self.log(f"{self.run_dir.path} is already complete at step {self.state.step}; nothing to do")
             return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
         self.model.train()
-        self.first_step_here = self.state.step
         with StopSignals() as signals, self.faults_said():
             try:
                 while self.state.step < self.last_step and self.stop is None:
                     self.run_epoch(signals)
                 if self.stop is not None:
                     self.stopped()
-                if self.config.time_budget:
-                    seconds = parse_duration(self.config.time_budget)
-                    self.say(f"--time-budget {self.config.time_budget}: trained {self.state.train_seconds:,.0f} s, "
-                             f"{100 * self.state.train_seconds / seconds:.1f} % of the budget")
+                self.say_budget_used()
             finally:
                 self.close()
         return TrainResult(self.run_dir.path, self.logger.metrics, self.model)
+
+    def say_budget_used(self) -> None:
+        if self.config.time_budget:
+            seconds = parse_duration(self.config.time_budget)
+            self.say(f"--time-budget {self.config.time_budget}: trained {self.state.train_seconds:,.0f} s, "
+                     f"{100 * self.state.train_seconds / seconds:.1f} % of the budget")
 
     def stopped(self):
         """After a stop signal (the checkpoint written): the report shows the step it stopped at, log.txt says how to

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,9 +60,15 @@ class Member(Trainer):
     Under the ``threads`` strategy it keeps its own solo step (on that generator); ``batched`` steps it with the
     others."""
 
-    def __init__(self, *args, strategy: str, **kwargs):
-        self.strategy = strategy
+    BUDGET_TIMED_ON = "on the pack's step (fresh models)"
+
+    def __init__(self, *args, strategy: str, pack_rate=None, **kwargs):
+        self.strategy, self.pack_rate = strategy, pack_rate
         super().__init__(*args, **kwargs)
+
+    def time_budget_step(self) -> tuple[float, int]:
+        """A member takes the steps its pack can take in the budget: the pack's step, timed once for all of them."""
+        return self.pack_rate(self.device)
 
     def eager_only(self) -> bool:
         return True
@@ -293,9 +300,10 @@ class Pack:
         there (a search pruning it: its checkpoint and metrics stay, status "pruned") while the others go on."""
         self.log, self.resume, self.strategy, self.epoch_end = log, resume, strategy, epoch_end
         silent = lambda line: None  # noqa: E731  (each member's lines go to its own log.txt)
+        pack_rate = functools.cache(lambda device: time_pack_step(configs, data, device, strategy))
         self.members = [Member(dataclasses.replace(c, quiet=True), runtime, data=data, resume=False,
                                auto_resume=True, log=silent, argv=None, hooks=Hooks(), at_step=at_step,
-                               strategy=strategy) for c in configs]
+                               strategy=strategy, pack_rate=pack_rate) for c in configs]
         self.outcomes = {m.run_dir.path: Outcome(str(m.run_dir.path), "complete" if m.complete else "done")
                          for m in self.members}
         self.active = [m for m in self.members if not m.complete]
@@ -314,6 +322,8 @@ class Pack:
                     if signals.received:
                         lead = self.active[0]
                         raise TrainingInterrupted(lead.run_dir.path, lead.state.step, signals.received, self.resume)
+                for m in self.active:
+                    m.say_budget_used()
         finally:
             if step is not None:
                 step.close()
@@ -332,6 +342,7 @@ class Pack:
                 terms = step(members, [m.batch_indices(i) for m in members], lrs)
                 for m, t, lr in zip(members, terms, lrs):
                     m.record_step(i, t, lr)
+                self.replan_budget(members)
                 stop, save_now = self.control_point(signals)
                 ends = [self.guarded(m, m.finish_step, stop, save_now) for m in members]
                 if save_now:
@@ -349,6 +360,15 @@ class Pack:
                 m.run_dir.write_status({"pruned": why})
                 m.close()
                 self.outcomes[m.run_dir.path] = Outcome(str(m.run_dir.path), "pruned", why)
+
+    @staticmethod
+    def replan_budget(members: list[Member]) -> None:
+        """--time-budget: the pack re-plans at its lead's re-plan steps, from the pack's own speed, and every member
+        takes that plan (its own cosine knotted where it is), so that they step together to the same end."""
+        due = members[0].replan_due()
+        if due is not None:
+            for m in members:
+                m.apply_replan(*due)
 
     def say_epoch(self) -> None:
         """One line for the pack after an epoch (or its part): the members' test -ELBOs and their images/s."""
@@ -438,6 +458,19 @@ def measure_pack_sizes(configs: list[TrainConfig], data, device: torch.device, *
                     raise
                 break  # larger packs will not fit either
     return rates
+
+
+def time_pack_step(configs: list[TrainConfig], data, device: torch.device, strategy: str) -> tuple[float, int]:
+    """Steps per second of a pack of these members stepping ``strategy``'s way, and how many steps were timed: fresh
+    models (``measure_pack_sizes``), built and stepped without touching torch's random generators."""
+    from .budget import MEASURE_STEPS, WARMUP_STEPS
+
+    size, steps = len(configs), MEASURE_STEPS[0] * 2
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        rates = measure_pack_sizes(configs, data, device, sizes=[size], strategies=(strategy,), steps=steps,
+                                   warmup=WARMUP_STEPS, log=lambda line: None)
+    img_per_s = rates.get(f"{strategy}/{size}") or max(rates.values())  # a model vmap cannot batch: threads
+    return img_per_s / (size * configs[0].batch_size), steps
 
 
 def probe_lane(config: TrainConfig, data, device: torch.device, strategy: str, build_run_model):
