@@ -13,6 +13,7 @@ import traceback
 import warnings
 
 from ..version import __version__
+from ..allocator import keep_freed_memory
 from ..errors import EXIT_BAD_INPUT, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, ConvaeError
 from ..faults import debug, describe_os_error, first_line, is_out_of_memory
 from ..signals import interrupted_line, interrupts_deferred_during_imports
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
                 parser.print_help()
                 return EXIT_BAD_INPUT
             args.hooks = hooks
+            keep_freed_memory()  # every command's tensors: freed memory reused, not handed back (allocator.py)
             code = args.handler(args)
             sys.stdout.flush()  # a full disk or a closed pipe behind stdout shows here, not at exit
             return code
