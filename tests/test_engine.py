@@ -92,6 +92,19 @@ def test_bench_reports_every_field_and_skips_absent_devices(capsys):
         assert "--device cuda: not available on this machine" in capsys.readouterr().err
 
 
+def test_bench_takes_the_faster_peak_of_before_and_after_the_steps(monkeypatch):
+    """A peak timed low (a shared machine's slow second) would make a share over 100 %: the peak is the best timing."""
+    from convae.benchmarking import bench
+
+    timings = iter([100.0, 250.0])  # before the steps, after them
+    monkeypatch.setattr(bench, "matmul_peak_gflops", lambda device, precision: next(timings))
+    monkeypatch.setattr(bench, "time_train_steps", lambda settings, device, batch, precision: {
+        "device": device, "precision": precision, "batch": batch, "gflops": 125.0})
+    result = run_bench(BenchSettings(batch_sizes=(8,), devices=("cpu",)))
+    assert result["peaks_gflops"] == {"cpu/fp32": 250.0}
+    assert result["rows"][0]["matmul_peak_gflops"] == 250.0 and result["rows"][0]["share_of_peak"] == 0.5
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_step_matches_eager_step_in_expectation(tiny_data):
     losses = {}
