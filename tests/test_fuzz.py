@@ -85,6 +85,7 @@ OPTION_VALUES = {
     "--dtype": st.sampled_from(["float32", "float64", "int8"]),
     "--beta": st.sampled_from(["1", "0.5", "0", "-1"]),
     "--kl-warmup": st.sampled_from(["0", "5", "-5", "1.5"]),
+    "--kl-warmup-fraction": st.sampled_from(["0.5", "1", "0", "nan"]),
     "--free-bits": st.sampled_from(["0", "0.1", "-0.1"]),
     "--iw-train": st.sampled_from(["1", "2", "0"]),
     "--ema": st.sampled_from(["0.9", "0", "1", "1.5"]),

@@ -193,25 +193,31 @@ def test_a_budgeted_run_fixes_its_steps_lays_its_schedule_over_them_and_is_that_
 def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_path, tiny_data, monkeypatch, cut):
     """Cut before the first re-plan, the resumed run re-plans at the same step from its own speed; cut after it, the
     re-planned steps are kept. Either way the run is the run of the settings it recorded: 40 steps planned at the
-    copy's 10 steps/s for 4 s, the warm-up's 20 steps take 2.5 s at 8 steps/s, 32 steps in all."""
+    copy's 10 steps/s for 4 s, the warm-up's 20 steps take 2.5 s at 8 steps/s, 32 steps in all. Its KL warm-up,
+    given as a share (--kl-warmup-fraction 0.25), is 10 steps of the first plan, fixed then (the re-plan moves the
+    end, not the warm-up) and kept: the run is the one of --kl-warmup 10 given in steps (a step made before the
+    warm-up was fixed would train the plain ELBO)."""
     from convae.training import loop
 
     clock = RunClock(0.125)
     monkeypatch.setattr(loop, "time", clock)
     monkeypatch.setattr(loop, "measure_steps_per_second", lambda *args: (10.0, 30))
-    config = tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5)
+    config = tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5, kl_warmup_fraction=0.25)
+    said = []
     with pytest.raises(TrainingInterrupted):
-        train(config, data=tiny_data, log=quiet,
+        train(config, data=tiny_data, log=said.append,
               hooks=ticking(clock, sigterm_at(2 if cut == "before the re-plan" else 22)))
+    assert any("--kl-warmup-fraction 0.25: the KL weight rises to 1 over the first 10 of the run's 40 steps" in line
+               for line in said), said
     at_cut = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert len(at_cut["time_budget_plan"]["replans"]) == (0 if cut == "before the re-plan" else 1)
     said = []
-    resumed = train(tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5), data=tiny_data, resume=True,
-                    log=said.append, hooks=ticking(clock))
+    resumed = train(tiny(tmp_path / "cut", time_budget="4s", warmup_fraction=0.5, kl_warmup_fraction=0.25),
+                    data=tiny_data, resume=True, log=said.append, hooks=ticking(clock))
     recorded = json.loads((tmp_path / "cut" / "config.json").read_text())
     planned, replans = recorded["config"], recorded["time_budget_plan"]["replans"]
     assert replans[0]["at_step"] == 20 and replans[0]["steps"] == 32 and planned["warmup_steps"] == 20
-    assert planned["max_steps"] == 32 and resumed.metrics[-1]["step"] == 32
+    assert planned["max_steps"] == 32 and resumed.metrics[-1]["step"] == 32 and planned["kl_warmup"] == 10
     if cut == "after it":  # the re-plan made before the cut, kept; the next one has too few steps timed here
         assert replans[0] == at_cut["time_budget_plan"]["replans"][0]
         assert replans[1] == {"at_step": 26, "kept": True, "measured_steps": 0}
@@ -219,11 +225,19 @@ def test_a_budgeted_run_interrupted_and_resumed_ends_where_it_would_have(tmp_pat
     else:  # timed again in the resumed process: from step 3 + 3 to 20, then from 20 to 26
         assert [r["measured_steps"] for r in replans] == [14, 6]
         assert planned["schedule_knots"] == [[26, 0.5]]
-    train(tiny(tmp_path / "whole", max_steps=32, warmup_steps=20, schedule_knots=planned["schedule_knots"],
-               epochs=planned["epochs"]), data=tiny_data, log=quiet)
+    train(tiny(tmp_path / "whole", max_steps=32, warmup_steps=20, kl_warmup=10,
+               schedule_knots=planned["schedule_knots"], epochs=planned["epochs"]), data=tiny_data, log=quiet)
     a = RunDir(tmp_path / "cut").latest_checkpoint().tensors
     b = RunDir(tmp_path / "whole").latest_checkpoint().tensors
     assert all(torch.equal(a[k], b[k]) for k in b if k.startswith("model."))
+
+
+def test_a_kl_warm_up_given_as_a_share_of_an_epoch_long_run_is_fixed_from_its_steps(tmp_path, tiny_data):
+    said = []
+    train(tiny(tmp_path / "epoch", kl_warmup_fraction=0.5, max_steps=6), data=tiny_data, log=said.append)
+    assert json.loads((tmp_path / "epoch" / "config.json").read_text())["config"]["kl_warmup"] == 3
+    assert any("--kl-warmup-fraction 0.5: the KL weight rises to 1 over the first 3 of the run's 6 steps" in line
+               for line in said), said
 
 
 def test_a_budget_with_max_steps_is_refused_in_one_line(tmp_path, idx_dir, capsys):
@@ -234,6 +248,10 @@ def test_a_budget_with_max_steps_is_refused_in_one_line(tmp_path, idx_dir, capsy
     code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--time-budget", "soon", "--device", "cpu",
                            "--out", str(tmp_path / "run"))
     assert code == 2 and "--time-budget soon: give a duration such as 20m" in err
+    code, _, err = run_cli(capsys, "train", "--data-dir", str(idx_dir), "--model", "fc", "--kl-warmup", "5",
+                           "--kl-warmup-fraction", "0.1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "--kl-warmup and --kl-warmup-fraction: give one" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 class TickingPackStep:

@@ -267,6 +267,7 @@ def test_iw_training_is_refused_under_torchrun_and_options_are_checked():
     with pytest.raises(ConfigError, match="--free-bits"):
         TrainConfig(free_bits=0.5, iw_train=4).validate()
     for bad, flag in ((dict(beta=0), "--beta"), (dict(kl_warmup=-1), "--kl-warmup"), (dict(iw_train=0), "--iw-train"),
-                      (dict(ema=1.0), "--ema"), (dict(grad_clip=-1.0), "--grad-clip"), (dict(free_bits=-1), "--free-bits")):
+                      (dict(ema=1.0), "--ema"), (dict(grad_clip=-1.0), "--grad-clip"), (dict(free_bits=-1), "--free-bits"),
+                      *((dict(kl_warmup_fraction=f), "--kl-warmup-fraction") for f in (0, 1.5, float("nan")))):
         with pytest.raises(ConfigError, match=flag):
             TrainConfig(**bad).validate()

@@ -120,7 +120,7 @@ def test_the_objective_changes_training_and_packs_and_resumes_like_any_model(tmp
 
 
 @pytest.mark.parametrize("flag", [["--iw-train", "2"], ["--beta", "2"], ["--free-bits", "0.5"],
-                                  ["--kl-warmup", "10"]])
+                                  ["--kl-warmup", "10"], ["--kl-warmup-fraction", "0.1"]])
 def test_the_levers_of_the_elbo_objective_are_refused_with_a_models_own(tmp_path, idx_dir, capsys, flag):
     out = tmp_path / "refused"
     code, _, err = run_cli(capsys, "train", "--plugin", "convae_examples.btcvae", "--model", "btcvae", "--data-dir",

@@ -77,6 +77,10 @@ class TrainConfig:
     beta: float = setting(1.0, "weight of the KL term (1: the ELBO; the logged -ELBO stays unweighted)")
     kl_warmup: int = setting(0, "raise the KL weight linearly from 0 to --beta over STEPS steps (0: no warm-up)",
                              metavar="STEPS")
+    kl_warmup_fraction: float | None = setting(None, "raise the KL weight over this share of the run's steps, "
+                                                     "instead of --kl-warmup STEPS: fixed as the run begins (of "
+                                                     "its --epochs or --max-steps, or of --time-budget's first "
+                                                     "plan) and recorded as its --kl-warmup", metavar="F")
     free_bits: float = setting(0.0, "don't penalise a latent dimension's batch-mean KL below NATS", metavar="NATS")
     iw_train: int = setting(1, "train on the importance-weighted bound with K samples (IWAE; 1 = the ELBO)",
                             metavar="K")
@@ -172,6 +176,10 @@ class TrainConfig:
         positive("iw_train", self.iw_train)
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
             raise ConfigError(f"--kl-warmup: must be an integer >= 0 (steps), got {self.kl_warmup!r}")
+        if self.kl_warmup_fraction is not None and not (number(self.kl_warmup_fraction)
+                                                        and self.kl_warmup_fraction <= 1):
+            raise ConfigError(f"--kl-warmup-fraction: must be a share in (0, 1] of the run's steps, got "
+                              f"{self.kl_warmup_fraction!r}")
         if not number(self.beta):
             raise ConfigError(f"--beta: must be a positive number, got {self.beta!r}")
         if not number(self.free_bits, inclusive=True):

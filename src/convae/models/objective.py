@@ -75,12 +75,14 @@ OWN_OBJECTIVE_REFUSES = {
     "beta": ("--beta", "weights the ELBO's KL term, which the model's objective defines itself"),
     "free_bits": ("--free-bits", "acts on the ELBO's KL term, which the model's objective defines itself"),
     "kl_warmup": ("--kl-warmup", "ramps the ELBO's KL term, which the model's objective defines itself"),
+    "kl_warmup_fraction": ("--kl-warmup-fraction", "ramps the ELBO's KL term, which the model's objective defines "
+                                                   "itself"),
 }
 
 
 def refused_with_objective(config) -> tuple[str, str] | None:
     """The first setting of ``config`` (a ``TrainConfig``) that a model's own objective cannot take: (flag, why)."""
-    defaults = {"iw_train": 1, "beta": 1.0, "free_bits": 0.0, "kl_warmup": 0}
+    defaults = {"iw_train": 1, "beta": 1.0, "free_bits": 0.0, "kl_warmup": 0, "kl_warmup_fraction": None}
     for key, (flag, why) in OWN_OBJECTIVE_REFUSES.items():
         if getattr(config, key) != defaults[key]:
             return flag, why

@@ -123,6 +123,8 @@ class Trainer:
             start = self.prepare(data, resume, auto_resume, at_step)
             self.build(start.checkpoint)
             self.plan_budget(start)
+            self.fix_kl_warmup(start)
+            self.train_step = self.make_step(self.step_module, self.eager_only())  # holds the KL warm-up fixed above
             self.open_run_folder(start, argv, auto_resume)
         except BaseException:
             if self.lock is not None:
@@ -168,6 +170,8 @@ class Trainer:
                 error = e
         runtime.agree_on_errors(error)
         start = runtime.broadcast(start)
+        if start.checkpoint is None and self.config.kl_warmup and self.config.kl_warmup_fraction is not None:
+            raise ConfigError("--kl-warmup and --kl-warmup-fraction: give one of them (steps, or a share of the run's)")
         total_steps = self.config.epochs * self.steps_per_epoch
         self.last_step = min(total_steps, self.config.max_steps or total_steps)
         return start
@@ -218,7 +222,7 @@ class Trainer:
             if self.average is not None:
                 self.average.load(checkpoint.tensors)
             self.state = RunState.restored(checkpoint, device, config.seed, runtime, len(self.objective_keys))
-        self.train_step = self.make_step(step_module, eager_only)
+        self.step_module = step_module  # the step itself is made once the run's length is fixed (``__init__``)
 
     def check_objective(self) -> None:
         """A model with its own training objective (``convae.TrainingObjective``) refuses the levers of convae's ELBO
@@ -268,6 +272,22 @@ class Trainer:
         if onecycle and not config.warmup_steps:  # fixed now: the re-plan at its end moves only where the cosine ends
             config.warmup_steps = self.budget.replan_step
         self.use_budget_steps(self.budget.steps)
+
+    def fix_kl_warmup(self, start: Start) -> None:
+        """--kl-warmup-fraction: the KL warm-up is that share of the steps the run plans as it begins (its --epochs
+        or --max-steps, or --time-budget's first plan: a re-plan moves the end, not the warm-up, as with the learning
+        rate's), recorded as its --kl-warmup; a resumed run keeps what was recorded."""
+        config = self.config
+        self.kl_warmup_fixed_here = False
+        if config.kl_warmup_fraction is None or config.kl_warmup:  # none asked, or a resumed run's own settings
+            return
+        if start.checkpoint is not None:
+            kept = start.run.read_settings().get("config", {}).get("kl_warmup")
+            if kept:
+                config.kl_warmup = kept
+                return
+        config.kl_warmup = max(1, round(config.kl_warmup_fraction * self.last_step))
+        self.kl_warmup_fixed_here = True
 
     def time_budget_step(self) -> tuple[float, int]:
         """Steps per second of this run's step, and how many were timed: on a throwaway copy of its model and
@@ -500,6 +520,10 @@ class Trainer:
             self.say(f"--time-budget {self.config.time_budget}: {self.budget.steps} steps at "
                      f"{self.budget.steps_per_second:.2f} steps/s, timed over {self.budget.measured_steps} steps here "
                      f"{self.BUDGET_TIMED_ON}; re-planned from the run's own speed from step {self.budget.replan_step}")
+        if self.kl_warmup_fixed_here:
+            self.say(f"--kl-warmup-fraction {self.config.kl_warmup_fraction:g}: the KL weight rises to "
+                     f"{self.config.beta:g} over the first {self.config.kl_warmup} of the run's {self.last_step} "
+                     "steps")
         if self.runtime.distributed:
             self.say(f"torchrun: {d['world_size']} process(es) on {d['nodes']} node(s), backend {d['backend']}, "
                      f"{d['batch_per_rank']} images per process per step; BatchNorm statistics: {d['batchnorm']}"

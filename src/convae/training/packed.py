@@ -43,7 +43,7 @@ from .schedule import learning_rate
 
 # Settings members of one pack may differ in: they change what a step computes, not the shapes it computes with.
 PACKABLE = frozenset({"seed", "lr", "lr_schedule", "warmup_fraction", "warmup_steps", "beta", "kl_warmup",
-                      "free_bits", "grad_clip", "ema", "out", "extra"})
+                      "kl_warmup_fraction", "free_bits", "grad_clip", "ema", "out", "extra"})
 
 
 def pack_key(config: TrainConfig) -> tuple:
