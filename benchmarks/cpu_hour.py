@@ -5,13 +5,14 @@
     python benchmarks/cpu_hour.py --candidates cpu-hour --minutes 60 --protocol k100-all     # K = 100, all 10,000
     python benchmarks/cpu_hour.py --candidates cpu-hour --minutes 60 --seeds 0 1 2 --protocol final  # K = 1000
     python benchmarks/cpu_hour.py --table                                                   # the rows so far, and the plot
+    python benchmarks/cpu_hour.py --k-gap docs/data/cpu_hour/cpu-hour-60m-s0    # K = 1000 against K = 100, paired
 
 Each run trains one after the other (never two at once: they would share the cores, and a budget is a time on
 this machine), in RUNS/<candidate>-<minutes>m-s<seed> with `--auto-resume`: a killed benchmark run again picks up
 where it stopped (the training from its last checkpoint, the bound from the images it had scored, kept in
 RUN/eval/iw_kK.json). Evaluation is not in the budget and is timed apart. Each row is written to
 docs/data/cpu_hour/<run>-<protocol>.json with the CPU's model name and flags; `--table` prints the frontier (minutes
--> bound per candidate) and draws docs/cpu_hour_frontier.png.
+-> bound per candidate), the mean ± std over seeds where a budget has several, and draws docs/cpu_hour_frontier.png.
 
 The protocols: `screen` (K = 100 on the first 2,000 test images: the same images for every candidate; a bound on
 a subset, stated as such: measured, the first 2,000 score about 1 nat lower than all 10,000), `k100-all` (K = 100
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import mean, stdev
 
 from convae.benchmarking.bench import cpu_model_and_flags
 
@@ -110,7 +112,33 @@ def table() -> list[dict]:
               f"{r['iw_bound']:>8.2f} ± {r['iw_std_error']:<5.2f} {r['test_neg_elbo_all']:>7.2f} "
               f"{r['epochs_reached']:>6.2f} {r['img_per_s']:>6.0f} {100 * r['share_of_budget']:>5.1f}% "
               f"{r['eval_seconds_this_call']:>7.0f}")
+    for (candidate, minutes, protocol), mine in sorted(seed_groups(rows).items()):
+        bounds, elbos = [r["iw_bound"] for r in mine], [r["test_neg_elbo_all"] for r in mine]
+        print(f"{candidate:<16} {minutes:>4g} {len(mine):>3}s {protocol:<7} {mean(bounds):>8.2f} ± {stdev(bounds):<5.2f} "
+              f"{mean(elbos):>7.2f} ± {stdev(elbos):.2f}   mean ± std over seeds {', '.join(str(r['seed']) for r in mine)}")
     return rows
+
+
+def seed_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The rows of each (candidate, minutes, protocol) measured with more than one seed, by seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["candidate"], r["minutes"], r["protocol"]), []).append(r)
+    return {key: sorted(mine, key=lambda r: r["seed"]) for key, mine in groups.items() if len(mine) > 1}
+
+
+def k_gap(run: Path, small: str = "iw_k100_bf16.json", large: str = "iw_k1000_bf16_partial.json") -> None:
+    """How much K = 1000 lowers each image's bound below K = 100, paired on the images the larger K has done so far
+    (the kept per-image bounds of one run: RUN/eval/iw_kK*.json, or their copies in docs/data), and what that gap
+    makes of the K = 100 bound on all the images: an estimate while the K = 1000 evaluation is unfinished."""
+    from statistics import mean, stdev
+    few, many = (json.loads((run / name).read_text())["bounds"] for name in (small, large))
+    n, error = len(many), lambda v: stdev(v) / len(v) ** 0.5
+    gaps = [b - a for a, b in zip(many, few)]  # -log p(x) bounds are minus the kept log p(x) bounds
+    print(f"{run.name}: the first {n:,} images: K = 1000 {-mean(many):.2f} ± {error(many):.2f}, K = 100 "
+          f"{-mean(few[:n]):.2f} ± {error(few[:n]):.2f}, K = 1000 minus K = 100 {mean(gaps):.3f} ± {error(gaps):.3f} "
+          f"(paired); K = 100 on all {len(few):,} {-mean(few):.2f} ± {error(few):.2f}, with that change: about "
+          f"{-mean(few) + mean(gaps):.2f} at K = 1000")
 
 
 def plot(rows: list[dict]) -> None:
@@ -161,7 +189,12 @@ def main() -> None:
                              "K = 1000 on all 10,000 (the literature's)")
     parser.add_argument("--runs", default="runs/cpu_hour", help="where the run folders go")
     parser.add_argument("--table", action="store_true", help="print the rows written so far and draw the plot")
+    parser.add_argument("--k-gap", metavar="RUN", type=Path,
+                        help="how much K = 1000 lowers the bound below K = 100 on the images it has done, from the "
+                             "per-image bounds kept in RUN (e.g. docs/data/cpu_hour/cpu-hour-60m-s0)")
     args = parser.parse_args()
+    if args.k_gap:
+        return k_gap(args.k_gap)
     if not args.table:
         DATA.mkdir(parents=True, exist_ok=True)
         protocol = args.protocol

@@ -127,6 +127,10 @@ def test_a_run_slower_than_its_copy_re_plans_from_its_own_speed_and_ends_at_the_
     assert any("re-planned at step 25 from this run's own 4.00 steps/s over its last 22 steps, 4 s left: 40 steps "
                "in all (were 100)" in line for line in said), said
     assert any("trained 10 s, 100.0 % of the budget" in line for line in said), said
+    # said at the first record (step 25, 6.25 s): the budget's time left, not 75 steps more at 4 steps/s (18.75 s)
+    assert any(line.startswith("planned: 100 steps (--time-budget 10s") and line.endswith(
+        "img/s so far, and the re-plans follow the run's own speed: about 4 s of training to go, evaluations besides")
+        for line in said), said
     # the warm-up was fixed before the first re-plan, so the rate climbs to --lr and the cosine starts there
     config = budgeted_config(tmp_path)
     assert learning_rate(config, 24, 40) == learning_rate(config, 25, 40) == config.lr

@@ -639,9 +639,14 @@ class Trainer:
                     f"{self.steps_per_epoch} steps begun")
         else:
             plan = f"{epochs} epoch{'s' * (epochs != 1)} of {self.steps_per_epoch} steps"
+        if self.budget is not None and self.budget.replan_step:  # the re-plans, not this speed, fix the end
+            timing = (f"; {img_per_s:,.0f} img/s so far, and the re-plans follow the run's own speed: about "
+                      f"{duration(self.budget.seconds - self.training_clock())} of training to go")
+        else:
+            timing = (f"; at {img_per_s:,.0f} img/s about {duration(left)} of training"
+                      + (" to go" if self.state.step > self.steps_per_epoch else ""))
         self.say(f"planned: {plan}" + (" (the seed's 100: --epochs N for fewer)" if default else "")
-                 + f"; at {img_per_s:,.0f} img/s about {duration(left)} of training"
-                 + (" to go" if self.state.step > self.steps_per_epoch else "") + ", evaluations besides")
+                 + timing + ", evaluations besides")
 
     def batch_indices(self, i: int) -> torch.Tensor:
         """This rank's images of the epoch's ``i``-th global batch."""
