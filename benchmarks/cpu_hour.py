@@ -131,7 +131,6 @@ def k_gap(run: Path, small: str = "iw_k100_bf16.json", large: str = "iw_k1000_bf
     """How much K = 1000 lowers each image's bound below K = 100, paired on the images the larger K has done so far
     (the kept per-image bounds of one run: RUN/eval/iw_kK*.json, or their copies in docs/data), and what that gap
     makes of the K = 100 bound on all the images: an estimate while the K = 1000 evaluation is unfinished."""
-    from statistics import mean, stdev
     few, many = (json.loads((run / name).read_text())["bounds"] for name in (small, large))
     n, error = len(many), lambda v: stdev(v) / len(v) ** 0.5
     gaps = [b - a for a, b in zip(many, few)]  # -log p(x) bounds are minus the kept log p(x) bounds
