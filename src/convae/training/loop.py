@@ -626,7 +626,6 @@ class Trainer:
         config, argv = self.config, (self.settings.get("resumed_with") or [self.settings.get("command")])[-1] or []
         default = (config.epochs == TrainConfig.epochs and "--epochs" not in argv and "preset" not in config.extra
                    and not config.max_steps)
-        left = (self.last_step - self.state.step) * config.batch_size / max(img_per_s, 1e-9)
         epochs = math.ceil(self.last_step / self.steps_per_epoch)
         if config.time_budget and config.max_steps:
             seconds = parse_duration(config.time_budget)
@@ -643,6 +642,7 @@ class Trainer:
             timing = (f"; {img_per_s:,.0f} img/s so far, and the re-plans follow the run's own speed: about "
                       f"{duration(self.budget.seconds - self.training_clock())} of training to go")
         else:
+            left = (self.last_step - self.state.step) * config.batch_size / max(img_per_s, 1e-9)
             timing = (f"; at {img_per_s:,.0f} img/s about {duration(left)} of training"
                       + (" to go" if self.state.step > self.steps_per_epoch else ""))
         self.say(f"planned: {plan}" + (" (the seed's 100: --epochs N for fewer)" if default else "")
